@@ -1,0 +1,1 @@
+"""schn-jax: Semantically Cycle-consistent Hashing Networks in JAX/Flax."""
