@@ -1,0 +1,60 @@
+"""The correspondence between the reference's torch state-dict keys and our parameter tree.
+
+Each rule pairs a torch module prefix with a path in our tree and a kind
+that says how its tensors are laid out in torch:
+  linear     `weight` (out, in) -> Dense `kernel` (in, out); `bias`
+  conv       `weight` (out, in, kh, kw) -> Conv `kernel` (kh, kw, in, out); `bias`
+  graph      `weight` already (in, out) -> `kernel`; `bias`
+  attention  nn.MultiheadAttention with separate q/k/v weights: `q_proj_weight`,
+             `k_proj_weight`, `v_proj_weight` (E, dim), `in_proj_bias` (3E), `out_proj.*`
+This table is the only place that knows both namings; conversions in both
+directions are derived from it.
+"""
+
+from schn_jax.models.schn import CYCLE_WIRING
+
+ALEXNET_CONVS = (0, 3, 6, 8, 10)
+ALEXNET_FCS = (1, 4)
+
+
+def backbone_rules(prefix, path):
+  """torchvision AlexNet's `features.N` / `classifier.N` (the same names serve SmallCNN)."""
+  return ([(f"{prefix}features.{n}", path + (f"features_{n}",), "conv") for n in ALEXNET_CONVS]
+          + [(f"{prefix}classifier.{n}", path + (f"classifier_{n}",), "linear") for n in ALEXNET_FCS])
+
+
+def _mlp_with_hash(prefix, path, mlp="mlp", head="hash"):
+  return [(f"{prefix}net.0", path + (mlp, "net_0"), "linear"),
+          (f"{prefix}net.2", path + (mlp, "net_2"), "linear"),
+          (f"{prefix}hash_layer.0", path + (head, "linear"), "linear")]
+
+
+def schn_rules(variant, backbone="alexnet"):
+  """Rules for the reference CycleHashNet state dict (`model_image.*`, `model_label.*`, `model_cycle.*`)."""
+  if variant not in CYCLE_WIRING:
+    raise ValueError(f"unknown variant {variant!r}; choose one of {tuple(CYCLE_WIRING)}")
+  rules = backbone_rules("model_image.", ("visual", "backbone"))
+  rules.append(("model_image.hash_layer.0", ("visual", "hash", "linear"), "linear"))
+  rules += _mlp_with_hash("model_label.", ("semantic",))
+  cycle = ("cycle",)
+  for block in ("image_rec", "label_rec"):
+    rules += _mlp_with_hash(f"model_cycle.model_{block}.", cycle + (block,))
+    rules.append((f"model_cycle.self_attention_{block}", cycle + (block, "attention"), "attention"))
+  # The two reference variants name the same graph convolution differently.
+  graph = "gc" if variant == "mmasia" else "gc1"
+  rules += [(f"model_cycle.gcn.{graph}", cycle + ("latent", "graph_conv"), "graph"),
+            ("model_cycle.gcn.hash_code_layer", cycle + ("latent", "hash", "linear"), "linear"),
+            ("model_cycle.self_attention_lat", cycle + ("latent", "attention"), "attention")]
+  return rules
+
+
+def discriminator_rules():
+  """Rules for the reference ReconstructionDiscriminatorNetwork state dict."""
+  rules = []
+  for space in ("image", "label"):
+    rules += _mlp_with_hash(f"model_{space}D.", (), mlp=f"{space}_mlp", head=f"{space}_head")
+  return rules
+
+
+# Reference module attribute for each group of the fixtures' manifest.
+GROUP_PREFIX = {"image": "model_image.", "label": "model_label.", "cycle": "model_cycle.", "disc": ""}

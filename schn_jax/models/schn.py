@@ -1,0 +1,76 @@
+"""SCHN: visual and semantic spaces joined by a semantically cycle-consistent latent space.
+
+The two published variants differ only in what guides each reconstruction
+(SPEC section 1); `CYCLE_WIRING` is that difference, and `CycleNet` reads it.
+"""
+
+import flax.linen as nn
+import jax
+
+from schn_jax.models.latent import TransitiveLatent
+from schn_jax.models.reconstruction import Reconstruction
+from schn_jax.models.semantic import SemanticNet
+from schn_jax.models.visual import VisualNet
+
+# For each reconstruction block: (guide = attention query and key, source = value).
+CYCLE_WIRING = {
+    "mmasia": {"image_rec": ("label", "latent"), "label_rec": ("image", "latent")},
+    "tomm": {"image_rec": ("latent", "label"), "label_rec": ("latent", "image")},
+}
+VARIANTS = tuple(CYCLE_WIRING)
+
+
+class CycleNet(nn.Module):
+  """The cycle part: transitive latent space plus the two reconstructions.
+
+  F_image and F_label enter with gradients stopped, as in the reference: the
+  cycle losses train the cycle part (and U_image/U_label through the
+  reconstruction targets), never the feature extractors through this path.
+  """
+  variant: str
+  bits: int
+  dropout_rate: float = 0.5
+
+  @nn.compact
+  def __call__(self, image_features, label_features, adjacency, train: bool = False):
+    if self.variant not in CYCLE_WIRING:
+      raise ValueError(f"unknown variant {self.variant!r}; choose one of {VARIANTS}")
+    spaces = {"image": jax.lax.stop_gradient(image_features),
+              "label": jax.lax.stop_gradient(label_features)}
+    spaces["latent"], u_latent = TransitiveLatent(
+        self.bits, dropout_rate=self.dropout_rate, name="latent")(
+            spaces["image"], spaces["label"], adjacency, train)
+    out = {"latent": spaces["latent"], "U_latent": u_latent}
+    for block, (guide, source) in CYCLE_WIRING[self.variant].items():
+      feature, codes = Reconstruction(self.bits, name=block)(spaces[guide], spaces[source])
+      out[f"{block}_feature"] = feature
+      out[f"U_{block}"] = codes
+    return out
+
+
+class SCHN(nn.Module):
+  """images (B,H,W,C), multi-hot labels (B,K), batch label graph (B,B) -> outputs dict.
+
+  Keys: F_image, U_image, F_label, U_label, latent, U_latent, image_rec_feature,
+  U_image_rec, label_rec_feature, U_label_rec.
+  """
+  variant: str
+  bits: int
+  backbone: str = "alexnet"
+  dropout_rate: float = 0.5
+
+  def setup(self):
+    self.visual = VisualNet(self.bits, self.backbone, self.dropout_rate)
+    self.semantic = SemanticNet(self.bits)
+    self.cycle = CycleNet(self.variant, self.bits, self.dropout_rate)
+
+  def __call__(self, images, labels, adjacency, train: bool = False):
+    f_image, u_image = self.visual(images, train)
+    f_label, u_label = self.semantic(labels)
+    out = {"F_image": f_image, "U_image": u_image, "F_label": f_label, "U_label": u_label}
+    out.update(self.cycle(f_image, f_label, adjacency, train))
+    return out
+
+  def encode_images(self, images):
+    """Continuous visual codes U_image (deterministic); sign() gives query codes."""
+    return self.visual(images, False)[1]

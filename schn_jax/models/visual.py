@@ -1,0 +1,90 @@
+"""Visual space: image -> feature F_image, and its hash head."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from schn_jax.models.layers import Dense, HashHead
+
+
+def adaptive_avg_pool(x, size: int):
+  """torch.nn.AdaptiveAvgPool2d(size) for NHWC input (bins floor(i*H/s)..ceil((i+1)*H/s))."""
+  def bins(n):
+    m = np.zeros((size, n), np.float32)
+    for i in range(size):
+      lo, hi = (i * n) // size, -((-(i + 1) * n) // size)
+      m[i, lo:hi] = 1.0 / (hi - lo)
+    return jnp.asarray(m)
+  return jnp.einsum("ih,jw,bhwc->bijc", bins(x.shape[1]), bins(x.shape[2]), x)
+
+
+def _conv(features, kernel, stride, padding, name):
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((padding, padding), (padding, padding)), name=name)
+
+
+def _flatten_like_torch(x):
+  # torch flattens NCHW feature maps channel-major; doing the same keeps fc6
+  # weights interchangeable with torchvision checkpoints.
+  return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+
+
+class AlexNet(nn.Module):
+  """torchvision AlexNet up to fc7 (ReLU). Submodule names mirror torchvision's
+  state-dict keys: `features_N` <-> `features.N`, `classifier_N` <-> `classifier.N`."""
+  dropout_rate: float = 0.5
+  feature_dim: int = 4096
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    x = images
+    for name, feats, k, s, p, pool in [("features_0", 64, 11, 4, 2, True),
+                                        ("features_3", 192, 5, 1, 2, True),
+                                        ("features_6", 384, 3, 1, 1, False),
+                                        ("features_8", 256, 3, 1, 1, False),
+                                        ("features_10", 256, 3, 1, 1, True)]:
+      x = nn.relu(_conv(feats, k, s, p, name)(x))
+      if pool:
+        x = nn.max_pool(x, (3, 3), strides=(2, 2))
+    self.sow("intermediates", "conv_features", x)
+    x = _flatten_like_torch(adaptive_avg_pool(x, 6))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.relu(Dense(self.feature_dim, name="classifier_1")(x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.relu(Dense(self.feature_dim, name="classifier_4")(x))
+
+
+class SmallCNN(nn.Module):
+  """A small CNN for 28x28 / 32x32 images (the offline default), same shape as
+  AlexNet's head: conv features, then two dropout+fc+ReLU layers."""
+  dropout_rate: float = 0.5
+  feature_dim: int = 512
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    x = images
+    for name, feats in [("features_0", 32), ("features_3", 64)]:
+      x = nn.relu(_conv(feats, 3, 1, 1, name)(x))
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = _flatten_like_torch(x)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.relu(Dense(self.feature_dim, name="classifier_1")(x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.relu(Dense(self.feature_dim, name="classifier_4")(x))
+
+
+BACKBONES = {"alexnet": AlexNet, "small_cnn": SmallCNN}
+
+
+class VisualNet(nn.Module):
+  """Image -> (F_image, U_image): a backbone and a tanh hash head."""
+  bits: int
+  backbone: str = "alexnet"
+  dropout_rate: float = 0.5
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    if self.backbone not in BACKBONES:
+      raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
+    features = BACKBONES[self.backbone](self.dropout_rate, name="backbone")(images, train)
+    return features, HashHead(self.bits, name="hash")(features)

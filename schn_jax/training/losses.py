@@ -1,0 +1,60 @@
+"""SCHN objectives (SPEC section 2), as pure jittable functions."""
+
+import jax
+import jax.numpy as jnp
+
+GAMMA = 10.0
+
+
+def feature_loss(codes, database_codes, similarity, gamma=GAMMA):
+  """Returns (hash term, quantisation term) for codes (B,c) against database codes (B,c).
+
+  hash = mean((c*S - U @ B.T)^2) * 12 / c with the 0/1 batch similarity S;
+  quantisation = mean((U - B)^2). The feature loss is hash + gamma * quantisation.
+  """
+  bits = codes.shape[-1]
+  hash_term = jnp.mean((bits * similarity - codes @ database_codes.T) ** 2) * 12.0 / bits
+  return hash_term, jnp.mean((codes - database_codes) ** 2)
+
+
+def cycle_loss(outputs, database_codes, similarity, gamma=GAMMA):
+  """The cycle loss and its named terms (the fixtures' loss.npz keys)."""
+  terms = {}
+  total = 0.0
+  for space in ("image", "label", "latent"):
+    hash_term, quant = feature_loss(outputs[f"U_{space}"], database_codes, similarity, gamma)
+    terms[f"hash_{space}"], terms[f"quant_{space}"] = hash_term, quant
+    terms[f"feature_{space}"] = hash_term + gamma * quant
+    total = total + terms[f"feature_{space}"]
+  for space in ("image", "label"):
+    terms[f"rec_{space}"] = jnp.mean((outputs[f"U_{space}_rec"] - outputs[f"U_{space}"]) ** 2)
+    total = total + terms[f"rec_{space}"]
+  terms["loss_cycle"] = total
+  return total, terms
+
+
+def binary_cross_entropy(probs, target):
+  """torch.nn.BCELoss (mean), including its clamp of log terms at -100."""
+  log_p = jnp.maximum(jnp.log(probs), -100.0)
+  log_not_p = jnp.maximum(jnp.log1p(-probs), -100.0)
+  return -jnp.mean(target * log_p + (1.0 - target) * log_not_p)
+
+
+def label_similarity(labels_a, labels_b):
+  """0/1 similarity: 1 where two multi-hot label rows share a label."""
+  return (labels_a @ labels_b.T > 0).astype(jnp.float32)
+
+
+def soft_similarity(sample_labels, database_labels):
+  """The train loop's softened +-1 similarity (ns, N) and its ratio r.
+
+  S = 2*[share a label] - 1; r = sum(S) / sum(1 - S); S_soft = S*(1+r) - r,
+  so positives stay 1 and negatives become -(1 + 2r). Counts are integers, so
+  r is exact even when ns*N exceeds float32's exact range.
+  """
+  similar = (sample_labels @ database_labels.T > 0)
+  positives = jnp.sum(similar, dtype=jnp.int64 if jax.config.jax_enable_x64 else jnp.int32)
+  negatives = similar.size - positives
+  r = (positives - negatives).astype(jnp.float32) / (2.0 * negatives.astype(jnp.float32))
+  s_pm = 2.0 * similar.astype(jnp.float32) - 1.0
+  return s_pm * (1.0 + r) - r, r
