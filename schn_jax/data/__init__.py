@@ -1,0 +1,9 @@
+"""Data layer: sources, retrieval protocols and the input pipeline.
+
+Knows nothing of models, training or evaluation; see docs/data.md.
+"""
+
+from schn_jax.data.config import default_data_config
+from schn_jax.data.dataset import build_dataset
+from schn_jax.data.dataset import RetrievalData
+from schn_jax.data.pipeline import normalize

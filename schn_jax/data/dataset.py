@@ -1,0 +1,80 @@
+"""The data layer's entry point: source + saved split + batch loader."""
+
+import dataclasses
+import logging
+from typing import Iterator, Sequence
+
+import jax
+import numpy as np
+
+from schn_jax.data import config as config_lib
+from schn_jax.data import image_list
+from schn_jax.data import pipeline
+from schn_jax.data import protocols
+from schn_jax.data import sources
+
+
+def open_source(config):
+  """The source named by `config.name` (see default_data_config)."""
+  name = config.name
+  if name == 'fashion_mnist':
+    return sources.fashion_mnist_source(config.root, config.tfds_data_dir)
+  if config_lib.is_tfds(name):
+    return sources.TfdsSource(config_lib.tfds_name(name),
+                              data_dir=config.tfds_data_dir,
+                              splits=tuple(config.tfds_splits))
+  if name in config_lib.IMAGE_LISTS:
+    num_classes, _ = config_lib.IMAGE_LISTS[name]
+    list_files = ((config.query_list, config.database_list, config.train_list)
+                  if config.protocol == 'lists' else (config.image_list,))
+    return image_list.ImageListSource(
+        name, config.root, list_files, num_classes,
+        unlabeled=config.unlabeled, on_corrupt=config.on_corrupt)
+  raise ValueError(f'unknown dataset {name!r}')
+
+
+@dataclasses.dataclass
+class RetrievalData:
+  """A dataset under its retrieval protocol.
+
+  Attributes:
+    config: the data config it was built from.
+    source: images and (N, K) labels by index.
+    split: query / database / train source indices.
+    loader: the parallel batch loader.
+  """
+  config: object
+  source: object
+  split: protocols.Split
+  loader: pipeline.Loader
+
+  @property
+  def labels(self) -> np.ndarray:
+    return self.source.labels
+
+  def batches(self, indices: np.ndarray, batch_size: int, *, train: bool,
+              seed: int | Sequence[int] | None = None) -> Iterator[dict]:
+    """This host's uint8 batches of `indices`; see `pipeline.Loader.batches`."""
+    return self.loader.batches(indices, batch_size, train=train, seed=seed)
+
+  def normalize(self, images: jax.Array) -> jax.Array:
+    """uint8 NHWC -> float32 NHWC model input (jittable)."""
+    return pipeline.normalize(images, self.config.num_channels)
+
+
+def build_dataset(config, workdir: str, seed: int) -> RetrievalData:
+  """Opens the dataset and loads (or computes and saves) its split.
+
+  Args:
+    config: a data config, `default_data_config(name)` with overrides.
+    workdir: the run's folder; the split lives in `workdir/split.npz`.
+    seed: the split's seed (list protocols do not use it).
+  """
+  source = open_source(config)
+  split = protocols.load_or_make_split(
+      workdir, config, source.labels, seed, config.name,
+      getattr(source, 'list_indices', None))
+  logging.info('%s: %d images, %d labels; query %d, database %d, train %d',
+               config.name, len(source), source.num_classes, len(split.query),
+               len(split.database), len(split.train))
+  return RetrievalData(config, source, split, pipeline.Loader(source, config))

@@ -1,0 +1,162 @@
+"""Image sources: random access to uint8 images and multi-hot labels by index.
+
+Every source has `name`, `num_classes`, `labels` ((N, K) float32 0/1, kept in
+memory because the training loop builds label similarities from them every
+iteration), `__len__` and `image(index) -> uint8 (H, W, C)`. Images keep the
+channel count they are stored with (Fashion-MNIST gives C=1); the input
+pipeline decides whether to tile them to RGB.
+
+TensorFlow is never imported here: TFDS datasets are read with
+`tfds.data_source` over array_record files.
+"""
+
+import gzip
+import pathlib
+from typing import Protocol, Sequence
+
+import numpy as np
+
+FASHION_MNIST_ROOT = '/usr/share/datasets/fashion-mnist'
+FASHION_MNIST_FILES = (
+    ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
+    ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
+)
+
+
+class Source(Protocol):
+  name: str
+  num_classes: int
+  labels: np.ndarray  # (N, K) float32, 0/1.
+
+  def __len__(self) -> int:
+    ...
+
+  def image(self, index: int) -> np.ndarray:
+    """uint8 (H, W, C)."""
+    ...
+
+
+def one_hot(class_ids: np.ndarray, num_classes: int) -> np.ndarray:
+  return np.eye(num_classes, dtype=np.float32)[np.asarray(class_ids)]
+
+
+class ArraySource:
+  """A dataset held in memory as one uint8 (N, H, W, C) array."""
+
+  def __init__(self, name: str, images: np.ndarray, labels: np.ndarray):
+    if images.ndim != 4 or images.dtype != np.uint8:
+      raise ValueError(f'{name}: images must be uint8 (N, H, W, C), got '
+                       f'{images.dtype} {images.shape}')
+    if len(images) != len(labels):
+      raise ValueError(f'{name}: {len(images)} images but {len(labels)} labels')
+    self.name = name
+    self.images = images
+    self.labels = np.asarray(labels, np.float32)
+    self.num_classes = self.labels.shape[1]
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def image(self, index: int) -> np.ndarray:
+    return self.images[index]
+
+
+def read_idx(path: pathlib.Path) -> np.ndarray:
+  """Reads a gzipped IDX file (the MNIST format) into a uint8 array."""
+  with gzip.open(path, 'rb') as f:
+    data = f.read()
+  zero, dtype_code, ndim = data[0] * 256 + data[1], data[2], data[3]
+  if zero != 0 or dtype_code != 0x08:
+    raise ValueError(f'{path}: not an unsigned-byte IDX file')
+  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big')
+                for i in range(ndim))
+  array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+  if array.size != np.prod(shape):
+    raise ValueError(f'{path}: header says {shape} but holds {array.size} '
+                     'bytes (truncated file?)')
+  return array.reshape(shape)
+
+
+def fashion_mnist_source(root: str | None = None,
+                         tfds_data_dir: str | None = None) -> ArraySource:
+  """Fashion-MNIST, train then test (70,000 images, 28x28x1).
+
+  Reads Debian's `dataset-fashion-mnist` IDX files from `root`; where they are
+  absent, TFDS's prepared `fashion_mnist`.
+  """
+  root = pathlib.Path(root or FASHION_MNIST_ROOT)
+  paths = [(root / i, root / l) for i, l in FASHION_MNIST_FILES]
+  if all(i.is_file() and l.is_file() for i, l in paths):
+    images = np.concatenate([read_idx(i) for i, _ in paths])[..., None]
+    class_ids = np.concatenate([read_idx(l) for _, l in paths])
+    return ArraySource('fashion_mnist', images, one_hot(class_ids, 10))
+  try:
+    source = TfdsSource('fashion_mnist', data_dir=tfds_data_dir)
+  except DatasetNotPreparedError as e:
+    raise FileNotFoundError(
+        f'Fashion-MNIST not found: no IDX files in {root} (install them with '
+        '`apt-get install dataset-fashion-mnist`, or point data.root at a '
+        f'folder holding {", ".join(f for p in FASHION_MNIST_FILES for f in p)})'
+        f' and TFDS has not prepared it either: {e}') from None
+  images = np.stack([source.image(i) for i in range(len(source))])
+  return ArraySource('fashion_mnist', images, source.labels)
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+  pass
+
+
+def prepare_command(name: str, data_dir: str | None) -> str:
+  command = f'python -m schn_jax.data.prepare --dataset={name}'
+  if data_dir:
+    command += f' --data_dir={data_dir}'
+  return command
+
+
+class TfdsSource:
+  """A TFDS image-classification dataset, read through `tfds.data_source`.
+
+  The splits in `splits` are concatenated in that order (for cifar10:
+  train then test, 60,000 images). Images are decoded on each access;
+  labels are read once, when the source is opened.
+  """
+
+  def __init__(self, name: str, data_dir: str | None = None,
+               splits: Sequence[str] = ('train', 'test')):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    self.name = name
+    try:
+      self._parts = [tfds.data_source(name, split=s, data_dir=data_dir,
+                                      download=False) for s in splits]
+    except Exception as e:  # pylint: disable=broad-except
+      # TFDS reports an unprepared dataset as an unsupported file format (or
+      # a missing file): say what is actually wrong and how to fix it.
+      builder = tfds.builder(name, data_dir=data_dir)
+      state = ('is prepared in a format without random access'
+               if builder.is_prepared() else 'is not prepared')
+      raise DatasetNotPreparedError(
+          f'TFDS dataset {name!r} {state} in {builder.data_dir}. Prepare it '
+          f'as array_record with: {prepare_command(name, data_dir)}'
+          f'  (underlying error: {type(e).__name__}: {e})') from None
+    info = self._parts[0].dataset_info
+    if not info.supervised_keys:
+      raise ValueError(f'TFDS dataset {name!r} has no (image, label) '
+                       'supervised keys; it is not an image-classification '
+                       'dataset')
+    self._image_key, self._label_key = info.supervised_keys
+    self.num_classes = info.features[self._label_key].num_classes
+    self._offsets = np.cumsum([0] + [len(p) for p in self._parts])
+    class_ids = [self._example(i)[self._label_key] for i in range(len(self))]
+    self.labels = one_hot(np.asarray(class_ids), self.num_classes)
+
+  def __len__(self) -> int:
+    return int(self._offsets[-1])
+
+  def _example(self, index: int):
+    part = int(np.searchsorted(self._offsets, index, side='right')) - 1
+    return self._parts[part][int(index - self._offsets[part])]
+
+  def image(self, index: int) -> np.ndarray:
+    image = np.asarray(self._example(index)[self._image_key], np.uint8)
+    return image[..., None] if image.ndim == 2 else image
+
