@@ -132,12 +132,15 @@ class TfdsSource:
       # TFDS reports an unprepared dataset as an unsupported file format (or
       # a missing file): say what is actually wrong and how to fix it.
       builder = tfds.builder(name, data_dir=data_dir)
-      state = ('is prepared in a format without random access'
-               if builder.is_prepared() else 'is not prepared')
+      if builder.is_prepared():
+        state = (f'is prepared in {builder.data_dir} but tfds.data_source '
+                 f'cannot read it ({type(e).__name__}: {e}); if it was '
+                 'prepared as tfrecord, prepare it again in another data_dir')
+      else:
+        state = f'is not prepared in {builder.data_dir}'
       raise DatasetNotPreparedError(
-          f'TFDS dataset {name!r} {state} in {builder.data_dir}. Prepare it '
-          f'as array_record with: {prepare_command(name, data_dir)}'
-          f'  (underlying error: {type(e).__name__}: {e})') from None
+          f'TFDS dataset {name!r} {state}. Prepare it with: '
+          f'{prepare_command(name, data_dir)}') from None
     info = self._parts[0].dataset_info
     if not info.supervised_keys:
       raise ValueError(f'TFDS dataset {name!r} has no (image, label) '

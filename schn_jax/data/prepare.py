@@ -1,0 +1,42 @@
+r"""Prepares a TFDS dataset as array_record files, readable without TensorFlow.
+
+  python -m schn_jax.data.prepare --dataset=cifar10 [--data_dir=DIR]
+
+Generating a TFDS dataset needs TensorFlow, which the training environment
+deliberately lacks (training reads the prepared files with
+`tfds.data_source`). Run this once, with tensorflow-cpu installed, in this
+or a separate environment:
+
+  pip install tensorflow-cpu==2.21.0
+"""
+
+from absl import app
+from absl import flags
+
+TENSORFLOW_REQUIREMENT = 'tensorflow-cpu==2.21.0'
+
+_DATASET = flags.DEFINE_string('dataset', None, 'TFDS name, e.g. cifar10.',
+                               required=True)
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', None, 'TFDS data_dir (default: $TFDS_DATA_DIR or '
+    '~/tensorflow_datasets); give the same as data.tfds_data_dir.')
+
+
+def main(argv):
+  del argv
+  try:
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    raise SystemExit(
+        f'Preparing TFDS dataset {_DATASET.value!r} needs TensorFlow, which '
+        'is not installed (on purpose: training never imports it). Install '
+        f'it, then rerun this command:\n  pip install {TENSORFLOW_REQUIREMENT}'
+    ) from None
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder(_DATASET.value, data_dir=_DATA_DIR.value)
+  builder.download_and_prepare(file_format='array_record')
+  print(f'{_DATASET.value} prepared as array_record in {builder.data_dir}')
+
+
+if __name__ == '__main__':
+  app.run(main)
