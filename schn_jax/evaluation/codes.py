@@ -1,0 +1,144 @@
+"""Binary codes: validation, bit packing, and the code file formats.
+
+Codes hold values in {-1, +1}, or 0 for database rows the reference never
+updated (it starts the database codes at zero and only fills the rows it
+samples). Labels are multi-hot 0/1 rows; two items are relevant to each other
+when they share a label.
+"""
+
+import pathlib
+
+import numpy as np
+
+CODE_KEYS = ('query_codes', 'database_codes', 'query_labels',
+             'database_labels')
+
+
+class CodesError(ValueError):
+  """A code or label array that cannot be evaluated, with the fix in words."""
+
+
+def check_codes(codes, name):
+  """Returns `codes` as an int8 (n, bits) array, or raises CodesError."""
+  codes = np.asarray(codes)
+  if codes.ndim != 2 or codes.shape[0] == 0 or codes.shape[1] == 0:
+    raise CodesError(f'{name}: expected a non-empty 2-D array (items, bits), '
+                     f'got shape {codes.shape}.')
+  if not np.isin(codes, (-1, 0, 1)).all():
+    bad = codes[~np.isin(codes, (-1, 0, 1))].ravel()[:3]
+    raise CodesError(f'{name}: codes must be -1, +1 (or 0 for unset database '
+                     f'rows); found {bad.tolist()}. Binarise with np.sign '
+                     'before saving.')
+  return codes.astype(np.int8)
+
+
+def check_labels(labels, name):
+  """Returns `labels` as a uint8 (n, classes) 0/1 array, or raises CodesError."""
+  labels = np.asarray(labels)
+  if labels.ndim != 2 or labels.shape[1] == 0:
+    raise CodesError(f'{name}: expected a 2-D multi-hot array (items, classes),'
+                     f' got shape {labels.shape}. Convert class indices to '
+                     'one-hot rows first.')
+  if not np.isin(labels, (0, 1)).all():
+    raise CodesError(f'{name}: labels must be multi-hot 0/1.')
+  return labels.astype(np.uint8)
+
+
+def check_retrieval_set(query_codes, database_codes, query_labels,
+                        database_labels, source='arrays'):
+  """Validates the four arrays together; returns them normalised.
+
+  Query codes may contain 0 too (torch.sign of an exact zero), and both
+  sides are treated alike.
+  """
+  query_codes = check_codes(query_codes, f'{source}: query_codes')
+  database_codes = check_codes(database_codes, f'{source}: database_codes')
+  query_labels = check_labels(query_labels, f'{source}: query_labels')
+  database_labels = check_labels(database_labels, f'{source}: database_labels')
+  if query_codes.shape[1] != database_codes.shape[1]:
+    raise CodesError(
+        f'{source}: query_codes have {query_codes.shape[1]} bits but '
+        f'database_codes have {database_codes.shape[1]}; both must come from '
+        'the same hash layer.')
+  for codes, labels, side in ((query_codes, query_labels, 'query'),
+                              (database_codes, database_labels, 'database')):
+    if codes.shape[0] != labels.shape[0]:
+      raise CodesError(
+          f'{source}: {side}_codes has {codes.shape[0]} rows but '
+          f'{side}_labels has {labels.shape[0]}; they must be row-aligned.')
+  if query_labels.shape[1] != database_labels.shape[1]:
+    raise CodesError(
+        f'{source}: query_labels have {query_labels.shape[1]} classes but '
+        f'database_labels have {database_labels.shape[1]}; use one class '
+        'vocabulary for both.')
+  return query_codes, database_codes, query_labels, database_labels
+
+
+def pack_bits(bits):
+  """Packs a boolean (n, c) array into uint32 words (n, ceil(c / 32)).
+
+  Bit j of a row lands in word j // 32; pad bits are 0 on every row, so they
+  never contribute to a popcount of xor or and.
+  """
+  bits = np.asarray(bits, dtype=bool)
+  num_words = -(-bits.shape[1] // 32)
+  padded = np.zeros((bits.shape[0], num_words * 32), dtype=bool)
+  padded[:, :bits.shape[1]] = bits
+  packed = np.packbits(padded, axis=1, bitorder='little')
+  return packed.view('<u4').astype(np.uint32)
+
+
+def pack_codes(codes):
+  """Returns (signs, nonzero) uint32 word planes of int8 codes (n, c).
+
+  A zero code bit is 'unset': its nonzero bit is 0, and Hamming distance
+  counts it as half a bit against anything (see hamming.py).
+  """
+  return pack_bits(codes > 0), pack_bits(codes != 0)
+
+
+def save_codes(path, query_codes, database_codes, query_labels,
+               database_labels):
+  """Writes the four arrays to a compressed npz that `load_codes` reads."""
+  arrays = check_retrieval_set(query_codes, database_codes, query_labels,
+                               database_labels)
+  np.savez_compressed(path, **dict(zip(CODE_KEYS, arrays)))
+
+
+def load_codes(path):
+  """Reads a code npz into a dict of validated arrays keyed by CODE_KEYS."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise CodesError(f'{path}: no such file.')
+  with np.load(path, allow_pickle=False) as data:
+    missing = [key for key in CODE_KEYS if key not in data.files]
+    if missing:
+      raise CodesError(
+          f'{path}: missing key(s) {missing}; found {sorted(data.files)}. A '
+          f'code file needs {list(CODE_KEYS)} (see docs/evaluation.md).')
+    arrays = [data[key] for key in CODE_KEYS]
+  return dict(zip(CODE_KEYS, check_retrieval_set(*arrays, source=str(path))))
+
+
+def load_torch_codes(query_codes, database_codes, query_labels,
+                     database_labels):
+  """Reads four tensors saved with torch.save (the reference's `.t` files).
+
+  Each path holds one tensor (or a numpy array); labels may be multi-hot or
+  one-hot. torch is optional, so it is imported only here.
+  """
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as error:
+    raise CodesError('Reading .t files needs torch (pip install torch); or '
+                     'convert them to a code npz elsewhere.') from error
+  arrays = []
+  for key, path in zip(CODE_KEYS, (query_codes, database_codes, query_labels,
+                                   database_labels)):
+    if not pathlib.Path(path).is_file():
+      raise CodesError(f'{path} ({key}): no such file.')
+    value = torch.load(path, map_location='cpu', weights_only=True)
+    if isinstance(value, torch.Tensor):
+      value = value.detach().numpy()
+    arrays.append(np.asarray(value))
+  return dict(zip(CODE_KEYS, check_retrieval_set(*arrays, source='.t files')))
