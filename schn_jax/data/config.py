@@ -62,7 +62,7 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
       train_list='train.txt',
       unlabeled='fail',
       on_corrupt='fail',
-      num_workers=2,
+      num_workers=optional_int(),
       prefetch=2,
   ))
   if name == 'fashion_mnist':

@@ -8,7 +8,6 @@ MIRFlickr-25K, MS-COCO and ImageNet-100 are distributed this way.
 import logging
 import os
 import pathlib
-import threading
 from typing import Sequence
 
 import numpy as np
@@ -81,7 +80,6 @@ class ImageListSource:
     self.num_classes = num_classes
     self.on_corrupt = on_corrupt
     self.corrupt = set()
-    self._corrupt_lock = threading.Lock()
     self.num_unlabeled = 0
     self.paths = []
     self.list_indices = {}
@@ -138,9 +136,10 @@ class ImageListSource:
         raise CorruptImageError(
             f'cannot decode image {path}: {e} (set data.on_corrupt=\'skip\' '
             'to mask corrupt images out and count them)') from e
-      with self._corrupt_lock:
-        if index not in self.corrupt:
-          self.corrupt.add(index)
-          logging.warning('%s: skipping corrupt image %s (%s); %d corrupt so '
-                          'far', self.name, path, e, len(self.corrupt))
+      # Two threads meeting the same file at once may both log it; the set
+      # still counts it once.
+      if index not in self.corrupt:
+        self.corrupt.add(index)
+        logging.warning('%s: skipping corrupt image %s (%s); %d corrupt so '
+                        'far', self.name, path, e, len(self.corrupt))
       return _CORRUPT_SUBSTITUTE

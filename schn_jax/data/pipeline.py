@@ -20,6 +20,7 @@ of workers or on how many hosts share the batch.
 import collections
 import concurrent.futures
 import math
+import os
 from typing import Iterator, Sequence
 
 import jax
@@ -119,7 +120,7 @@ class Loader:
     self.source = source
     self.config = config
     self._pool = concurrent.futures.ThreadPoolExecutor(
-        max(1, config.num_workers), thread_name_prefix='data')
+        config.num_workers or os.cpu_count(), thread_name_prefix='data')
 
   def _example(self, index, seed, batch_number, position):
     rng = None if seed is None else np.random.default_rng(
