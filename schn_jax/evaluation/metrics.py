@@ -21,7 +21,7 @@ from schn_jax.evaluation import codes as codes_lib
 from schn_jax.evaluation import hamming
 
 TIE_MODES = ('stable', 'reference', 'tie_aware')
-_BLOCK = 8  # Items compared all-pairs for their order inside a bucket.
+_BLOCK = 32  # Items compared all-pairs for their order inside a bucket.
 _GROUP = 256  # Items per float32 partial sum; the host adds them in float64.
 _HIGH = 1 << 16  # Packs (relevant, all) counts of a block into one int32.
 
@@ -63,11 +63,15 @@ def _bucket_blocks(query, database, num_valid, *, bits, half_units,
   units = jnp.where(valid, units, num_buckets)
   relevant = _relevance(q_labels, d_labels) & valid
   shape = (units.shape[0], units.shape[1] // _BLOCK, _BLOCK)
-  units, relevant = units.reshape(shape), relevant.reshape(shape)
+  # Without the barrier XLA fuses the distance computation into every
+  # consumer below and recomputes it once per bucket.
+  units, relevant = jax.lax.optimization_barrier(
+      (units.reshape(shape), relevant.reshape(shape)))
   weight = jnp.where(relevant, _HIGH + 1, 1)
   match = units[:, :, None, :] == jnp.arange(num_buckets)[:, None]
   packed = jnp.where(match, weight[:, :, None, :], 0).sum(-1)
-  return units, relevant, packed % _HIGH, packed // _HIGH
+  return units, relevant, *jax.lax.optimization_barrier(
+      (packed % _HIGH, packed // _HIGH))
 
 
 @functools.partial(jax.jit,
@@ -80,40 +84,57 @@ def _histogram_chunk(hist_all, hist_relevant, query, database, num_valid, *,
   return hist_all + block_all.sum(1), hist_relevant + block_relevant.sum(1)
 
 
-@functools.partial(jax.jit,
-                   static_argnames=('bits', 'half_units', 'num_buckets'))
+def _exclusive_cumsum_blocks(block_counts, seen):
+  """Counts in earlier blocks per (query, block, bucket), plus `seen`.
+
+  A scan over blocks: XLA's cumsum on CPU is several times slower here.
+  """
+  def step(carry, counts):
+    return carry + counts, carry
+  _, before = jax.lax.scan(step, seen, jnp.moveaxis(block_counts, 1, 0),
+                           unroll=8)
+  return jnp.moveaxis(before, 0, 1)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=('bits', 'half_units', 'num_buckets', 'whole_database'))
 def _stable_chunk(seen_all, seen_relevant, lower_all, lower_relevant, window,
                   query, database, num_valid, *, bits, half_units,
-                  num_buckets):
+                  num_buckets, whole_database):
   """Stable-order AP terms of one database chunk.
 
   seen_* (Q, buckets) count the items of earlier chunks per bucket; lower_*
-  (Q, buckets) count the items of the whole database in lower buckets.
+  (Q, buckets) count the items of the whole database in lower buckets. When
+  the chunk is the whole database, lower_* come from the chunk itself and
+  the inputs are ignored, which saves the histogram pass.
   Returns the updated seen_*, float32 sums of rank / position over relevant
   items inside the window per group of _GROUP items, and their number.
   """
   units, relevant, block_all, block_relevant = _bucket_blocks(
       query, database, num_valid, bits=bits, half_units=half_units,
       num_buckets=num_buckets)
-
-  def before_block(block_counts, seen, lower):
-    earlier_blocks = jnp.cumsum(block_counts, axis=1) - block_counts
-    return earlier_blocks + (seen + lower)[:, None, :]
-
+  total_all, total_relevant = block_all.sum(1), block_relevant.sum(1)
+  if whole_database:
+    lower_all = jnp.cumsum(total_all, axis=1) - total_all
+    lower_relevant = jnp.cumsum(total_relevant, axis=1) - total_relevant
   earlier_in_block = (units[..., :, None] == units[..., None, :]) & (
       jnp.arange(_BLOCK)[:, None] > jnp.arange(_BLOCK))
+  weight = jnp.where(relevant, _HIGH + 1, 1)[..., None, :]
+  packed = jnp.where(earlier_in_block, weight, 0).sum(-1)
   bucket = jnp.minimum(units, num_buckets - 1)
-  position = (jnp.take_along_axis(
-      before_block(block_all, seen_all, lower_all), bucket, axis=2) +
-              earlier_in_block.sum(-1) + 1)
-  rank = (jnp.take_along_axis(
-      before_block(block_relevant, seen_relevant, lower_relevant), bucket,
-      axis=2) + (earlier_in_block & relevant[..., None, :]).sum(-1) + 1)
+  before_all = _exclusive_cumsum_blocks(block_all, seen_all + lower_all)
+  before_relevant = _exclusive_cumsum_blocks(block_relevant,
+                                             seen_relevant + lower_relevant)
+  position = (jnp.take_along_axis(before_all, bucket, axis=2) +
+              packed % _HIGH + 1)
+  rank = (jnp.take_along_axis(before_relevant, bucket, axis=2) +
+          packed // _HIGH + 1)
   counted = relevant & (position <= window)
   terms = jnp.where(counted, rank.astype(jnp.float32) / position, 0.0)
   sums = terms.reshape(terms.shape[0], -1, _GROUP).sum(-1)
-  return (seen_all + block_all.sum(1), seen_relevant + block_relevant.sum(1),
-          sums, counted.sum((1, 2)))
+  return (seen_all + total_all, seen_relevant + total_relevant, sums,
+          counted.sum((1, 2)))
 
 
 class _RetrievalSet:
@@ -133,8 +154,9 @@ class _RetrievalSet:
     self.scale = hamming.distance_scale(query, database)
     self.num_buckets = self.scale * self.bits + 1
     self.query_chunk = min(query_chunk, self.num_queries)
-    self.database_chunk = min(database_chunk,
-                              -(-self.num_database // _GROUP) * _GROUP)
+    self.database_chunk = min(
+        -(-database_chunk // _GROUP) * _GROUP,
+        -(-self.num_database // _GROUP) * _GROUP)
     self.query = [_pad_rows(a, self.query_chunk) for a in (
         query.signs, query.nonzero, codes_lib.pack_bits(query_labels))]
     self.database = [_pad_rows(a, self.database_chunk) for a in (
@@ -161,18 +183,29 @@ class _RetrievalSet:
                                 **self.static)
     return counts
 
-  def stable_sums(self, query, hist_all, hist_relevant, window):
-    """Sum of rank / position over relevant items in the window, and count."""
-    lower = [jnp.cumsum(h, axis=1) - h for h in (hist_all, hist_relevant)]
-    seen = [jnp.zeros_like(hist_all), jnp.zeros_like(hist_all)]
+  def stable_sums(self, query, window):
+    """Stable-order AP terms of a query chunk, and its bucket counts.
+
+    Returns the sums of rank / position over relevant items in the window,
+    their number, and the items and relevant items per bucket.
+    """
+    whole_database = self.database_chunk >= self.num_database
+    shape = (self.query_chunk, self.num_buckets)
+    if whole_database:
+      lower = [jnp.zeros(shape, jnp.int32)] * 2
+    else:
+      lower = [jnp.cumsum(h, axis=1) - h for h in self.histograms(query)]
+    seen = [jnp.zeros(shape, jnp.int32)] * 2
     total = np.zeros(self.query_chunk)
     counted = np.zeros(self.query_chunk, np.int64)
     for database, num_valid in self.database_chunks():
       *seen, sums, hits = _stable_chunk(*seen, *lower, window, query,
-                                        database, num_valid, **self.static)
+                                        database, num_valid,
+                                        whole_database=whole_database,
+                                        **self.static)
       total += np.asarray(sums, np.float64).sum(1)
       counted += np.asarray(hits)
-    return total, counted
+    return total, counted, seen
 
 
 def _pad_rows(array, multiple):
@@ -273,12 +306,13 @@ def _evaluate(query_codes, database_codes, query_labels, database_labels,
   window = ranking_window(topk, data.num_database, ties)
   hist_all, hist_relevant, ap = [], [], []
   for q0, query in data.query_chunks():
-    counts = data.histograms(query)
     num = min(data.query_chunk, data.num_queries - q0)
     if ties == 'tie_aware':
+      counts = data.histograms(query)
       ap.append(tie_aware_ap(*counts, window)[:num])
     else:
-      ap.append(_stable_ap(*data.stable_sums(query, *counts, window))[:num])
+      sums, counted, counts = data.stable_sums(query, window)
+      ap.append(_stable_ap(sums, counted)[:num])
     hist_all.append(np.asarray(counts[0])[:num])
     hist_relevant.append(np.asarray(counts[1])[:num])
   return (data, window, np.concatenate(ap), np.concatenate(hist_all),
