@@ -1,0 +1,166 @@
+"""The parity check against the PyTorch reference fixtures, and its failure modes."""
+
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from schn_jax import reference_check
+from schn_jax.interop.fixtures import find_fixture_dirs
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run_cli(*args):
+  return subprocess.run([sys.executable, "-m", "schn_jax.reference_check", *map(str, args)],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def restore_matmul_precision():
+  # main() raises matmul precision for the whole process; keep other tests unaffected.
+  before = jax.config.jax_default_matmul_precision
+  yield
+  jax.config.update("jax_default_matmul_precision", before)
+
+
+@pytest.fixture
+def fixture_copy(fixtures_root, tmp_path):
+  """A writable copy of one variant folder, to damage."""
+  target = tmp_path / "mmasia"
+  shutil.copytree(fixtures_root / "mmasia", target)
+  return target
+
+
+def test_every_fixture_set_is_found(fixtures_root):
+  # Both sets of the README, each with both variants; a silently skipped folder
+  # would let the parametrized parity test below pass vacuously.
+  found = {str(d.relative_to(fixtures_root)) for d in find_fixture_dirs(fixtures_root)}
+  assert found == {"mmasia", "tomm", "multilabel/mmasia", "multilabel/tomm"}
+
+
+def test_fixture_matches_reference(fixture_dir):
+  results = reference_check.check_fixture(fixture_dir)
+  quantities = {c.quantity for c in results}
+  forward_keys = set(np.load(fixture_dir / "forward.npz").files)
+  # loss.npz also stores its inputs (B_codes, batch_sim, gamma); these are the terms.
+  loss_keys = [k for k in np.load(fixture_dir / "loss.npz").files
+               if k == "loss_cycle" or k.split("_")[0] in ("hash", "quant", "feature", "rec")]
+  assert len(loss_keys) == 12
+  # Every stored forward array and loss term is compared, plus the DCC cases.
+  assert {f"forward/{k}" for k in forward_keys} <= quantities
+  assert {f"loss/{k}" for k in loss_keys} <= quantities
+  assert {"dcc/r", "dcc/B_out_zero", "dcc/B_out_rand", "dcc/subset_B_out"} <= quantities
+  failed = [(c.quantity, c.error, c.tolerance) for c in results if not c.ok]
+  assert not failed
+
+
+def test_cli_passes_on_all_fixtures(fixtures_root):
+  result = _run_cli(fixtures_root)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert "4 fixture folder(s) checked: all quantities within tolerance" in result.stdout
+  assert "MISMATCH" not in result.stdout
+
+
+def _delete_manifest(d):
+  # Without its manifest the folder is no longer recognised as a fixture folder.
+  (d / "manifest.json").unlink()
+  return d, "no manifest.json"
+
+
+def _corrupt_manifest(d):
+  (d / "manifest.json").write_text('{"variant": "mmasia", "keys": [')
+  return d, "manifest.json: not valid JSON"
+
+
+def _manifest_without_keys(d):
+  manifest = json.loads((d / "manifest.json").read_text())
+  del manifest["keys"]
+  (d / "manifest.json").write_text(json.dumps(manifest))
+  return d, "manifest.json: expected an object with keys variant, keys; missing keys"
+
+
+def _delete_npz(d):
+  (d / "loss.npz").unlink()
+  return d, "missing loss.npz"
+
+
+def _truncate_npz(d):
+  data = (d / "inputs.npz").read_bytes()
+  (d / "inputs.npz").write_bytes(data[: len(data) // 2])
+  return d, "inputs.npz: not a readable .npz archive"
+
+
+def _npz_without_array(d):
+  with np.load(d / "inputs.npz") as data:
+    arrays = {k: data[k] for k in data.files if k != "labels"}
+  np.savez(d / "inputs.npz", **arrays)
+  return d, "inputs.npz: missing array 'labels'"
+
+
+def _empty_dir(d):
+  shutil.rmtree(d)
+  d.mkdir()
+  return d, "no manifest.json"
+
+
+@pytest.mark.parametrize("damage", [_delete_manifest, _corrupt_manifest, _manifest_without_keys,
+                                    _delete_npz, _truncate_npz, _npz_without_array, _empty_dir],
+                         ids=lambda f: f.__name__.lstrip("_"))
+def test_malformed_fixture_gives_one_line_error(fixture_copy, damage):
+  directory, expected = damage(fixture_copy)
+  result = _run_cli(directory)
+  assert result.returncode == 2, result.stdout + result.stderr
+  assert "Traceback" not in result.stderr
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1, result.stderr
+  assert str(directory) in errors[0] and expected in errors[0], errors[0]
+
+
+def test_missing_directory_is_an_error(tmp_path):
+  result = _run_cli(tmp_path / "nowhere")
+  assert result.returncode == 2
+  assert "Traceback" not in result.stderr
+  assert f"{tmp_path / 'nowhere'}: not a directory" in result.stderr
+
+
+def test_perturbed_parameter_is_reported(fixtures_root, monkeypatch, capsys, restore_matmul_precision):
+  build_model = reference_check.build_model
+
+  def build_perturbed(fixture):
+    model, params = build_model(fixture)
+    head = params["semantic"]["hash"]["linear"]
+    head["bias"] = np.array(head["bias"])
+    head["bias"][0] += 0.05
+    return model, params
+
+  monkeypatch.setattr(reference_check, "build_model", build_perturbed)
+  code = reference_check.main(["reference_check", str(fixtures_root / "tomm")])
+  out = capsys.readouterr().out
+  assert code == 1
+  mismatched = {line.split()[1] for line in out.splitlines() if line.strip().startswith("MISMATCH")}
+  # The label hash head feeds U_label and the loss terms built on it, nothing upstream
+  # and (its input is F_label, not U_label) nothing in the cycle part.
+  assert "forward/U_label" in mismatched and "loss/loss_cycle" in mismatched
+  assert not {"forward/F_label", "forward/U_image", "forward/U_latent", "forward/latent"} & mismatched
+  assert "1 fixture folder(s) checked: " in out and "mismatch(es)" in out
+
+
+def test_dcc_check_catches_one_flipped_bit(fixtures_root, monkeypatch):
+  dcc_update = reference_check.dcc.dcc_update
+
+  def flip_first_bit(codes, *args, **kwargs):
+    out = dcc_update(codes, *args, **kwargs)
+    return out.at[0, 0].multiply(-1.0)
+
+  monkeypatch.setattr(reference_check.dcc, "dcc_update", flip_first_bit)
+  fixture = reference_check.Fixture(fixtures_root / "mmasia")
+  results = {c.quantity: c for c in reference_check.check_dcc(fixture)}
+  for case in ("B_out_zero", "B_out_rand", "subset_B_out"):
+    assert not results[f"dcc/{case}"].ok and results[f"dcc/{case}"].error == 1
+  assert results["dcc/r"].ok
