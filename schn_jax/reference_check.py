@@ -19,12 +19,37 @@ import numpy as np
 
 from schn_jax import interop
 from schn_jax.interop.fixtures import Fixture, FixtureFormatError, find_fixture_dirs
-from schn_jax.models import SCHN
+from schn_jax.interop import layout
+from schn_jax.interop.convert import params_to_state_dict
+from schn_jax.interop.layout import GROUP_PREFIX
+from schn_jax.models import SCHN, Discriminator
 from schn_jax.training import dcc, losses
+from schn_jax.training.state import create_state, make_optimizers
+from schn_jax.training.step import StepConfig, make_step_functions
+
+WEIGHT_DECAY = 1e-5  # the fixtures' (and the reference's) Adam weight decay
 
 # Absolute tolerance, or relative to the reference array's largest magnitude,
 # whichever is looser (the issue's parity bar: 1e-4 absolute, 1e-5 relative).
-TOLERANCES = {"forward": (1e-4, 1e-5), "loss": (1e-4, 1e-5), "r": (1e-6, 0.0)}
+TOLERANCES = {"forward": (1e-4, 1e-5), "loss": (1e-4, 1e-5), "r": (1e-6, 0.0),
+              "grad": (0.0, 1e-4)}
+# Parameter changes after a step: Adam's first step moves each element by about
+# +-lr whatever the gradient's size, so elements whose gradient is ~0 can flip
+# (fixtures README). All but DELTA_FRACTION of the elements must be within DELTA_ABS.
+DELTA_ABS, DELTA_FRACTION = 1e-6, 1e-4
+# Per-tensor statistics of gradients and deltas (tensors too large to store in full):
+# relative to the reference value (sumsq, maxabs) or to sqrt(numel * sumsq) (sum).
+STAT_RELATIVE = {"grad": 1e-4, "delta": 1e-3}
+# Tensors whose largest entry is under TINY x the largest of the whole gradient are
+# the attention query/key projections: attention weights sit near 1/B, so their
+# gradients come from cancellation in the softmax derivative and carry the most
+# rounding (torch's own 1-vs-2-thread noise on them: 1.1e-4 relative). They are
+# allowed TINY_LOOSENING x the relative tolerance.
+TINY, TINY_LOOSENING = 1e-3, 10.0
+# The same holds for gradients that reach a tensor ONLY through attention scores:
+# in the tomm G step the latent space is the query and key of both reconstructions
+# and feeds nothing else, so all its G gradients pass the softmax derivative.
+SCORES_ONLY = {"gradG": ("cycle/self_attention_lat.", "cycle/gcn.")}
 
 ATTENTION_BLOCKS = {"att_lat": ("latent",), "att_image_rec": ("image_rec",),
                     "att_label_rec": ("label_rec",)}
@@ -33,9 +58,10 @@ ATTENTION_BLOCKS = {"att_lat": ("latent",), "att_image_rec": ("image_rec",),
 @dataclasses.dataclass
 class Comparison:
   quantity: str
-  error: float  # largest absolute difference (or count of differing entries for exact checks)
+  error: float  # largest difference, count of differing entries (exact) or fraction (delta)
   tolerance: float
   exact: bool = False
+  measure: str = "max|diff|"
 
   @property
   def ok(self):
@@ -127,11 +153,125 @@ def check_dcc(fixture):
   return results
 
 
+def reference_keyed(variant, params=None, disc_params=None):
+  """Our trees -> {'group/key': numpy array} named as the fixtures' step.npz.
+  `params` may hold only some spaces (e.g. {'cycle': ...} for the G gradients)."""
+  prefix_group = {p: g for g, p in GROUP_PREFIX.items() if p}
+  rules = [r for r in layout.schn_rules(variant) if params and r[1][0] in params]
+  out = {}
+  for key, value in params_to_state_dict(params or {}, rules).items():
+    prefix, rest = key.split(".", 1)
+    out[f"{prefix_group[prefix + '.']}/{rest}"] = np.asarray(value)
+  if disc_params:
+    for key, value in params_to_state_dict(disc_params, layout.discriminator_rules()).items():
+      out[f"disc/{key}"] = np.asarray(value)
+  return out
+
+
+def deltas(after, before):
+  """new - old per key, as the fixtures take it: a float64 difference of float32 values."""
+  return {k: v.astype(np.float64) - before[k].astype(np.float64) for k, v in after.items()}
+
+
+def compare_deltas(delta, step):
+  """The fixtures' rule over every stored delta element of the variant, pooled."""
+  keys = [str(k) for k in step["full_delta_keys"]]
+  diffs = [np.abs(delta[k] - step[f"delta__{k.replace('/', '__')}"]).ravel() for k in keys]
+  over = [int(np.sum(d > DELTA_ABS)) for d in diffs]
+  worst = keys[int(np.argmax(over))] if any(over) else None
+  return Comparison(f"step/delta_full ({sum(d.size for d in diffs)} elements"
+                    + (f"; most in {worst}" if worst else "") + ")",
+                    sum(over) / sum(d.size for d in diffs), DELTA_FRACTION,
+                    measure=f"fraction >{DELTA_ABS:g}")
+
+
+def compare_statistics(fixture, stat_prefix, tensors, kind):
+  """Per-tensor sum / sumsq / maxabs against `<stat_prefix>_*` of step.npz, worst key reported."""
+  keys = [str(k) for k in fixture.get("step", "param_keys")]
+  present = fixture.get("step", f"{stat_prefix}_present") if (
+      f"{stat_prefix}_present" in fixture.npz("step")) else np.ones(len(keys), bool)
+  maxabs = fixture.get("step", f"{stat_prefix}_maxabs")
+  tiny = maxabs < TINY * np.nanmax(np.where(present, maxabs, np.nan))
+  tiny |= np.array([k.startswith(SCORES_ONLY.get(stat_prefix, ())) for k in keys])
+  results = []
+  for stat in ("sum", "sumsq", "maxabs"):
+    reference = fixture.get("step", f"{stat_prefix}_{stat}")
+    worst, worst_key, limit = 0.0, None, STAT_RELATIVE[kind]
+    for i, key in enumerate(keys):
+      if not present[i] or key not in tensors:
+        continue
+      tolerance = STAT_RELATIVE[kind] * (TINY_LOOSENING if tiny[i] else 1.0)
+      t = tensors[key].astype(np.float64)
+      ours = {"sum": t.sum(), "sumsq": np.square(t).sum(), "maxabs": np.abs(t).max()}[stat]
+      sumsq = fixture.get("step", f"{stat_prefix}_sumsq")[i]
+      scale = np.sqrt(t.size * sumsq) if stat == "sum" else abs(reference[i])
+      error = abs(ours - reference[i]) / max(scale, 1e-30)
+      if error / tolerance > worst / limit:
+        worst, worst_key, limit = error, key, tolerance
+    results.append(Comparison(f"step/{stat_prefix}_{stat}" + (f" [{worst_key}]" if worst_key else ""),
+                              worst, limit, measure="max rel"))
+  return results
+
+
+def check_step(fixture, model, params):
+  """One training step from the fixture's weights and batch, sub-step by sub-step."""
+  images, labels, _, batch_codes = fixture_batch(fixture)
+  batch = {"images": images, "labels": labels, "database_codes": batch_codes}
+  variant = fixture.variant
+  optimizers = make_optimizers(WEIGHT_DECAY, params["cycle"])
+  discriminator = Discriminator()
+  _, disc_state = fixture.state_dicts()
+  disc_params = {}
+  if disc_state is not None:
+    bits = batch_codes.shape[1]
+    template = jax.eval_shape(discriminator.init, jax.random.key(0), jnp.zeros((1, bits)),
+                              jnp.zeros((1, bits)))["params"]
+    disc_params = interop.discriminator_from_reference(disc_state, template)
+  state = create_state(params, disc_params, optimizers, 1, batch_codes.shape[1], jax.random.key(0))
+  config = StepConfig(variant)
+  cycle_update, adversarial_update, train_step = make_step_functions(model, discriminator, optimizers, config)
+  rng = jax.random.key(0)
+  step = fixture.npz("step")
+  before = reference_keyed(variant, state.params, state.disc_params)
+
+  after_cycle, _, terms, grads = jax.jit(cycle_update, static_argnames="train")(
+      state, batch, rng, train=False)
+  results = [compare("step/loss_cycle", terms["loss_cycle"], step["loss_cycle"], "loss")]
+  grads = reference_keyed(variant, grads)
+  results += [compare(f"step/grad/{k}", grads[k], step[f"grad__{k.replace('/', '__')}"], "grad")
+              for k in map(str, step["full_grad_keys"])]
+  results += compare_statistics(fixture, "grad", grads, "grad")
+  if config.adversarial:
+    _, metrics, probes = jax.jit(adversarial_update, static_argnames="train")(
+        after_cycle, batch, rng, train=False)
+    delta_cycle = deltas(reference_keyed(variant, after_cycle.params, after_cycle.disc_params), before)
+    results += compare_statistics(fixture, "delta_after_cycle", delta_cycle, "delta")
+    del delta_cycle
+    results += [compare(f"step/{k}", metrics[k], step[k], "loss")
+                for k in ("lossD_real", "lossD_fake", "lossD", "lossG")]
+    results += [compare(f"step/{k}", probes[k], step[k], "forward")
+                for k in ("D_real_probs", "D_fake_probs", "G_probs")]
+    results += [compare(f"step/reforward_{k}", probes["reforward"][k], step[f"reforward_{k}"], "forward")
+                for k in ("U_image", "U_label", "U_latent", "U_image_rec", "U_label_rec")]
+    results += compare_statistics(fixture, "gradD", reference_keyed(variant, None, probes["gradD"]),
+                                  "grad")
+    results += compare_statistics(fixture, "gradG", reference_keyed(variant, {"cycle": probes["gradG"]}),
+                                  "grad")
+  del after_cycle
+  # Parameter changes come from the composed step the trainer runs, not the sub-steps.
+  final, _, _ = jax.jit(train_step, static_argnames="train")(state, batch, rng, train=False)
+  delta = deltas(reference_keyed(variant, final.params, final.disc_params), before)
+  results.append(compare_deltas(delta, step))
+  results += compare_statistics(fixture, "delta", delta, "delta")
+  return results
+
+
 def check_fixture(directory):
   """All comparisons for one variant folder."""
   fixture = Fixture(directory)
   model, params = build_model(fixture)
-  return check_forward_and_loss(fixture, model, params) + check_dcc(fixture)
+  return (check_forward_and_loss(fixture, model, params) + check_dcc(fixture)
+          + check_step(fixture, model, params))
 
 
 def report(directory, results, out=sys.stdout):
@@ -139,7 +279,7 @@ def report(directory, results, out=sys.stdout):
   for c in results:
     status = "ok" if c.ok else "MISMATCH"
     measure = (f"{int(c.error)} differing" if c.exact
-               else f"max|diff| {c.error:.3e}  (tol {c.tolerance:.1e})")
+               else f"{c.measure} {c.error:.3e}  (tol {c.tolerance:.1e})")
     print(f"  {status:8s} {c.quantity:40s} {measure}", file=out)
 
 

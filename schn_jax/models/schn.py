@@ -64,11 +64,15 @@ class SCHN(nn.Module):
     self.semantic = SemanticNet(self.bits)
     self.cycle = CycleNet(self.variant, self.bits, self.dropout_rate)
 
-  def __call__(self, images, labels, adjacency, train: bool = False):
+  def __call__(self, images, labels, adjacency, train: bool = False, gather=None):
+    """`gather` (per-device runs) maps this device's rows to the global batch's rows
+    before the cycle part, which couples all samples; `adjacency` is then global."""
     f_image, u_image = self.visual(images, train)
     f_label, u_label = self.semantic(labels)
     out = {"F_image": f_image, "U_image": u_image, "F_label": f_label, "U_label": u_label}
-    out.update(self.cycle(f_image, f_label, adjacency, train))
+    if gather is not None:
+      out = {k: gather(v) for k, v in out.items()}
+    out.update(self.cycle(out["F_image"], out["F_label"], adjacency, train))
     return out
 
   def encode_images(self, images):

@@ -1,0 +1,80 @@
+"""The one training-state pytree, and the optimizers that reproduce torch's Adam."""
+
+from typing import Any, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def torch_adam(weight_decay):
+  """torch.optim.Adam's direction: L2 weight decay added to the gradient before the
+  moments (not decoupled), betas (0.9, 0.999), eps 1e-8. The learning rate is applied
+  by `adam_step`, so the adversarial rate can follow the outer iteration."""
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8))
+
+
+class Optimizers(NamedTuple):
+  cycle: optax.GradientTransformation
+  discriminator: optax.GradientTransformation
+  generator: optax.GradientTransformation
+
+
+def generator_mask(cycle_params):
+  """The cycle parameters the generator loss reaches: all but the latent hash head.
+
+  The reconstructions read the latent FEATURE, never U_latent, so the G loss gives
+  that head no gradient; torch's Adam then skips it entirely (no weight decay, no
+  moment update), which a plain optax Adam would not do with a zero gradient.
+  """
+  return flax.traverse_util.path_aware_map(
+      lambda path, _: tuple(path[:2]) != ("latent", "hash"), cycle_params)
+
+
+def make_optimizers(weight_decay, cycle_params):
+  adam = torch_adam(weight_decay)
+  return Optimizers(adam, adam, optax.masked(adam, generator_mask(cycle_params)))
+
+
+def adam_step(tx, grads, opt_state, params, learning_rate):
+  direction, opt_state = tx.update(grads, opt_state, params)
+  updates = jax.tree_util.tree_map(lambda d: -learning_rate * d, direction)
+  return optax.apply_updates(params, updates), opt_state
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run needs to continue, as one pytree.
+
+  params: SCHN parameters ({'visual', 'semantic', 'cycle'}).
+  disc_params: discriminator parameters ({} for mmasia).
+  opt_cycle: Adam moments over all SCHN parameters (the cycle step).
+  opt_d: Adam moments of the discriminator step.
+  opt_g: Adam moments of the generator step, over params['cycle'] only, kept
+    apart from opt_cycle as in the reference (two optimizers, two states).
+  database_codes: (N, c) learned asymmetric codes of the training database,
+    in {-1, 0, +1}; rows never sampled stay 0.
+  rng: PRNG key the next outer iteration starts from.
+  iteration: outer iterations completed; step: per-batch steps completed.
+  """
+  params: Any
+  disc_params: Any
+  opt_cycle: Any
+  opt_d: Any
+  opt_g: Any
+  database_codes: jax.Array
+  rng: jax.Array
+  iteration: jax.Array
+  step: jax.Array
+
+
+def create_state(params, disc_params, optimizers, database_size, bits, rng):
+  """A fresh state; mmasia (no discriminator) passes disc_params={} and gets empty D/G states."""
+  return TrainState(
+      params=params, disc_params=disc_params, opt_cycle=optimizers.cycle.init(params),
+      opt_d=optimizers.discriminator.init(disc_params),
+      opt_g=optimizers.generator.init(params["cycle"]) if disc_params else optax.EmptyState(),
+      database_codes=jnp.zeros((database_size, bits), jnp.float32), rng=rng,
+      iteration=jnp.zeros((), jnp.int32), step=jnp.zeros((), jnp.int32))

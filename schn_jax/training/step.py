@@ -1,0 +1,140 @@
+"""The per-batch SCHN step: cycle update, then (tomm) re-forward, D update and G update.
+
+Written once as a per-device function. With `axis_name` set it runs inside
+shard_map/pmap over a data axis: every device gathers the features, labels and
+codes of the GLOBAL batch, because batch attention and the batch label graph
+couple all samples, computes the cycle part and the losses on that global
+batch, and differentiates loss / n_devices; summing gradients over devices
+then gives exactly the single-device gradient (backbone parameters receive
+their rows' share through the all-gather's transpose).
+"""
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from schn_jax.training import losses
+from schn_jax.training.state import adam_step
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  variant: str
+  learning_rate: float = 4e-5
+  gamma: float = losses.GAMMA
+  # TOMM: D and G rates are divided by `lr_decay_factor` at the end of these 0-based
+  # outer iterations (the reference's 5 and 40 for 50 iterations, else 5 and 130).
+  lr_milestones: tuple = (5, 40)
+  lr_decay_factor: float = 5.0
+
+  @property
+  def adversarial(self):
+    return self.variant == "tomm"
+
+
+def adversarial_learning_rate(config, iteration):
+  passed = sum((iteration > m).astype(jnp.float32) for m in config.lr_milestones)
+  return config.learning_rate / config.lr_decay_factor ** passed
+
+
+class Collectives:
+  """Global-batch view for the per-device step (identity when `axis_name` is None)."""
+
+  def __init__(self, axis_name: Optional[str]):
+    self.axis_name = axis_name
+
+  def gather(self, x):
+    return x if self.axis_name is None else jax.lax.all_gather(x, self.axis_name, tiled=True)
+
+  @property
+  def size(self):
+    return 1 if self.axis_name is None else jax.lax.axis_size(self.axis_name)
+
+  def sum(self, tree):
+    return tree if self.axis_name is None else jax.lax.psum(tree, self.axis_name)
+
+
+def make_step_functions(model, discriminator, optimizers, config: StepConfig, axis_name=None):
+  """Returns (cycle_update, adversarial_update, train_step), all pure and jittable.
+
+  train_step(state, batch, rng) -> (state, outputs, metrics); batch holds this
+  device's `images` (b,H,W,C), `labels` (b,K) and `database_codes` (b,c).
+  The sub-steps also return their gradients, for parity checks.
+  """
+  coll = Collectives(axis_name)
+
+  def forward(params, batch, rng, train):
+    labels = coll.gather(batch["labels"])
+    return model.apply({"params": params}, batch["images"], batch["labels"],
+                       losses.label_similarity(labels, labels), train, gather=coll.gather,
+                       rngs={"dropout": rng})
+
+  def cycle_update(state, batch, rng, train=True):
+    labels = coll.gather(batch["labels"])
+    database_codes = coll.gather(batch["database_codes"])
+
+    def loss_fn(params):
+      outputs = forward(params, batch, rng, train)
+      loss, terms = losses.cycle_loss(outputs, database_codes, losses.label_similarity(labels, labels),
+                                      config.gamma)
+      return loss / coll.size, (outputs, terms)
+
+    (_, (outputs, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = coll.sum(grads)
+    params, opt_cycle = adam_step(optimizers.cycle, grads, state.opt_cycle, state.params, config.learning_rate)
+    return state.replace(params=params, opt_cycle=opt_cycle), outputs, terms, grads
+
+  def adversarial_update(state, batch, rng, train=True):
+    """Re-forward with the updated parameters, one D step, one G step over the cycle part."""
+    learning_rate = adversarial_learning_rate(config, state.iteration)
+
+    def reconstructions(cycle_params):
+      outputs = forward({**state.params, "cycle": cycle_params}, batch, rng, train)
+      return (outputs["U_image_rec"], outputs["U_label_rec"]), outputs
+
+    fake, pullback, outputs = jax.vjp(reconstructions, state.params["cycle"], has_aux=True)
+    real = (outputs["U_image"], outputs["U_label"])
+    fake_fixed = jax.lax.stop_gradient(fake)
+
+    def d_loss(disc_params):
+      real_probs = discriminator.apply({"params": disc_params}, *real)
+      fake_probs = discriminator.apply({"params": disc_params}, *fake_fixed)
+      real_loss = losses.binary_cross_entropy(real_probs, 1.0)
+      fake_loss = losses.binary_cross_entropy(fake_probs, 0.0)
+      return (real_loss + fake_loss) / coll.size, (real_loss, fake_loss, real_probs, fake_probs)
+
+    (_, (real_loss, fake_loss, real_probs, fake_probs)), grads_d = jax.value_and_grad(
+        d_loss, has_aux=True)(state.disc_params)
+    grads_d = coll.sum(grads_d)
+    disc_params, opt_d = adam_step(optimizers.discriminator, grads_d, state.opt_d, state.disc_params, learning_rate)
+
+    def g_loss(fake_codes):
+      probs = discriminator.apply({"params": disc_params}, *fake_codes)
+      return losses.binary_cross_entropy(probs, 1.0) / coll.size, probs
+
+    (_, g_probs), fake_grad = jax.value_and_grad(g_loss, has_aux=True)(fake)
+    (grads_g,) = pullback(fake_grad)
+    grads_g = coll.sum(grads_g)
+    g_loss_value = losses.binary_cross_entropy(g_probs, 1.0)
+    cycle, opt_g = adam_step(optimizers.generator, grads_g, state.opt_g, state.params["cycle"], learning_rate)
+    state = state.replace(params={**state.params, "cycle": cycle}, opt_g=opt_g,
+                          disc_params=disc_params, opt_d=opt_d)
+    metrics = {"lossD_real": real_loss, "lossD_fake": fake_loss, "lossD": real_loss + fake_loss,
+               "lossG": g_loss_value}
+    probes = {"reforward": outputs, "D_real_probs": real_probs, "D_fake_probs": fake_probs,
+              "G_probs": g_probs, "gradD": grads_d, "gradG": grads_g}
+    return state, metrics, probes
+
+  def train_step(state, batch, rng, train=True):
+    cycle_rng, adversarial_rng = jax.random.split(rng)
+    state, outputs, terms, _ = cycle_update(state, batch, cycle_rng, train)
+    metrics = dict(terms)
+    if config.adversarial:
+      state, adversarial_metrics, _ = adversarial_update(state, batch, adversarial_rng, train)
+      metrics.update(adversarial_metrics)
+    codes = {k: outputs[k] for k in ("U_image", "U_label", "U_latent")}
+    return state.replace(step=state.step + 1), codes, metrics
+
+  return cycle_update, adversarial_update, train_step
