@@ -47,6 +47,7 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
       tfds_data_dir=optional_str(),
       tfds_splits=('train', 'test'),
       image_size=224,
+      augment=True,
       test_resize=256,
       crop_min_scale=0.08,
       num_channels=optional_int(),

@@ -127,12 +127,25 @@ class Loader:
         (*np.atleast_1d(seed), batch_number, position))
     return transform(self.source.image(int(index)), rng, self.config)
 
+  def _stored_as_served(self, augmenting):
+    """True when images can be gathered as stored: an in-memory source already at
+    `image_size`, no augmentation, and a test transform that is the identity."""
+    images = getattr(self.source, 'images', None)
+    size = self.config.image_size
+    return (isinstance(images, np.ndarray) and images.shape[1:3] == (size, size)
+            and not augmenting and self.config.test_resize in (None, size))
+
   def _submit(self, indices, seed, batch_number, positions):
+    if self._stored_as_served(seed is not None):
+      done = concurrent.futures.Future()
+      done.set_result(self.source.images[np.asarray(indices, np.int64)])
+      return done
     return [self._pool.submit(self._example, index, seed, batch_number, p)
             for index, p in zip(indices, positions)]
 
   def _assemble(self, indices, futures, batch_size):
-    images = np.stack([f.result() for f in futures])
+    images = (futures.result() if isinstance(futures, concurrent.futures.Future)
+              else np.stack([f.result() for f in futures]))
     mask = np.ones(batch_size, bool)
     corrupt = getattr(self.source, 'corrupt', ())
     if corrupt:
@@ -164,7 +177,7 @@ class Loader:
       padded to full size with zero images, mask False; so are corrupt
       images skipped under on_corrupt='skip'.
     """
-    if train and seed is None:
+    if train and seed is None and self.config.augment:
       raise ValueError('train mode needs a seed')
     local = host_slice(batch_size)
     indices = np.asarray(indices, np.int64)
@@ -173,7 +186,7 @@ class Loader:
       positions = np.arange(start, start + batch_size)[local]
       positions = positions[positions < len(indices)]
       local_indices = indices[positions]
-      futures = self._submit(local_indices, seed if train else None,
+      futures = self._submit(local_indices, seed if train and self.config.augment else None,
                              batch_number, positions - start)
       pending.append((local_indices, futures))
       if len(pending) > self.config.prefetch:

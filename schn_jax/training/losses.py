@@ -45,16 +45,30 @@ def label_similarity(labels_a, labels_b):
   return (labels_a @ labels_b.T > 0).astype(jnp.float32)
 
 
-def soft_similarity(sample_labels, database_labels):
-  """The train loop's softened +-1 similarity (ns, N) and its ratio r.
+@jax.jit
+def _count_similar(sample_labels, database_labels):
+  return jnp.sum(sample_labels @ database_labels.T > 0)
 
-  S = 2*[share a label] - 1; r = sum(S) / sum(1 - S); S_soft = S*(1+r) - r,
-  so positives stay 1 and negatives become -(1 + 2r). Counts are integers, so
-  r is exact even when ns*N exceeds float32's exact range.
+
+def positive_ratio(sample_labels, database_labels, chunk=8192):
+  """r = sum(S) / sum(1 - S) of the +-1 similarity S between a sample and the database.
+
+  Counted exactly in integers, a database chunk at a time, so it stays exact and
+  bounded in memory when ns * N is far beyond float32's exact range.
   """
-  similar = (sample_labels @ database_labels.T > 0)
-  positives = jnp.sum(similar, dtype=jnp.int64 if jax.config.jax_enable_x64 else jnp.int32)
-  negatives = similar.size - positives
-  r = (positives - negatives).astype(jnp.float32) / (2.0 * negatives.astype(jnp.float32))
-  s_pm = 2.0 * similar.astype(jnp.float32) - 1.0
-  return s_pm * (1.0 + r) - r, r
+  positives = sum(int(_count_similar(sample_labels, database_labels[i:i + chunk]))
+                  for i in range(0, len(database_labels), chunk))
+  negatives = len(sample_labels) * len(database_labels) - positives
+  return (positives - negatives) / (2.0 * negatives)
+
+
+def soften(similar, r):
+  """The train loop's soft similarity: 0/1 -> +-1, then S*(1+r) - r, so positives
+  stay 1 and negatives become -(1 + 2r)."""
+  return (2.0 * similar - 1.0) * (1.0 + r) - r
+
+
+def soft_similarity(sample_labels, database_labels):
+  """(ns, N) soft similarity and its r (SPEC section 3, step 2)."""
+  r = jnp.float32(positive_ratio(sample_labels, database_labels))
+  return soften(label_similarity(sample_labels, database_labels), r), r

@@ -1,0 +1,38 @@
+"""Hyper-parameters shared by every dataset: the reference's (SPEC section 5).
+
+Not a runnable config by itself; configs/<dataset>.py build on `base_config`.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from schn_jax.data import default_data_config
+
+
+def base_config(dataset):
+  config = ml_collections.ConfigDict()
+  config.variant = "tomm"              # "mmasia" (no discriminator) or "tomm"
+  config.code_lengths = (12, 24, 32, 48)
+  config.backbone = "alexnet"          # "alexnet" or "small_cnn"
+  # A torchvision AlexNet state dict (alexnet-owt-*.pth) to start the backbone from.
+  config.pretrained_backbone = config_dict.placeholder(str)
+  config.dropout_rate = 0.5
+  config.learning_rate = 4e-5          # all three Adam optimizers (D/G decay per SPEC 3.4)
+  config.weight_decay = 1e-5           # L2 added to the gradient, as torch's Adam
+  config.alpha = 2.0                   # DCC weight of U_label
+  config.beta = 0.1                    # DCC weight of U_latent
+  config.gamma = 10.0                  # quantisation weight (loss and DCC)
+  config.sample_size = 5000            # ns: database points sampled per outer iteration
+  config.max_iter = 50                 # outer iterations
+  config.max_epoch = 3                 # epochs over the sample per outer iteration
+  config.batch_size = 64               # global batch, split across devices
+  config.eval_iter = 10                # evaluate every this many outer iterations
+  config.checkpoint_every = 1          # outer iterations between checkpoints
+  config.seed = 999
+  config.data = default_data_config(dataset)
+  config.eval = ml_collections.ConfigDict(dict(
+      topk=-1,                         # mAP@K; -1 = all
+      ties="stable",                   # "stable", "reference" or "tie_aware"
+      database_codes="learned",        # "learned" (asymmetric, the reference) or "encoded"
+      batch_size=256))
+  return config

@@ -1,0 +1,280 @@
+"""The asymmetric SCHN training loop (SPEC section 3), checkpointed and resumable.
+
+Sections: configuration checks; model and state; one outer iteration
+(sample, soft similarity, epochs of batches, DCC); evaluation; the run.
+"""
+
+import json
+import logging
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from schn_jax import data as data_lib
+from schn_jax import interop
+from schn_jax.evaluation import codes as codes_lib
+from schn_jax.evaluation import metrics as metrics_lib
+from schn_jax.evaluation import plots
+from schn_jax.models import SCHN, VARIANTS, Discriminator
+from schn_jax.training import dcc, losses
+from schn_jax.training.checkpoint import Checkpoints
+from schn_jax.training.reporting import MetricWriter
+from schn_jax.training.state import create_state, make_optimizers
+from schn_jax.training.step import StepConfig, make_step_functions
+
+
+class ConfigError(ValueError):
+  """A configuration that cannot run; raised before anything is compiled."""
+
+
+# ---------------------------------------------------------------- configuration checks
+
+def check_config(config, database_size):
+  """Refuse impossible combinations with a message naming the keys."""
+  problems = []
+  if config.variant not in VARIANTS:
+    problems.append(f"config.variant={config.variant!r}: choose one of {VARIANTS}")
+  lengths = tuple(config.code_lengths)
+  if not lengths or any(not isinstance(b, int) or b <= 0 for b in lengths):
+    problems.append(f"config.code_lengths={lengths}: give positive integers, e.g. (12, 24, 32, 48)")
+  if not 0 < config.sample_size <= database_size:
+    problems.append(f"config.sample_size={config.sample_size} must be in [1, {database_size}] "
+                    f"(the database has {database_size} items)")
+  devices = jax.device_count()
+  if config.batch_size <= 0 or config.batch_size % devices:
+    problems.append(f"config.batch_size={config.batch_size} must be a positive multiple of the "
+                    f"{devices} devices")
+  elif (config.sample_size % config.batch_size) % devices:
+    problems.append(f"the last batch of each epoch holds config.sample_size % config.batch_size = "
+                    f"{config.sample_size % config.batch_size} items, not a multiple of the "
+                    f"{devices} devices: change sample_size or batch_size")
+  for key in ("max_iter", "max_epoch", "eval_iter", "checkpoint_every"):
+    if config[key] <= 0:
+      problems.append(f"config.{key}={config[key]} must be positive")
+  if config.eval.database_codes not in ("learned", "encoded"):
+    problems.append(f"config.eval.database_codes={config.eval.database_codes!r}: "
+                    "'learned' (the reference's asymmetric codes) or 'encoded'")
+  if config.eval.ties not in metrics_lib.TIE_MODES:
+    problems.append(f"config.eval.ties={config.eval.ties!r}: one of {metrics_lib.TIE_MODES}")
+  if config.eval.topk != -1 and not 0 < config.eval.topk <= database_size:
+    problems.append(f"config.eval.topk={config.eval.topk} must be -1 (all) or in [1, {database_size}]")
+  if problems:
+    raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def lr_milestones(config):
+  # The reference decays D/G rates after 0-based iterations 5 and 40 when
+  # max_iter == 50, and 5 and 130 otherwise.
+  return (5, 40) if config.max_iter == 50 else (5, 130)
+
+
+# ---------------------------------------------------------------- model and state
+
+def build(config, bits, image_shape, num_classes, database_size):
+  """(model, discriminator, optimizers, step config, fresh state)."""
+  model = SCHN(config.variant, bits, backbone=config.backbone, dropout_rate=config.dropout_rate)
+  discriminator = Discriminator()
+  key = jax.random.PRNGKey(config.seed)
+  init_key, disc_key, run_key = jax.random.split(jax.random.fold_in(key, bits), 3)
+  batch = 2
+  params = model.init(init_key, jnp.zeros((batch,) + image_shape), jnp.zeros((batch, num_classes)),
+                      jnp.ones((batch, batch)))["params"]
+  if config.pretrained_backbone:
+    backbone = interop.load_torchvision_alexnet(config.pretrained_backbone,
+                                                params["visual"]["backbone"])
+    params = {**params, "visual": {**params["visual"], "backbone": backbone}}
+  disc_params = {}
+  if config.variant == "tomm":
+    disc_params = discriminator.init(disc_key, jnp.zeros((batch, bits)), jnp.zeros((batch, bits)))["params"]
+  optimizers = make_optimizers(config.weight_decay, params["cycle"])
+  step_config = StepConfig(config.variant, learning_rate=config.learning_rate, gamma=config.gamma,
+                           lr_milestones=lr_milestones(config))
+  state = create_state(params, disc_params, optimizers, database_size, bits, run_key)
+  return model, discriminator, optimizers, step_config, state
+
+
+def make_batch_step(model, discriminator, optimizers, step_config, data):
+  """Jitted (state, uint8 images, labels, database rows, rng) -> (state, codes, metrics)."""
+  _, _, train_step = make_step_functions(model, discriminator, optimizers, step_config)
+
+  def step(state, images, labels, rows, rng):
+    batch = {"images": data.normalize(images), "labels": labels,
+             "database_codes": state.database_codes[rows]}
+    return train_step(state, batch, rng)
+
+  return jax.jit(step, donate_argnums=0)
+
+
+@jax.jit
+def _dcc_rows(database_codes, sample, u_image, u_label, u_latent, sample_similarity, hyper):
+  codes = dcc.dcc_update(database_codes[sample], u_image, u_label, u_latent, sample_similarity,
+                         **hyper)
+  return database_codes.at[sample].set(codes)
+
+
+# ---------------------------------------------------------------- one outer iteration
+
+def run_iteration(config, data, state, batch_step, progress):
+  """Sample, train max_epoch epochs over the sample, DCC-update its database codes."""
+  iteration = int(state.iteration)
+  bits = state.database_codes.shape[1]
+  rng = np.random.default_rng((config.seed, bits, iteration))
+  database = data.split.database
+  sample = np.sort(rng.choice(len(database), config.sample_size, replace=False))
+  labels = jnp.asarray(data.labels[database])
+  r = losses.positive_ratio(labels[sample], labels)
+  sample_similarity = losses.soften(losses.label_similarity(labels[sample], labels[sample]),
+                                    jnp.float32(r))
+  sample_codes = {k: np.zeros((len(sample), bits), np.float32)
+                  for k in ("U_image", "U_label", "U_latent")}
+  iteration_key = jax.random.fold_in(state.rng, iteration)
+  sums, steps, images_seen = {}, 0, 0
+  for epoch in range(config.max_epoch):
+    order = rng.permutation(len(sample))
+    # Full batches, then the remainder as one smaller batch (torch's drop_last=False).
+    cut = len(order) - len(order) % config.batch_size
+    parts = [(order[:cut], config.batch_size)] + ([(order[cut:], len(order) - cut)] if cut < len(order) else [])
+    for part, batch_size in parts:
+      batches = data.batches(database[sample[part]], batch_size, train=True,
+                             seed=(config.seed, bits, iteration, epoch))
+      for start, batch in zip(range(0, len(part), batch_size), batches):
+        positions = part[start:start + batch_size]
+        rng_step = jax.random.fold_in(iteration_key, steps)
+        state, codes, metrics = batch_step(state, batch["image"], batch["label"],
+                                           sample[positions], rng_step)
+        metrics = jax.device_get(metrics)
+        for name, value in metrics.items():
+          if not np.isfinite(value):
+            raise FloatingPointError(
+                f"loss term {name} = {value} at iteration {iteration}, epoch {epoch}, "
+                f"step {steps}; the run stops here and keeps the last good checkpoint")
+          sums[name] = sums.get(name, 0.0) + float(value)
+        for name, value in codes.items():
+          sample_codes[name][positions] = np.asarray(value)
+        steps += 1
+        images_seen += len(positions)
+        progress.update(1)
+  hyper = {"alpha": config.alpha, "beta": config.beta, "gamma": config.gamma}
+  database_codes = _dcc_rows(state.database_codes, jnp.asarray(sample),
+                             *(jnp.asarray(sample_codes[k]) for k in ("U_image", "U_label", "U_latent")),
+                             sample_similarity, hyper)
+  state = state.replace(database_codes=database_codes, iteration=state.iteration + 1)
+  return state, {name: total / steps for name, total in sums.items()}, images_seen
+
+
+def batches_per_iteration(config):
+  return config.max_epoch * -(-config.sample_size // config.batch_size)
+
+
+# ---------------------------------------------------------------- evaluation
+
+def encode(model, params, data, indices, batch_size):
+  """sign(U_image) of the images at `indices` (test transform), as float32 {-1, 0, +1}."""
+  apply = jax.jit(lambda p, images: jnp.sign(model.apply({"params": p}, data.normalize(images),
+                                                         method=SCHN.encode_images)))
+  out = []
+  for start, batch in zip(range(0, len(indices), batch_size),
+                          data.batches(indices, batch_size, train=False)):
+    n = min(batch_size, len(indices) - start)
+    out.append(np.asarray(apply(params, batch["image"]))[:n])
+  return np.concatenate(out)
+
+
+def evaluate(config, model, state, data, output_dir=None):
+  """Query codes from the visual network; database codes learned (reference) or encoded."""
+  split = data.split
+  batch = config.eval.batch_size
+  query_codes = encode(model, state.params, data, split.query, batch)
+  if config.eval.database_codes == "learned":
+    database_codes = np.asarray(state.database_codes)
+  else:
+    database_codes = encode(model, state.params, data, split.database, batch)
+  query_labels, database_labels = data.labels[split.query], data.labels[split.database]
+  metrics = metrics_lib.evaluate_codes(query_codes, database_codes, query_labels, database_labels,
+                                       topk=config.eval.topk, ties=config.eval.ties)
+  metrics["database_codes"] = config.eval.database_codes
+  if output_dir is not None and jax.process_index() == 0:
+    codes_lib.save_codes(output_dir / "codes.npz", query_codes, database_codes, query_labels,
+                         database_labels)
+    plots.plot_curves(metrics, output_dir / "curves.png")
+  return metrics
+
+
+# ---------------------------------------------------------------- the run
+
+def train_code_length(config, data, bits, workdir, writer):
+  """Trains (or resumes) one code length; returns its final metrics."""
+  directory = workdir / f"bits_{bits}"
+  size = config.data.image_size
+  channels = config.data.num_channels or data.source.image(0).shape[-1]
+  image_shape = data.normalize(np.zeros((1, size, size, channels), np.uint8)).shape[1:]
+  model, discriminator, optimizers, step_config, state = build(
+      config, bits, image_shape, data.source.num_classes, len(data.split.database))
+  checkpoints = Checkpoints((directory / "checkpoints").absolute(), config.checkpoint_every)
+  meta = {"bits": bits, "variant": config.variant, "dataset": config.data.name,
+          "train_seconds": 0.0, "history": []}
+  restored, saved_meta = checkpoints.restore(state)
+  if restored is not None:
+    for key in ("bits", "variant", "dataset"):
+      if saved_meta.get(key) != meta[key]:
+        raise ConfigError(f"{directory}: the checkpoint was written with {key}="
+                          f"{saved_meta.get(key)!r}, this run has {meta[key]!r}; use another --workdir")
+    state, meta = restored, saved_meta
+    logging.info("bits %d: resumed from iteration %d", bits, int(state.iteration))
+  batch_step = make_batch_step(model, discriminator, optimizers, step_config, data)
+  total = config.max_iter * batches_per_iteration(config)
+  with tqdm.tqdm(total=total, initial=int(state.iteration) * batches_per_iteration(config),
+                 desc=f"{config.variant} {bits} bits", unit="batch",
+                 disable=jax.process_index() != 0) as progress:
+    while int(state.iteration) < config.max_iter:
+      started = time.perf_counter()
+      state, losses_mean, images_seen = run_iteration(config, data, state, batch_step, progress)
+      seconds = time.perf_counter() - started
+      meta["train_seconds"] += seconds
+      iteration = int(state.iteration)
+      scalars = {f"train/{k}": v for k, v in losses_mean.items()}
+      scalars.update({"train/iteration_seconds": seconds, "train/images_per_second": images_seen / seconds})
+      if iteration % config.eval_iter == 0 or iteration == config.max_iter:
+        result = evaluate(config, model, state, data)
+        meta["history"].append({"iteration": iteration, "map": result["map"]})
+        scalars[f"eval/map@{config.eval.topk if config.eval.topk > 0 else 'all'}"] = result["map"]
+      writer.write_scalars(iteration, {f"bits_{bits}/{k}": v for k, v in scalars.items()})
+      progress.set_postfix(loss=f"{losses_mean['loss_cycle']:.4g}", img_s=f"{images_seen / seconds:.0f}")
+      checkpoints.save(iteration, state, meta, force=iteration == config.max_iter)
+  checkpoints.close()
+  output_dir = directory
+  final = evaluate(config, model, state, data, output_dir)
+  summary = {k: v for k, v in final.items() if k != "curves"}
+  summary.update(topk=config.eval.topk, ties=config.eval.ties, variant=config.variant,
+                 iterations=int(state.iteration), train_seconds=round(meta["train_seconds"], 2),
+                 history=meta["history"])
+  if meta["history"]:
+    best = max(meta["history"], key=lambda h: h["map"])
+    summary["best_map_selected_on_query_set"] = best
+  return summary
+
+
+def train_and_evaluate(config, workdir):
+  """Trains every code length of `config` in `workdir`; writes workdir/metrics.json."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  data = data_lib.build_dataset(config.data, str(workdir), config.seed)
+  check_config(config, len(data.split.database))
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  writer = MetricWriter(str(workdir / "tensorboard"))
+  metrics_path = workdir / "metrics.json"
+  results = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+  for bits in config.code_lengths:
+    results[str(bits)] = train_code_length(config, data, bits, workdir, writer)
+    logging.info("bits %d: mAP %.4f (%s, %s ties, %s database codes)", bits, results[str(bits)]["map"],
+                 "all" if config.eval.topk == -1 else f"top {config.eval.topk}",
+                 config.eval.ties, config.eval.database_codes)
+    if jax.process_index() == 0:
+      metrics_path.write_text(json.dumps(results, indent=2))
+  writer.close()
+  return results
