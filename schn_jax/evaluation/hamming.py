@@ -69,7 +69,9 @@ def _topk_chunk(best_units, best_ids, query_signs, query_nonzero,
   units = unit_distances(query_signs, query_nonzero, database_signs,
                          database_nonzero, bits=bits, half_units=half_units)
   valid = jnp.arange(units.shape[1]) < num_valid
-  units = jnp.where(valid, units, jnp.iinfo(jnp.int32).max)
+  # float32 holds these small integers exactly, and XLA's CPU top_k is about
+  # 50x faster on float32 than on int32.
+  units = jnp.where(valid, units, jnp.inf).astype(jnp.float32)
   neg_units, chunk_pos = jax.lax.top_k(-units, k)
   # lax.top_k puts the lower index first among equal values, and the running
   # best (lower database ids) comes first in the concatenation, so ties are
@@ -104,7 +106,7 @@ def hamming_topk(query_codes, database_codes, k, *, query_chunk=64,
                         for a in (query.signs, query.nonzero))
   all_ids, all_units = [], []
   for q0 in range(0, query.num_items, query_chunk):
-    best_units = jnp.full((query_chunk, k), jnp.iinfo(jnp.int32).max)
+    best_units = jnp.full((query_chunk, k), jnp.inf)
     best_ids = jnp.full((query_chunk, k), -1, dtype=jnp.int32)
     for d0 in range(0, database.num_items, database_chunk):
       best_units, best_ids = _topk_chunk(
@@ -117,7 +119,7 @@ def hamming_topk(query_codes, database_codes, k, *, query_chunk=64,
     all_units.append(best_units)
   ids = np.concatenate(all_ids)[:query.num_items].astype(np.int64)
   units = np.concatenate(all_units)[:query.num_items]
-  return ids, units.astype(np.float32) / scale
+  return ids, units / scale
 
 
 def _pad_rows(array, multiple):
