@@ -26,6 +26,10 @@ def base_config(dataset):
   config.max_iter = 50                 # outer iterations
   config.max_epoch = 3                 # epochs over the sample per outer iteration
   config.batch_size = 64               # global batch, split across devices
+  # How the per-device step is mapped over all devices: "shard_map" (jax.shard_map
+  # under jax.jit, the default: pmap is in maintenance mode in current JAX) or
+  # "pmap" (one process only). Both give the same numbers.
+  config.parallel = "shard_map"
   config.eval_iter = 10                # evaluate every this many outer iterations
   config.checkpoint_every = 1          # outer iterations between checkpoints
   config.seed = 999

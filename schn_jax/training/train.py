@@ -20,7 +20,7 @@ from schn_jax.evaluation import codes as codes_lib
 from schn_jax.evaluation import metrics as metrics_lib
 from schn_jax.evaluation import plots
 from schn_jax.models import SCHN, VARIANTS, Discriminator
-from schn_jax.training import dcc, losses
+from schn_jax.training import dcc, losses, parallel
 from schn_jax.training.checkpoint import Checkpoints
 from schn_jax.training.reporting import MetricWriter
 from schn_jax.training.state import create_state, make_optimizers
@@ -52,6 +52,11 @@ def check_config(config, database_size):
     problems.append(f"the last batch of each epoch holds config.sample_size % config.batch_size = "
                     f"{config.sample_size % config.batch_size} items, not a multiple of the "
                     f"{devices} devices: change sample_size or batch_size")
+  if config.parallel not in parallel.KINDS:
+    problems.append(f"config.parallel={config.parallel!r}: one of {parallel.KINDS}")
+  elif config.parallel == "pmap" and jax.process_count() > 1:
+    problems.append(f"config.parallel='pmap' runs on one process, this run has "
+                    f"{jax.process_count()}: use 'shard_map'")
   for key in ("max_iter", "max_epoch", "eval_iter", "checkpoint_every"):
     if config[key] <= 0:
       problems.append(f"config.{key}={config[key]} must be positive")
@@ -97,16 +102,30 @@ def build(config, bits, image_shape, num_classes, database_size):
   return model, discriminator, optimizers, step_config, state
 
 
-def make_batch_step(model, discriminator, optimizers, step_config, data):
-  """Jitted (state, uint8 images, labels, database rows, rng) -> (state, codes, metrics)."""
-  _, _, train_step = make_step_functions(model, discriminator, optimizers, step_config)
+def make_batch_step(model, discriminator, optimizers, step_config, data, mesh, kind):
+  """(replicated state, this host's uint8 images and labels, the global batch's
+  database rows, rng) -> (state, codes of the global batch, metrics), all replicated.
 
-  def step(state, images, labels, rows, rng):
+  The per-device step runs over every device of `mesh` (see `parallel`). Each
+  device gathers the database codes of its own rows from the replicated
+  (N, c) codes; the step all-gathers them with the features.
+  """
+  _, _, train_step = make_step_functions(model, discriminator, optimizers, step_config,
+                                         axis_name=parallel.DATA_AXIS)
+
+  def per_device(state, images, labels, rows, rng):
     batch = {"images": data.normalize(images), "labels": labels,
              "database_codes": state.database_codes[rows]}
     return train_step(state, batch, rng)
 
-  return jax.jit(step, donate_argnums=0)
+  mapped = parallel.map_step(per_device, mesh, num_rows=3, kind=kind)
+
+  def step(state, images, labels, rows, rng):
+    # Every host knows the global batch's rows; the loader gave it only its own images.
+    rows = rows[data_lib.pipeline.host_slice(len(rows))]
+    return mapped(state, *parallel.shard_rows(mesh, images, labels, rows), rng)
+
+  return step
 
 
 @jax.jit
@@ -118,8 +137,15 @@ def _dcc_rows(database_codes, sample, u_image, u_label, u_latent, sample_similar
 
 # ---------------------------------------------------------------- one outer iteration
 
-def run_iteration(config, data, state, batch_step, progress):
-  """Sample, train max_epoch epochs over the sample, DCC-update its database codes."""
+def run_iteration(config, data, state, batch_step, progress, mesh):
+  """Sample, train max_epoch epochs over the sample, DCC-update its database codes.
+
+  Every process runs this loop with the same sample and order; each loads only
+  its own rows of each batch. The database codes stay replicated on every
+  device and the DCC update runs replicated: it is a sequential per-bit pass
+  over (ns, c), cheap next to the network, exact, and replicated codes need no
+  gather when the next batches read their rows.
+  """
   iteration = int(state.iteration)
   bits = state.database_codes.shape[1]
   rng = np.random.default_rng((config.seed, bits, iteration))
@@ -146,7 +172,7 @@ def run_iteration(config, data, state, batch_step, progress):
         rng_step = jax.random.fold_in(iteration_key, steps)
         state, codes, metrics = batch_step(state, batch["image"], batch["label"],
                                            sample[positions], rng_step)
-        metrics = jax.device_get(metrics)
+        metrics = {name: parallel.to_host(value) for name, value in metrics.items()}
         for name, value in metrics.items():
           if not np.isfinite(value):
             raise FloatingPointError(
@@ -154,14 +180,15 @@ def run_iteration(config, data, state, batch_step, progress):
                 f"step {steps}; the run stops here and keeps the last good checkpoint")
           sums[name] = sums.get(name, 0.0) + float(value)
         for name, value in codes.items():
-          sample_codes[name][positions] = np.asarray(value)
+          sample_codes[name][positions] = parallel.to_host(value)
         steps += 1
         images_seen += len(positions)
         progress.update(1)
-  hyper = {"alpha": config.alpha, "beta": config.beta, "gamma": config.gamma}
-  database_codes = _dcc_rows(state.database_codes, jnp.asarray(sample),
-                             *(jnp.asarray(sample_codes[k]) for k in ("U_image", "U_label", "U_latent")),
-                             sample_similarity, hyper)
+  hyper = {"alpha": np.float32(config.alpha), "beta": np.float32(config.beta),
+           "gamma": np.float32(config.gamma)}
+  database_codes = _dcc_rows(state.database_codes, *parallel.replicate(
+      (sample.astype(np.int32), *(sample_codes[k] for k in ("U_image", "U_label", "U_latent")), sample_similarity,
+       hyper), mesh))
   state = state.replace(database_codes=database_codes, iteration=state.iteration + 1)
   return state, {name: total / steps for name, total in sums.items()}, images_seen
 
@@ -173,14 +200,23 @@ def batches_per_iteration(config):
 # ---------------------------------------------------------------- evaluation
 
 def encode(model, params, data, indices, batch_size):
-  """sign(U_image) of the images at `indices` (test transform), as float32 {-1, 0, +1}."""
+  """sign(U_image) of the images at `indices` (test transform), as float32 {-1, 0, +1}.
+
+  Batches are split over every device of every host (each host loads its own
+  rows); the codes are gathered so that every host returns all of them.
+  """
+  mesh = parallel.make_mesh()
+  # Batches are padded, so rounding up to a multiple of the devices only adds padding.
+  batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
   apply = jax.jit(lambda p, images: jnp.sign(model.apply({"params": p}, data.normalize(images),
                                                          method=SCHN.encode_images)))
+  params = parallel.replicate(params, mesh)
   out = []
   for start, batch in zip(range(0, len(indices), batch_size),
                           data.batches(indices, batch_size, train=False)):
     n = min(batch_size, len(indices) - start)
-    out.append(np.asarray(apply(params, batch["image"]))[:n])
+    (images,) = parallel.shard_rows(mesh, batch["image"])
+    out.append(parallel.to_host(apply(params, images))[:n])
   return np.concatenate(out)
 
 
@@ -190,7 +226,7 @@ def evaluate(config, model, state, data, output_dir=None):
   batch = config.eval.batch_size
   query_codes = encode(model, state.params, data, split.query, batch)
   if config.eval.database_codes == "learned":
-    database_codes = np.asarray(state.database_codes)
+    database_codes = parallel.to_host(state.database_codes)
   else:
     database_codes = encode(model, state.params, data, split.database, batch)
   query_labels, database_labels = data.labels[split.query], data.labels[split.database]
@@ -214,6 +250,9 @@ def train_code_length(config, data, bits, workdir, writer):
   image_shape = data.normalize(np.zeros((1, size, size, channels), np.uint8)).shape[1:]
   model, discriminator, optimizers, step_config, state = build(
       config, bits, image_shape, data.source.num_classes, len(data.split.database))
+  mesh = parallel.make_mesh()
+  # Replicated before the restore, so the checkpoint is read into the same layout.
+  state = parallel.replicate(state, mesh)
   checkpoints = Checkpoints((directory / "checkpoints").absolute(), config.checkpoint_every)
   meta = {"bits": bits, "variant": config.variant, "dataset": config.data.name,
           "train_seconds": 0.0, "history": []}
@@ -225,14 +264,15 @@ def train_code_length(config, data, bits, workdir, writer):
                           f"{saved_meta.get(key)!r}, this run has {meta[key]!r}; use another --workdir")
     state, meta = restored, saved_meta
     logging.info("bits %d: resumed from iteration %d", bits, int(state.iteration))
-  batch_step = make_batch_step(model, discriminator, optimizers, step_config, data)
+  batch_step = make_batch_step(model, discriminator, optimizers, step_config, data, mesh,
+                               config.parallel)
   total = config.max_iter * batches_per_iteration(config)
   with tqdm.tqdm(total=total, initial=int(state.iteration) * batches_per_iteration(config),
                  desc=f"{config.variant} {bits} bits", unit="batch",
                  disable=jax.process_index() != 0) as progress:
     while int(state.iteration) < config.max_iter:
       started = time.perf_counter()
-      state, losses_mean, images_seen = run_iteration(config, data, state, batch_step, progress)
+      state, losses_mean, images_seen = run_iteration(config, data, state, batch_step, progress, mesh)
       seconds = time.perf_counter() - started
       meta["train_seconds"] += seconds
       iteration = int(state.iteration)

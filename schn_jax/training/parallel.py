@@ -1,0 +1,109 @@
+"""Maps the per-device step over a ('data',) mesh of every device of every process.
+
+The step (`step.make_step_functions(..., axis_name=DATA_AXIS)`) is written once
+with named-axis collectives; this module only decides how it is mapped:
+
+- 'shard_map' (default): `jax.shard_map` inside `jax.jit`. The state and the rng
+  are replicated (P()), the batch is split along its rows (P('data')), and the
+  outputs (state, the global batch's codes, metrics) are replicated. This is
+  the mapping current JAX develops; `jax.pmap` is in maintenance mode.
+- 'pmap': `jax.pmap` over the same function, for users who ask for it. The
+  state goes in with in_axes=None (pmap copies it to every device) and comes
+  back with out_axes=None (one copy of a value that is equal on every device),
+  so the training loop sees the same replicated state either way. Single
+  process only: multi-host runs use shard_map.
+
+Global arrays: on several processes each one loads only its own rows of every
+batch (`data.pipeline.host_slice`); `shard_rows` stitches those into one
+global array, and `replicate` turns values that every process holds equally
+(the initial state, DCC inputs) into arrays replicated on every device.
+"""
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+KINDS = ("shard_map", "pmap")
+
+
+def make_mesh():
+  """All devices on one 'data' axis, each process's devices adjacent and in process order,
+  so that process p's rows of a global batch are the contiguous block
+  `data.pipeline.host_slice` gives it."""
+  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  # Auto axis types: the rest of the code (DCC, evaluation, optax) is written for
+  # jit's sharding propagation, not for explicitly typed shardings.
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh):
+  return NamedSharding(mesh, P())
+
+
+def replicate(tree, mesh):
+  """Values equal on every process -> global arrays with a full copy on every device."""
+  sharding = replicated(mesh)
+
+  def put(x):
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+      return x
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+  return jax.tree_util.tree_map(put, tree)
+
+
+def shard_rows(mesh, *local_arrays):
+  """This process's contiguous rows of a global batch -> global arrays split over 'data'."""
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  return tuple(jax.make_array_from_process_local_data(sharding, np.asarray(x))
+               for x in local_arrays)
+
+
+def to_host(x):
+  """A global array as one NumPy array on every process (gathered across hosts)."""
+  if x.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def map_step(per_device_step, mesh, num_rows, kind="shard_map"):
+  """Maps per_device_step(state, *rows, rng) -> replicated outputs over `mesh`.
+
+  The `num_rows` arguments after the state are global arrays split along their
+  rows (see `shard_rows`); state and rng are replicated. Returns a function with
+  the same signature; every output is replicated (the step makes them equal on
+  every device), and the state is donated.
+  """
+  if kind == "shard_map":
+    # check_vma=False: the step follows the explicit-collective convention
+    # (per-device gradients of loss / n, then psum). With varying-axes typing
+    # JAX would already sum the gradients of replicated parameters when
+    # transposing their implicit pvary, and the step's psum would count them
+    # n times. The outputs are equal on every device by construction (global
+    # batch after the all-gather, psum'd gradients), so P() is exact.
+    specs = (P(),) + (P(DATA_AXIS),) * num_rows + (P(),)
+    return jax.jit(jax.shard_map(per_device_step, mesh=mesh, in_specs=specs,
+                                 out_specs=P(), check_vma=False),
+                   donate_argnums=0)
+  if kind == "pmap":
+    if jax.process_count() > 1:
+      raise ValueError("config.parallel='pmap' runs on one process; use 'shard_map' on several hosts")
+    devices = list(mesh.devices.flat)
+    pmapped = jax.pmap(per_device_step, axis_name=DATA_AXIS, devices=devices,
+                       in_axes=(None,) + (0,) * num_rows + (None,), out_axes=None,
+                       donate_argnums=0)
+
+    def mapped(state, *args):
+      *rows, rng = args
+      # pmap maps a leading device axis: (B, ...) -> (devices, B / devices, ...).
+      rows = [x.reshape((len(devices), -1) + x.shape[1:]) for x in rows]
+      return pmapped(state, *rows, rng)
+
+    return mapped
+  raise ValueError(f"unknown parallel mapping {kind!r}; choose one of {KINDS}")
