@@ -1,5 +1,7 @@
 """Visual space: image -> feature F_image, and its hash head."""
 
+import functools
+
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +18,19 @@ def adaptive_avg_pool(x, size: int):
       m[i, lo:hi] = 1.0 / (hi - lo)
     return jnp.asarray(m)
   return jnp.einsum("ih,jw,bhwc->bijc", bins(x.shape[1]), bins(x.shape[2]), x)
+
+
+def max_pool(x, window: int, stride: int):
+  """VALID max pooling of NHWC maps as an elementwise max over strided slices.
+
+  Same values as nn.max_pool; on XLA:CPU its gradient (a select per slice) is
+  several times faster than the select-and-scatter of reduce_window.
+  """
+  height = (x.shape[1] - window) // stride + 1
+  width = (x.shape[2] - window) // stride + 1
+  slices = [x[:, i:i + stride * (height - 1) + 1:stride, j:j + stride * (width - 1) + 1:stride]
+            for i in range(window) for j in range(window)]
+  return functools.reduce(jnp.maximum, slices)
 
 
 def _conv(features, kernel, stride, padding, name):
@@ -45,7 +60,7 @@ class AlexNet(nn.Module):
                                         ("features_10", 256, 3, 1, 1, True)]:
       x = nn.relu(_conv(feats, k, s, p, name)(x))
       if pool:
-        x = nn.max_pool(x, (3, 3), strides=(2, 2))
+        x = max_pool(x, 3, 2)
     self.sow("intermediates", "conv_features", x)
     x = _flatten_like_torch(adaptive_avg_pool(x, 6))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -65,7 +80,7 @@ class SmallCNN(nn.Module):
     x = images
     for name, feats in [("features_0", 32), ("features_3", 64)]:
       x = nn.relu(_conv(feats, 3, 1, 1, name)(x))
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool(x, 2, 2)
     x = _flatten_like_torch(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.relu(Dense(self.feature_dim, name="classifier_1")(x))
