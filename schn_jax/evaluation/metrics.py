@@ -121,15 +121,18 @@ def _stable_chunk(seen_all, seen_relevant, lower_all, lower_relevant, window,
   earlier_in_block = (units[..., :, None] == units[..., None, :]) & (
       jnp.arange(_BLOCK)[:, None] > jnp.arange(_BLOCK))
   weight = jnp.where(relevant, _HIGH + 1, 1)[..., None, :]
-  packed = jnp.where(earlier_in_block, weight, 0).sum(-1)
+  # A barrier again: fused into both consumers, the all-pairs sum is
+  # recomputed for each, at several times the cost.
+  packed = jax.lax.optimization_barrier(
+      jnp.where(earlier_in_block, weight, 0).sum(-1))
   bucket = jnp.minimum(units, num_buckets - 1)
   before_all = _exclusive_cumsum_blocks(block_all, seen_all + lower_all)
   before_relevant = _exclusive_cumsum_blocks(block_relevant,
                                              seen_relevant + lower_relevant)
-  position = (jnp.take_along_axis(before_all, bucket, axis=2) +
-              packed % _HIGH + 1)
-  rank = (jnp.take_along_axis(before_relevant, bucket, axis=2) +
-          packed // _HIGH + 1)
+  position, rank = jax.lax.optimization_barrier((
+      jnp.take_along_axis(before_all, bucket, axis=2) + packed % _HIGH + 1,
+      jnp.take_along_axis(before_relevant, bucket, axis=2) +
+      packed // _HIGH + 1))
   counted = relevant & (position <= window)
   terms = jnp.where(counted, rank.astype(jnp.float32) / position, 0.0)
   sums = terms.reshape(terms.shape[0], -1, _GROUP).sum(-1)
