@@ -1,6 +1,6 @@
 """Speed and peak memory of evaluation and search, ours vs straightforward.
 
-  python -m benchmarks.eval_speed [--scale 0.1]
+  python -m benchmarks.eval_speed [--scale 0.1] [--part map|topk]
 
 (1) mAP@all, 1,000 queries x 59,000 database codes, 32 bits (CIFAR-10
 sized, codes clustered by class so distances tie): evaluate_codes in each tie
@@ -80,6 +80,7 @@ def measure(task, num_queries):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--scale', type=float, default=1.0)
+  parser.add_argument('--part', choices=('all', 'map', 'topk'), default='all')
   args = parser.parse_args()
   context = multiprocessing.get_context('spawn')
   print(f'{psutil.cpu_count()} CPUs, load average {psutil.getloadavg()}')
@@ -90,6 +91,8 @@ def main():
        ['topk_faiss', 'topk_ours']),
   ]
   for title, num_queries, tasks in sections:
+    if args.part != 'all' and not tasks[0].startswith(args.part):
+      continue
     print(f'\n{title}, {num_queries} queries')
     print(f'{"method":16s} {"value":>10s} {"first s":>9s} {"second s":>9s} '
           f'{"peak RSS MiB":>13s} {"setup RSS":>10s} {"speed-up":>9s}')
