@@ -23,6 +23,10 @@ def base_config(dataset):
   config.beta = 0.1                    # DCC weight of U_latent
   config.gamma = 10.0                  # quantisation weight (loss and DCC)
   config.sample_size = 5000            # ns: database points sampled per outer iteration
+  # How each iteration's sample is drawn: "uniform" (the reference: anew each
+  # iteration) or "cover" (blocks of a database permutation; full coverage of the
+  # learned database codes after N / sample_size iterations).
+  config.sampling = "uniform"
   config.max_iter = 50                 # outer iterations
   config.max_epoch = 3                 # epochs over the sample per outer iteration
   config.batch_size = 64               # global batch, split across devices

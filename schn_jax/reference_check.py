@@ -274,7 +274,8 @@ def check_fixture(directory):
           + check_step(fixture, model, params))
 
 
-def report(directory, results, out=sys.stdout):
+def report(directory, results, out=None):
+  out = out or sys.stdout
   print(f"== {directory}", file=out)
   for c in results:
     status = "ok" if c.ok else "MISMATCH"

@@ -16,14 +16,16 @@ def _shapes(tree):
   return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
 
 
-def schn_from_reference(state_dict, template, variant, source="reference state dict"):
+def schn_from_reference(state_dict, template, variant, source="reference state dict",
+                        backbone="alexnet"):
   """Reference CycleHashNet state dict (`model_image.*`, `model_label.*`, `model_cycle.*`)
   -> SCHN parameters shaped like `template` (e.g. from `model.init` or `jax.eval_shape`)."""
-  return state_dict_to_params(state_dict, layout.schn_rules(variant), _shapes(template), source)
+  return state_dict_to_params(state_dict, layout.schn_rules(variant, backbone), _shapes(template),
+                              source)
 
 
-def schn_to_reference(params, variant):
-  return params_to_state_dict(params, layout.schn_rules(variant))
+def schn_to_reference(params, variant, backbone="alexnet"):
+  return params_to_state_dict(params, layout.schn_rules(variant, backbone))
 
 
 def discriminator_from_reference(state_dict, template, source="reference discriminator state dict"):

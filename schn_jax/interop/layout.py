@@ -13,14 +13,18 @@ directions are derived from it.
 
 from schn_jax.models.schn import CYCLE_WIRING
 
-ALEXNET_CONVS = (0, 3, 6, 8, 10)
-ALEXNET_FCS = (1, 4)
+# Indices of the conv layers in each backbone's torch-style `features` Sequential;
+# both have fully connected layers at `classifier.1` and `classifier.4`.
+BACKBONE_CONVS = {"alexnet": (0, 3, 6, 8, 10), "small_cnn": (0, 3)}
+CLASSIFIER_FCS = (1, 4)
 
 
-def backbone_rules(prefix, path):
-  """torchvision AlexNet's `features.N` / `classifier.N` (the same names serve SmallCNN)."""
-  return ([(f"{prefix}features.{n}", path + (f"features_{n}",), "conv") for n in ALEXNET_CONVS]
-          + [(f"{prefix}classifier.{n}", path + (f"classifier_{n}",), "linear") for n in ALEXNET_FCS])
+def backbone_rules(prefix, path, backbone="alexnet"):
+  """torchvision AlexNet's `features.N` / `classifier.N` (SmallCNN uses the same scheme)."""
+  return ([(f"{prefix}features.{n}", path + (f"features_{n}",), "conv")
+           for n in BACKBONE_CONVS[backbone]]
+          + [(f"{prefix}classifier.{n}", path + (f"classifier_{n}",), "linear")
+             for n in CLASSIFIER_FCS])
 
 
 def _mlp_with_hash(prefix, path, mlp="mlp", head="hash"):
@@ -33,7 +37,7 @@ def schn_rules(variant, backbone="alexnet"):
   """Rules for the reference CycleHashNet state dict (`model_image.*`, `model_label.*`, `model_cycle.*`)."""
   if variant not in CYCLE_WIRING:
     raise ValueError(f"unknown variant {variant!r}; choose one of {tuple(CYCLE_WIRING)}")
-  rules = backbone_rules("model_image.", ("visual", "backbone"))
+  rules = backbone_rules("model_image.", ("visual", "backbone"), backbone)
   rules.append(("model_image.hash_layer.0", ("visual", "hash", "linear"), "linear"))
   rules += _mlp_with_hash("model_label.", ("semantic",))
   cycle = ("cycle",)

@@ -60,6 +60,8 @@ def check_config(config, database_size):
   for key in ("max_iter", "max_epoch", "eval_iter", "checkpoint_every"):
     if config[key] <= 0:
       problems.append(f"config.{key}={config[key]} must be positive")
+  if config.sampling not in ("uniform", "cover"):
+    problems.append(f"config.sampling={config.sampling!r}: 'uniform' (the reference) or 'cover'")
   if config.eval.database_codes not in ("learned", "encoded"):
     problems.append(f"config.eval.database_codes={config.eval.database_codes!r}: "
                     "'learned' (the reference's asymmetric codes) or 'encoded'")
@@ -137,6 +139,27 @@ def _dcc_rows(database_codes, sample, u_image, u_label, u_latent, sample_similar
 
 # ---------------------------------------------------------------- one outer iteration
 
+_COVER_STREAM = 1  # keeps the permutations' seeds apart from the iterations' (seed, bits, iteration)
+
+
+def sample_database(config, bits, iteration, database_size, rng):
+  """Sorted database positions trained on in outer iteration `iteration`.
+
+  'uniform' (the reference): ns positions uniformly without replacement, anew
+  each iteration; rows never drawn keep all-zero codes, so early on mAP is
+  bounded by how much of the database has been covered.
+  'cover': consecutive ns-blocks of seeded database permutations (a fresh one
+  each pass), so ceil(N / ns) iterations give every row a learned code.
+  """
+  if config.sampling == "uniform":
+    return np.sort(rng.choice(database_size, config.sample_size, replace=False))
+  blocks = -(-database_size // config.sample_size)
+  cover_pass, block = divmod(iteration, blocks)
+  order = np.random.default_rng((config.seed, bits, cover_pass, _COVER_STREAM)).permutation(database_size)
+  # The last block of a pass is short; it is topped up from the rest of the pass.
+  return np.sort(np.roll(order, -block * config.sample_size)[:config.sample_size])
+
+
 def run_iteration(config, data, state, batch_step, progress, mesh):
   """Sample, train max_epoch epochs over the sample, DCC-update its database codes.
 
@@ -150,7 +173,7 @@ def run_iteration(config, data, state, batch_step, progress, mesh):
   bits = state.database_codes.shape[1]
   rng = np.random.default_rng((config.seed, bits, iteration))
   database = data.split.database
-  sample = np.sort(rng.choice(len(database), config.sample_size, replace=False))
+  sample = sample_database(config, bits, iteration, len(database), rng)
   labels = jnp.asarray(data.labels[database])
   r = losses.positive_ratio(labels[sample], labels)
   sample_similarity = losses.soften(losses.label_similarity(labels[sample], labels[sample]),
