@@ -33,7 +33,19 @@ class ConfigError(ValueError):
 
 # ---------------------------------------------------------------- configuration checks
 
-def check_config(config, database_size):
+def training_positions(split):
+  """Positions in the database of the protocol's training images, which the outer
+  loop samples from (the whole database for CIFAR-10 / Fashion-MNIST, as in ADSH)."""
+  positions = np.searchsorted(split.database, split.train)
+  inside = positions < len(split.database)
+  inside[inside] = split.database[positions[inside]] == split.train[inside]
+  if not inside.all():
+    raise ConfigError(f"{int((~inside).sum())} training images are not in the database: the "
+                      "asymmetric loop learns database codes for the images it trains on")
+  return positions
+
+
+def check_config(config, database_size, train_size):
   """Refuse impossible combinations with a message naming the keys."""
   problems = []
   if config.variant not in VARIANTS:
@@ -41,9 +53,9 @@ def check_config(config, database_size):
   lengths = tuple(config.code_lengths)
   if not lengths or any(not isinstance(b, int) or b <= 0 for b in lengths):
     problems.append(f"config.code_lengths={lengths}: give positive integers, e.g. (12, 24, 32, 48)")
-  if not 0 < config.sample_size <= database_size:
-    problems.append(f"config.sample_size={config.sample_size} must be in [1, {database_size}] "
-                    f"(the database has {database_size} items)")
+  if not 0 < config.sample_size <= train_size:
+    problems.append(f"config.sample_size={config.sample_size} must be in [1, {train_size}] "
+                    f"(the protocol trains on {train_size} of the {database_size} database items)")
   devices = jax.device_count()
   if config.batch_size <= 0 or config.batch_size % devices:
     problems.append(f"config.batch_size={config.batch_size} must be a positive multiple of the "
@@ -173,7 +185,8 @@ def run_iteration(config, data, state, batch_step, progress, mesh):
   bits = state.database_codes.shape[1]
   rng = np.random.default_rng((config.seed, bits, iteration))
   database = data.split.database
-  sample = sample_database(config, bits, iteration, len(database), rng)
+  pool = training_positions(data.split)
+  sample = np.sort(pool[sample_database(config, bits, iteration, len(pool), rng)])
   labels = jnp.asarray(data.labels[database])
   r = losses.positive_ratio(labels[sample], labels)
   sample_similarity = losses.soften(losses.label_similarity(labels[sample], labels[sample]),
@@ -326,7 +339,7 @@ def train_and_evaluate(config, workdir):
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   data = data_lib.build_dataset(config.data, str(workdir), config.seed)
-  check_config(config, len(data.split.database))
+  check_config(config, len(data.split.database), len(training_positions(data.split)))
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   writer = MetricWriter(str(workdir / "tensorboard"))
