@@ -4,6 +4,15 @@
       [--output_dir DIR]
   python eval.py --query_codes_t q.t --database_codes_t db.t \
       --query_labels_t ql.t --database_labels_t dbl.t   # needs torch
+  python eval.py --workdir=DIR [--database_codes learned|encoded] [--topk K] [--ties ...]
+
+--workdir re-evaluates a run written by train.py from its latest checkpoints:
+queries are encoded with the visual network; the database codes are the
+learned asymmetric codes (as the reference) or the database images encoded
+with the visual network (--database_codes=encoded, the inductive mode). The
+run's own eval settings apply unless --topk / --ties are given; the output is
+then one JSON object keyed by code length, and each code length's codes.npz,
+curves.png and metrics.json go to DIR/bits_<c>/eval/.
 
 Prints one JSON object (without the curves) on the last line of stdout; with
 --output_dir also writes metrics.json (with curves) and curves.png there.
@@ -29,6 +38,10 @@ _TORCH_FILES = {
 _TOPK = flags.DEFINE_integer('topk', -1, 'K of mAP@K; -1 for all.')
 _TIES = flags.DEFINE_enum('ties', 'stable', metrics_lib.TIE_MODES,
                           'How tied Hamming distances are ordered.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A train.py run to re-evaluate.')
+_DATABASE_CODES = flags.DEFINE_enum(
+    'database_codes', None, ('learned', 'encoded'),
+    'With --workdir: learned asymmetric codes or encoded database images.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None,
                                   'Write metrics.json and curves.png here.')
 
@@ -44,8 +57,24 @@ def load_inputs():
                        + ', '.join(f'--{key}_t' for key in torch_paths) + '.')
 
 
+def evaluate_workdir():
+  """--workdir mode: the run's checkpoints, the flags given explicitly as overrides."""
+  from schn_jax.training import train  # pylint: disable=g-import-not-at-top
+  overrides = {name: flags.FLAGS[name].value for name in ('topk', 'ties')
+               if flags.FLAGS[name].present}
+  if _DATABASE_CODES.value:
+    overrides['database_codes'] = _DATABASE_CODES.value
+  try:
+    results = train.evaluate_workdir(_WORKDIR.value, overrides)
+  except (ValueError, FileNotFoundError) as error:
+    raise app.UsageError(str(error)) from error
+  print(json.dumps(results))
+
+
 def main(argv):
   del argv  # Unused.
+  if _WORKDIR.value:
+    return evaluate_workdir()
   try:
     metrics = metrics_lib.evaluate_codes(**load_inputs(), topk=_TOPK.value,
                                          ties=_TIES.value)

@@ -42,6 +42,7 @@ def test_tiny_run_trains_checkpoints_and_evaluates(tmp_path, variant):
   for key in ("map", "topk", "variant", "iterations", "train_seconds"):
     assert key in saved[bits]
   assert saved[bits]["variant"] == variant and saved[bits]["iterations"] == 2
+  assert saved[bits]["database_rows_with_zero_bits"] == 0  # 'cover' sampling, two iterations
   # Better than random ranking of 10 balanced classes (mAP ~0.1) after two tiny iterations.
   assert saved[bits]["map"] > 0.15
   run = tmp_path / f"bits_{bits}"
@@ -50,6 +51,22 @@ def test_tiny_run_trains_checkpoints_and_evaluates(tmp_path, variant):
   codes = np.load(run / "codes.npz")
   assert set(np.unique(codes["query_codes"])) <= {-1.0, 0.0, 1.0}
   assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  # eval --workdir: the checkpoint reproduces the run's learned-code mAP exactly,
+  # and the inductive mode encodes the database instead.
+  learned = train.evaluate_workdir(tmp_path)[bits]
+  assert learned["map"] == saved[bits]["map"] and learned["database_codes"] == "learned"
+  encoded = train.evaluate_workdir(tmp_path, {"database_codes": "encoded"})[bits]
+  assert encoded["database_codes"] == "encoded" and encoded["database_rows_with_zero_bits"] == 0
+  assert (run / "eval" / "codes.npz").is_file()
+
+
+def test_eval_cli_on_a_workdir(tmp_path):
+  train.train_and_evaluate(tiny_config(variant="mmasia", max_iter=1), tmp_path)
+  proc = subprocess.run([sys.executable, "eval.py", f"--workdir={tmp_path}", "--ties=tie_aware"],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  result = json.loads(proc.stdout.strip().splitlines()[-1])["16"]
+  assert result["ties"] == "tie_aware" and result["iteration"] == 1
 
 
 def test_killed_run_resumes_to_identical_codes(tmp_path):

@@ -11,6 +11,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import tqdm
 
@@ -278,8 +279,9 @@ def evaluate(config, model, state, data, output_dir=None):
 
 # ---------------------------------------------------------------- the run
 
-def train_code_length(config, data, bits, workdir, writer):
-  """Trains (or resumes) one code length; returns its final metrics."""
+def restore_run(config, data, bits, workdir):
+  """The model pieces and the state of one code length: from its latest checkpoint
+  in workdir/bits_<bits> when there is one, fresh otherwise."""
   directory = workdir / f"bits_{bits}"
   size = config.data.image_size
   channels = config.data.num_channels or data.source.image(0).shape[-1]
@@ -300,6 +302,14 @@ def train_code_length(config, data, bits, workdir, writer):
                           f"{saved_meta.get(key)!r}, this run has {meta[key]!r}; use another --workdir")
     state, meta = restored, saved_meta
     logging.info("bits %d: resumed from iteration %d", bits, int(state.iteration))
+  return model, discriminator, optimizers, step_config, state, mesh, checkpoints, meta
+
+
+def train_code_length(config, data, bits, workdir, writer):
+  """Trains (or resumes) one code length; returns its final metrics."""
+  directory = workdir / f"bits_{bits}"
+  model, discriminator, optimizers, step_config, state, mesh, checkpoints, meta = restore_run(
+      config, data, bits, workdir)
   batch_step = make_batch_step(model, discriminator, optimizers, step_config, data, mesh,
                                config.parallel)
   total = config.max_iter * batches_per_iteration(config)
@@ -353,4 +363,33 @@ def train_and_evaluate(config, workdir):
     if jax.process_index() == 0:
       metrics_path.write_text(json.dumps(results, indent=2))
   writer.close()
+  return results
+
+
+def evaluate_workdir(workdir, overrides=None):
+  """Re-evaluates the latest checkpoint of every code length of a finished or running
+  run in `workdir` (its config.json and split); `overrides` may set eval.* keys.
+  Writes codes.npz, curves.png and metrics.json under workdir/bits_<c>/eval."""
+  workdir = pathlib.Path(workdir)
+  path = workdir / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: --workdir must be a folder written by train.py")
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  for key, value in (overrides or {}).items():
+    config.eval[key] = value
+  data = data_lib.build_dataset(config.data, str(workdir), config.seed)
+  check_config(config, len(data.split.database), len(training_positions(data.split)))
+  results = {}
+  for bits in config.code_lengths:
+    model, _, _, _, state, _, checkpoints, _ = restore_run(config, data, bits, workdir)
+    if checkpoints.latest() is None:
+      raise FileNotFoundError(f"{workdir / f'bits_{bits}'}: no checkpoint to evaluate")
+    output_dir = workdir / f"bits_{bits}" / "eval"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metrics = evaluate(config, model, state, data, output_dir)
+    metrics.update(iteration=int(state.iteration), variant=config.variant)
+    if jax.process_index() == 0:
+      (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    results[str(bits)] = {k: v for k, v in metrics.items() if k != "curves"}
+    checkpoints.close()
   return results
