@@ -4,10 +4,12 @@ No sort. With c bits there are at most 2c + 1 distinct distances ('buckets',
 see hamming.py), so for every query one pass over the database counts the
 items and the relevant items per bucket. That alone gives the tie-aware AP,
 the radius curves and the (tie-independent, expected) P@N curves. The stable
-order (ties by database index) needs, for each relevant item, its position:
-the items in lower buckets plus the items of its own bucket with a smaller
-index. A second pass finds those from per-block bucket counts (blocks of
-_BLOCK items, in index order) and an all-pairs comparison inside each block.
+order (ties by database index) is then a counting sort: a second pass in
+index order, with per-bucket running counters started at the counts of the
+lower buckets, gives each relevant item its position and its rank among
+relevant items. JAX computes distances and relevance per (query chunk,
+database chunk); the two passes are Numba loops, since their scattered
+counter updates are slow as XLA CPU array code.
 See docs/evaluation.md for the definitions and the tie-aware derivation.
 """
 
@@ -15,15 +17,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numba
 import numpy as np
 
 from schn_jax.evaluation import codes as codes_lib
 from schn_jax.evaluation import hamming
 
 TIE_MODES = ('stable', 'reference', 'tie_aware')
-_BLOCK = 32  # Items compared all-pairs for their order inside a bucket.
-_GROUP = 256  # Items per float32 partial sum; the host adds them in float64.
-_HIGH = 1 << 16  # Packs (relevant, all) counts of a block into one int32.
 
 
 def ranking_window(topk, num_database, ties):
@@ -42,106 +42,59 @@ def ranking_window(topk, num_database, ties):
   return topk
 
 
-def _relevance(query_label_words, database_label_words):
-  shared = query_label_words[:, None, :] & database_label_words[None, :, :]
-  return (shared != 0).any(-1)
-
-
-def _bucket_blocks(query, database, num_valid, *, bits, half_units,
-                   num_buckets):
-  """Per-block bucket counts of one (query chunk, database chunk) pair.
-
-  Returns units (Q, nb, _BLOCK) with padding set to num_buckets, relevant
-  (Q, nb, _BLOCK), and counts of all / relevant items per (query, block,
-  bucket), each (Q, nb, num_buckets).
-  """
+@functools.partial(jax.jit, static_argnames=('bits', 'half_units'))
+def _distances_chunk(query, database, *, bits, half_units):
+  """Distances in units (Q, M) int32 and relevance (Q, M) bool."""
   q_signs, q_nonzero, q_labels = query
   d_signs, d_nonzero, d_labels = database
   units = hamming.unit_distances(q_signs, q_nonzero, d_signs, d_nonzero,
                                  bits=bits, half_units=half_units)
-  valid = jnp.arange(units.shape[1]) < num_valid
-  units = jnp.where(valid, units, num_buckets)
-  relevant = _relevance(q_labels, d_labels) & valid
-  shape = (units.shape[0], units.shape[1] // _BLOCK, _BLOCK)
-  # Without the barrier XLA fuses the distance computation into every
-  # consumer below and recomputes it once per bucket.
-  units, relevant = jax.lax.optimization_barrier(
-      (units.reshape(shape), relevant.reshape(shape)))
-  weight = jnp.where(relevant, _HIGH + 1, 1)
-  match = units[:, :, None, :] == jnp.arange(num_buckets)[:, None]
-  packed = jnp.where(match, weight[:, :, None, :], 0).sum(-1)
-  return units, relevant, *jax.lax.optimization_barrier(
-      (packed % _HIGH, packed // _HIGH))
+  shared = q_labels[:, None, :] & d_labels[None, :, :]
+  return units, (shared != 0).any(-1)
 
 
-@functools.partial(jax.jit,
-                   static_argnames=('bits', 'half_units', 'num_buckets'))
-def _histogram_chunk(hist_all, hist_relevant, query, database, num_valid, *,
-                     bits, half_units, num_buckets):
-  _, _, block_all, block_relevant = _bucket_blocks(
-      query, database, num_valid, bits=bits, half_units=half_units,
-      num_buckets=num_buckets)
-  return hist_all + block_all.sum(1), hist_relevant + block_relevant.sum(1)
+# cache=True keeps the compiled loops in __pycache__, so only the first
+# process on a machine pays the seconds of compilation. Serial loops: with
+# prange, Numba's threads compete with XLA's (busy after each distance
+# chunk), and the whole evaluation was 1.5-2x slower on 2 cores.
+@numba.njit(cache=True)
+def _count_buckets(units, relevant, num_valid, hist_all, hist_relevant):
+  """Adds the items and relevant items per bucket to hist_* (Q, buckets)."""
+  for q in range(units.shape[0]):
+    for j in range(num_valid):
+      hist_all[q, units[q, j]] += 1
+      if relevant[q, j]:
+        hist_relevant[q, units[q, j]] += 1
 
 
-def _exclusive_cumsum_blocks(block_counts, seen):
-  """Counts in earlier blocks per (query, block, bucket), plus `seen`.
+@numba.njit(cache=True)
+def _stable_terms(units, relevant, num_valid, ranked_all, ranked_relevant,
+                  window, sums, counted):
+  """Adds stable-order AP terms of one database chunk to sums, counted (Q,).
 
-  A scan over blocks: XLA's cumsum on CPU is several times slower here.
+  ranked_* (Q, buckets) count the items (relevant items) ranked before the
+  next item of each bucket: the lower buckets plus the items of the bucket
+  already seen in index order. They are updated in place, so chunks in
+  index order continue where the previous one stopped.
   """
-  def step(carry, counts):
-    return carry + counts, carry
-  _, before = jax.lax.scan(step, seen, jnp.moveaxis(block_counts, 1, 0),
-                           unroll=8)
-  return jnp.moveaxis(before, 0, 1)
-
-
-@functools.partial(
-    jax.jit,
-    static_argnames=('bits', 'half_units', 'num_buckets', 'whole_database'))
-def _stable_chunk(seen_all, seen_relevant, lower_all, lower_relevant, window,
-                  query, database, num_valid, *, bits, half_units,
-                  num_buckets, whole_database):
-  """Stable-order AP terms of one database chunk.
-
-  seen_* (Q, buckets) count the items of earlier chunks per bucket; lower_*
-  (Q, buckets) count the items of the whole database in lower buckets. When
-  the chunk is the whole database, lower_* come from the chunk itself and
-  the inputs are ignored, which saves the histogram pass.
-  Returns the updated seen_*, float32 sums of rank / position over relevant
-  items inside the window per group of _GROUP items, and their number.
-  """
-  units, relevant, block_all, block_relevant = _bucket_blocks(
-      query, database, num_valid, bits=bits, half_units=half_units,
-      num_buckets=num_buckets)
-  total_all, total_relevant = block_all.sum(1), block_relevant.sum(1)
-  if whole_database:
-    lower_all = jnp.cumsum(total_all, axis=1) - total_all
-    lower_relevant = jnp.cumsum(total_relevant, axis=1) - total_relevant
-  earlier_in_block = (units[..., :, None] == units[..., None, :]) & (
-      jnp.arange(_BLOCK)[:, None] > jnp.arange(_BLOCK))
-  weight = jnp.where(relevant, _HIGH + 1, 1)[..., None, :]
-  # A barrier again: fused into both consumers, the all-pairs sum is
-  # recomputed for each, at several times the cost.
-  packed = jax.lax.optimization_barrier(
-      jnp.where(earlier_in_block, weight, 0).sum(-1))
-  bucket = jnp.minimum(units, num_buckets - 1)
-  before_all = _exclusive_cumsum_blocks(block_all, seen_all + lower_all)
-  before_relevant = _exclusive_cumsum_blocks(block_relevant,
-                                             seen_relevant + lower_relevant)
-  position, rank = jax.lax.optimization_barrier((
-      jnp.take_along_axis(before_all, bucket, axis=2) + packed % _HIGH + 1,
-      jnp.take_along_axis(before_relevant, bucket, axis=2) +
-      packed // _HIGH + 1))
-  counted = relevant & (position <= window)
-  terms = jnp.where(counted, rank.astype(jnp.float32) / position, 0.0)
-  sums = terms.reshape(terms.shape[0], -1, _GROUP).sum(-1)
-  return (seen_all + total_all, seen_relevant + total_relevant, sums,
-          counted.sum((1, 2)))
+  for q in range(units.shape[0]):
+    total = 0.0
+    hits = 0
+    for j in range(num_valid):
+      bucket = units[q, j]
+      ranked_all[q, bucket] += 1
+      if relevant[q, j]:
+        ranked_relevant[q, bucket] += 1
+        position = ranked_all[q, bucket]
+        if position <= window:
+          total += ranked_relevant[q, bucket] / position
+          hits += 1
+    sums[q] += total
+    counted[q] += hits
 
 
 class _RetrievalSet:
-  """Packed, chunk-padded arrays of one evaluation, and its bucket counts."""
+  """Packed, chunk-padded arrays of one evaluation."""
 
   def __init__(self, query_codes, database_codes, query_labels,
                database_labels, query_chunk, database_chunk):
@@ -157,33 +110,33 @@ class _RetrievalSet:
     self.scale = hamming.distance_scale(query, database)
     self.num_buckets = self.scale * self.bits + 1
     self.query_chunk = min(query_chunk, self.num_queries)
-    self.database_chunk = min(
-        -(-database_chunk // _GROUP) * _GROUP,
-        -(-self.num_database // _GROUP) * _GROUP)
+    self.database_chunk = min(database_chunk, self.num_database)
     self.query = [_pad_rows(a, self.query_chunk) for a in (
         query.signs, query.nonzero, codes_lib.pack_bits(query_labels))]
     self.database = [_pad_rows(a, self.database_chunk) for a in (
         database.signs, database.nonzero,
         codes_lib.pack_bits(database_labels))]
-    self.static = dict(bits=self.bits, half_units=self.scale == 2,
-                       num_buckets=self.num_buckets)
+    self.static = dict(bits=self.bits, half_units=self.scale == 2)
 
   def query_chunks(self):
     for q0 in range(0, self.num_queries, self.query_chunk):
       yield q0, [a[q0:q0 + self.query_chunk] for a in self.query]
 
-  def database_chunks(self):
+  def distance_chunks(self, query):
+    """(units, relevant, valid rows) per database chunk, in index order."""
     for d0 in range(0, self.num_database, self.database_chunk):
-      yield ([a[d0:d0 + self.database_chunk] for a in self.database],
+      units, relevant = _distances_chunk(
+          query, [a[d0:d0 + self.database_chunk] for a in self.database],
+          **self.static)
+      yield (np.asarray(units), np.asarray(relevant),
              min(self.database_chunk, self.num_database - d0))
 
-  def histograms(self, query):
+  def histograms(self, chunks):
     """Items and relevant items per bucket, each (query_chunk, buckets)."""
-    shape = (self.query_chunk, self.num_buckets)
-    counts = (jnp.zeros(shape, jnp.int32), jnp.zeros(shape, jnp.int32))
-    for database, num_valid in self.database_chunks():
-      counts = _histogram_chunk(*counts, query, database, num_valid,
-                                **self.static)
+    counts = [np.zeros((self.query_chunk, self.num_buckets), np.int64)
+              for _ in range(2)]
+    for units, relevant, num_valid in chunks:
+      _count_buckets(units, relevant, num_valid, *counts)
     return counts
 
   def stable_sums(self, query, window):
@@ -192,23 +145,22 @@ class _RetrievalSet:
     Returns the sums of rank / position over relevant items in the window,
     their number, and the items and relevant items per bucket.
     """
-    whole_database = self.database_chunk >= self.num_database
-    shape = (self.query_chunk, self.num_buckets)
-    if whole_database:
-      lower = [jnp.zeros(shape, jnp.int32)] * 2
+    # One database chunk: keep its distances for the second pass rather
+    # than compute them again. More: recompute, so memory stays one chunk.
+    if self.database_chunk >= self.num_database:
+      chunks = list(self.distance_chunks(query))
+      second_pass = chunks
     else:
-      lower = [jnp.cumsum(h, axis=1) - h for h in self.histograms(query)]
-    seen = [jnp.zeros(shape, jnp.int32)] * 2
-    total = np.zeros(self.query_chunk)
+      chunks = self.distance_chunks(query)
+      second_pass = self.distance_chunks(query)
+    counts = self.histograms(chunks)
+    ranked = [np.cumsum(h, axis=1) - h for h in counts]
+    sums = np.zeros(self.query_chunk)
     counted = np.zeros(self.query_chunk, np.int64)
-    for database, num_valid in self.database_chunks():
-      *seen, sums, hits = _stable_chunk(*seen, *lower, window, query,
-                                        database, num_valid,
-                                        whole_database=whole_database,
-                                        **self.static)
-      total += np.asarray(sums, np.float64).sum(1)
-      counted += np.asarray(hits)
-    return total, counted, seen
+    for units, relevant, num_valid in second_pass:
+      _stable_terms(units, relevant, num_valid, *ranked, window, sums,
+                    counted)
+    return sums, counted, counts
 
 
 def _pad_rows(array, multiple):
@@ -311,7 +263,7 @@ def _evaluate(query_codes, database_codes, query_labels, database_labels,
   for q0, query in data.query_chunks():
     num = min(data.query_chunk, data.num_queries - q0)
     if ties == 'tie_aware':
-      counts = data.histograms(query)
+      counts = data.histograms(data.distance_chunks(query))
       ap.append(tie_aware_ap(*counts, window)[:num])
     else:
       sums, counted, counts = data.stable_sums(query, window)
@@ -344,7 +296,8 @@ def evaluate_codes(query_codes, database_codes, query_labels, database_labels,
     ties: 'stable' (ties by database index), 'reference' (stable, with the
       reference's slicing) or 'tie_aware' (expectation over tie orders).
     query_chunk, database_chunk: sizes that bound memory to about
-      query_chunk x database_chunk x buckets bytes per step.
+      query_chunk x database_chunk x 5 bytes (distances and relevance) per
+      step.
 
   Returns:
     `map` averages AP over all queries (a query with no relevant item in the
