@@ -2,8 +2,17 @@
 
 Any config key can be overridden: --config.variant=mmasia --config.code_lengths='(32,)'.
 A run resumes from the last checkpoint in --workdir.
+
+Several hosts: run the same command on every host. On Cloud TPU pods (and
+SLURM or Open MPI clusters) the environment names the coordinator and the
+processes, so --distributed is enough; elsewhere give them as flags, e.g. on
+two machines:
+
+    python train.py ... --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0
+    python train.py ... --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=1
 """
 
+import jax
 from absl import app
 from absl import flags
 from absl import logging
@@ -14,6 +23,13 @@ from schn_jax.training.train import train_and_evaluate
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and metrics go.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Join a multi-process run; the coordinator, process count and id come "
+    "from the flags below, or from the environment where they are absent (TPU pods, SLURM, MPI).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0; implies --distributed.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -22,6 +38,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # Orbax logs every checkpoint step at INFO; progress goes to the bar and console lines.
   logging.set_verbosity(logging.WARNING)
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    # Before any other JAX call: it decides which devices this process sees.
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

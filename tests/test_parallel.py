@@ -1,0 +1,221 @@
+"""Multi-device and multi-process training equal single-device training.
+
+The device count is fixed when JAX starts, so every check runs in a fresh
+subprocess: this file run as a script (`python tests/test_parallel.py VARIANT`)
+is the 8-device worker, and the multi-process check launches train.py.
+
+Equality is checked with train=False: dropout masks are drawn per device on a
+device's rows for the backbone, which no single-device run reproduces, so only
+the deterministic step can be compared number for number.
+"""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+# Same rule as the reference fixtures' step deltas: all but a 1e-4 fraction of
+# parameter elements within 1e-6 after the step.
+PARAM_ATOL, PARAM_OUTLIER_FRACTION = 1e-6, 1e-4
+RELATIVE = 1e-5
+
+
+def _env(devices, **extra):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), **extra)
+  return env
+
+
+def _run(args, devices, timeout, cwd=REPO):
+  result = subprocess.run([PYTHON, *args], cwd=cwd, env=_env(devices), capture_output=True,
+                          text=True, timeout=timeout, check=False)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+  return result.stdout
+
+
+# ---------------------------------------------------------------- one step on 8 devices
+
+@pytest.mark.parametrize("variant", ["mmasia", "tomm"])
+def test_eight_devices_equal_one(variant):
+  out = _run([__file__, variant], devices=8, timeout=240)
+  assert "OK shard_map" in out and "OK pmap" in out, out
+
+
+def _compare(name, ours, reference, normwise=False):
+  """Leaf by leaf: max |ours - reference| / max |reference|, over the leaf, or with
+  `normwise` over the whole tree. Gradients are compared normwise (per network):
+  a leaf whose entries are sums that cancel (the discriminator's biases at
+  p ~ 0.5; the attention key bias, whose true gradient is 0 since softmax
+  ignores a shift shared by all keys) keeps an fp32 rounding residue that
+  dwarfs its own size, though not the gradient's."""
+  import jax  # pylint: disable=g-import-not-at-top
+  flat_ref = jax.tree_util.tree_leaves_with_path(reference)
+  flat_ours = jax.tree_util.tree_leaves(ours)
+  assert len(flat_ref) == len(flat_ours), name
+  tree_scale = max(float(np.abs(np.asarray(x)).max()) for _, x in flat_ref)
+  for (path, ref), mine in zip(flat_ref, flat_ours):
+    ref, mine = np.asarray(ref, np.float64), np.asarray(mine, np.float64)
+    scale = tree_scale if normwise else max(float(np.abs(ref).max()), 1e-30)
+    error = np.abs(mine - ref).max() / scale
+    assert error <= RELATIVE, f"{name}{jax.tree_util.keystr(path)}: relative error {error:.3g}"
+
+
+def _worker(variant):
+  """One step of `variant` on one device and on 8 devices (shard_map, pmap); asserts equality."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from schn_jax.models import SCHN, Discriminator  # pylint: disable=g-import-not-at-top
+  from schn_jax.training import parallel  # pylint: disable=g-import-not-at-top
+  from schn_jax.training.state import create_state, make_optimizers  # pylint: disable=g-import-not-at-top
+  from schn_jax.training.step import StepConfig, make_step_functions  # pylint: disable=g-import-not-at-top
+  from schn_jax.training.train import _dcc_rows  # pylint: disable=g-import-not-at-top
+
+  assert jax.device_count() == 8, jax.devices()
+  bits, classes, batch_size, database_size = 16, 10, 64, 200
+  model, discriminator = SCHN(variant, bits, backbone="small_cnn"), Discriminator()
+  init_key, disc_key, rng = jax.random.split(jax.random.key(0), 3)
+  params = model.init(init_key, jnp.zeros((2, 28, 28, 1)), jnp.zeros((2, classes)),
+                      jnp.ones((2, 2)))["params"]
+  disc_params = (discriminator.init(disc_key, jnp.zeros((2, bits)), jnp.zeros((2, bits)))["params"]
+                 if variant == "tomm" else {})
+  optimizers = make_optimizers(1e-5, params["cycle"])
+  data = np.random.default_rng(0)
+  images = data.normal(size=(batch_size, 28, 28, 1)).astype(np.float32)
+  labels = (data.random((batch_size, classes)) < 0.3).astype(np.float32)
+  labels[np.arange(batch_size), data.integers(0, classes, batch_size)] = 1
+  rows = data.choice(database_size, batch_size, replace=False).astype(np.int32)
+  database_codes = np.sign(data.normal(size=(database_size, bits))).astype(np.float32)
+  state = create_state(params, disc_params, optimizers, database_size, bits, rng)
+  state = state.replace(database_codes=jnp.asarray(database_codes))
+
+  def make_per_device(axis_name):
+    cycle_update, adversarial_update, _ = make_step_functions(
+        model, discriminator, optimizers, StepConfig(variant), axis_name=axis_name)
+
+    def per_device(state, images, labels, rows, rng):
+      batch = {"images": images, "labels": labels, "database_codes": state.database_codes[rows]}
+      state, outputs, metrics, grads = cycle_update(state, batch, rng, train=False)
+      metrics, grads = dict(metrics), {"cycle": grads}
+      if variant == "tomm":
+        state, adversarial, probes = adversarial_update(state, batch, rng, train=False)
+        metrics.update(adversarial)
+        grads.update(D=probes["gradD"], G=probes["gradG"])
+      codes = {k: outputs[k] for k in ("U_image", "U_label", "U_latent")}
+      return state, codes, metrics, grads
+
+    return per_device
+
+  def dcc(database_codes, codes, sample_similarity):
+    hyper = {"alpha": np.float32(2), "beta": np.float32(0.1), "gamma": np.float32(10)}
+    return np.asarray(_dcc_rows(database_codes, rows, codes["U_image"], codes["U_label"],
+                                codes["U_latent"], sample_similarity, hyper))
+
+  similarity = 2 * (labels @ labels.T > 0).astype(np.float32) - 1
+  single = jax.jit(make_per_device(None))(state, images, labels, rows, rng)
+  single_codes = dcc(state.database_codes, single[1], similarity)
+
+  mesh = parallel.make_mesh()
+  for kind in parallel.KINDS:
+    step = parallel.map_step(make_per_device(parallel.DATA_AXIS), mesh, num_rows=3, kind=kind)
+    replicated = parallel.replicate(state, mesh)
+    multi = step(replicated, *parallel.shard_rows(mesh, images, labels, rows),
+                 parallel.replicate(rng, mesh))
+    assert all(x.sharding.is_fully_replicated for x in jax.tree_util.tree_leaves(multi[:3])), kind
+    _compare(f"{kind} metrics", multi[2], single[2])
+    for network in single[3]:
+      _compare(f"{kind} grads[{network}]", multi[3][network], single[3][network], normwise=True)
+    _compare(f"{kind} codes", multi[1], single[1])
+    for name in ("params", "disc_params"):
+      for (path, ref), mine in zip(jax.tree_util.tree_leaves_with_path(getattr(single[0], name)),
+                                   jax.tree_util.tree_leaves(getattr(multi[0], name))):
+        outside = np.abs(np.asarray(mine) - np.asarray(ref)) > PARAM_ATOL
+        assert outside.mean() <= PARAM_OUTLIER_FRACTION, (kind, name, jax.tree_util.keystr(path))
+    multi_codes = dcc(multi[0].database_codes, {k: parallel.to_host(v) for k, v in multi[1].items()},
+                      similarity)
+    np.testing.assert_array_equal(multi_codes, single_codes, err_msg=kind)
+    assert np.any(multi_codes[rows] != database_codes[rows]), "DCC changed nothing: a vacuous check"
+    print("OK", kind, flush=True)
+
+
+# ---------------------------------------------------------------- several processes
+
+# Tiny and quick: 64 sampled points in batches of 32, two outer iterations.
+TINY = ["--config=configs/tiny.py", "--config.variant=tomm", "--config.sample_size=64",
+        "--config.data.num_database=300", "--config.data.query_per_class=4",
+        "--config.eval.batch_size=128"]
+
+
+def _free_port():
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _train_two_processes(workdir, devices_per_process, timeout):
+  port = _free_port()
+  processes = [subprocess.Popen(
+      [PYTHON, "train.py", *TINY, f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
+       "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env=_env(devices_per_process), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True) for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=timeout)[0] for p in processes]
+  finally:
+    # SIGKILL: the distributed runtime catches SIGTERM (preemption notice) and carries on.
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  for p, out in zip(processes, outputs):
+    assert p.returncode == 0, out[-5000:]
+
+
+def _restore(checkpoint):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  state = ocp.StandardCheckpointer().restore(checkpoint / "state")
+  return {jax.tree_util.keystr(p): np.asarray(x)
+          for p, x in jax.tree_util.tree_leaves_with_path(state)}
+
+
+def test_two_processes_equal_one_and_resume(tmp_path):
+  """2 processes x 1 device == 1 process x 2 devices; the 2-process checkpoint resumes in 1 process.
+
+  One device per process: on this CPU build, gloo steps with several local
+  devices per process stall for minutes (see docs/scaling.md).
+  """
+  multi, single, resumed = tmp_path / "two_processes", tmp_path / "one_process", tmp_path / "resumed"
+  _train_two_processes(multi, devices_per_process=1, timeout=240)
+  _run(["train.py", *TINY, f"--workdir={single}"], devices=2, timeout=180)
+  # Resume the two-process run's iteration-1 checkpoint in one process.
+  shutil.copytree(multi, resumed)
+  shutil.rmtree(resumed / "bits_16" / "checkpoints" / "2")
+  _run(["train.py", *TINY, f"--workdir={resumed}"], devices=2, timeout=180)
+
+  reference = _restore(single / "bits_16" / "checkpoints" / "2")
+  for run in (multi, resumed):
+    state = _restore(run / "bits_16" / "checkpoints" / "2")
+    assert state.keys() == reference.keys()
+    for key, value in reference.items():
+      if "database_codes" in key or "iteration" in key or "step" in key:
+        np.testing.assert_array_equal(state[key], value, err_msg=f"{run.name} {key}")
+      elif value.dtype.kind == "f":
+        np.testing.assert_allclose(state[key], value, rtol=1e-5, atol=1e-6, err_msg=f"{run.name} {key}")
+    assert np.abs(state[".database_codes"]).sum() > 0, "no codes learned: a vacuous check"
+  # Files come from process 0 only, once.
+  assert (multi / "metrics.json").exists() and (multi / "bits_16" / "codes.npz").exists()
+  with np.load(multi / "bits_16" / "codes.npz") as codes, np.load(single / "bits_16" / "codes.npz") as ref:
+    np.testing.assert_array_equal(codes["database_codes"], ref["database_codes"])
+    np.testing.assert_array_equal(codes["query_codes"], ref["query_codes"])
+
+
+if __name__ == "__main__":
+  _worker(sys.argv[1])
