@@ -179,9 +179,16 @@ def _train_two_processes(workdir, devices_per_process, timeout):
 
 
 def _restore(checkpoint):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  """A checkpoint's state as {key path: NumPy array}, read onto this process's one device
+  whatever topology wrote it."""
   import jax  # pylint: disable=g-import-not-at-top
-  state = ocp.StandardCheckpointer().restore(checkpoint / "state")
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  checkpointer = ocp.StandardCheckpointer()
+  path = checkpoint / "state"
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                                  checkpointer.metadata(path).item_metadata)
+  state = checkpointer.restore(path, target)
   return {jax.tree_util.keystr(p): np.asarray(x)
           for p, x in jax.tree_util.tree_leaves_with_path(state)}
 
@@ -205,11 +212,11 @@ def test_two_processes_equal_one_and_resume(tmp_path):
     state = _restore(run / "bits_16" / "checkpoints" / "2")
     assert state.keys() == reference.keys()
     for key, value in reference.items():
-      if "database_codes" in key or "iteration" in key or "step" in key:
-        np.testing.assert_array_equal(state[key], value, err_msg=f"{run.name} {key}")
-      elif value.dtype.kind == "f":
+      if value.dtype.kind == "f" and key != "['database_codes']":
         np.testing.assert_allclose(state[key], value, rtol=1e-5, atol=1e-6, err_msg=f"{run.name} {key}")
-    assert np.abs(state[".database_codes"]).sum() > 0, "no codes learned: a vacuous check"
+      else:
+        np.testing.assert_array_equal(state[key], value, err_msg=f"{run.name} {key}")
+    assert np.abs(state["['database_codes']"]).sum() > 0, "no codes learned: a vacuous check"
   # Files come from process 0 only, once.
   assert (multi / "metrics.json").exists() and (multi / "bits_16" / "codes.npz").exists()
   with np.load(multi / "bits_16" / "codes.npz") as codes, np.load(single / "bits_16" / "codes.npz") as ref:
