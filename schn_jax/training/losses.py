@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 GAMMA = 10.0
 
@@ -45,19 +46,22 @@ def label_similarity(labels_a, labels_b):
   return (labels_a @ labels_b.T > 0).astype(jnp.float32)
 
 
-@jax.jit
-def _count_similar(sample_labels, database_labels):
-  return jnp.sum(sample_labels @ database_labels.T > 0)
-
-
-def positive_ratio(sample_labels, database_labels, chunk=8192):
+def positive_ratio(sample_labels, database_labels, chunk=2048):
   """r = sum(S) / sum(1 - S) of the +-1 similarity S between a sample and the database.
 
-  Counted exactly in integers, a database chunk at a time, so it stays exact and
-  bounded in memory when ns * N is far beyond float32's exact range.
+  Counted exactly in integers over the distinct label patterns of each side
+  (ten for single-label data), so it costs O((ns + N) K) rather than an
+  (ns, N) comparison, and stays exact where ns * N is beyond float32's range.
   """
-  positives = sum(int(_count_similar(sample_labels, database_labels[i:i + chunk]))
-                  for i in range(0, len(database_labels), chunk))
+  def patterns(labels):
+    return np.unique(np.asarray(labels) > 0, axis=0, return_counts=True)
+  sample_patterns, sample_counts = patterns(sample_labels)
+  database_patterns, database_counts = patterns(database_labels)
+  positives = 0
+  for i in range(0, len(sample_patterns), chunk):
+    similar = (sample_patterns[i:i + chunk].astype(np.float32)
+               @ database_patterns.T.astype(np.float32)) > 0
+    positives += int(sample_counts[i:i + chunk] @ similar.astype(np.int64) @ database_counts)
   negatives = len(sample_labels) * len(database_labels) - positives
   return (positives - negatives) / (2.0 * negatives)
 

@@ -144,7 +144,10 @@ def make_batch_step(model, discriminator, optimizers, step_config, data, mesh, k
 
 
 @jax.jit
-def _dcc_rows(database_codes, sample, u_image, u_label, u_latent, sample_similarity, hyper):
+def _dcc_rows(database_codes, sample, sample_labels, r, u_image, u_label, u_latent, hyper):
+  """DCC on the sampled rows; the (ns, ns) soft similarity is built here, inside jit,
+  so that it is one fused pass rather than several eager ones."""
+  sample_similarity = losses.soften(losses.label_similarity(sample_labels, sample_labels), r)
   codes = dcc.dcc_update(database_codes[sample], u_image, u_label, u_latent, sample_similarity,
                          **hyper)
   return database_codes.at[sample].set(codes)
@@ -188,10 +191,8 @@ def run_iteration(config, data, state, batch_step, progress, mesh):
   database = data.split.database
   pool = training_positions(data.split)
   sample = np.sort(pool[sample_database(config, bits, iteration, len(pool), rng)])
-  labels = jnp.asarray(data.labels[database])
-  r = losses.positive_ratio(labels[sample], labels)
-  sample_similarity = losses.soften(losses.label_similarity(labels[sample], labels[sample]),
-                                    jnp.float32(r))
+  labels = data.labels[database]
+  r = np.float32(losses.positive_ratio(labels[sample], labels))
   sample_codes = {k: np.zeros((len(sample), bits), np.float32)
                   for k in ("U_image", "U_label", "U_latent")}
   iteration_key = jax.random.fold_in(state.rng, iteration)
@@ -224,8 +225,8 @@ def run_iteration(config, data, state, batch_step, progress, mesh):
   hyper = {"alpha": np.float32(config.alpha), "beta": np.float32(config.beta),
            "gamma": np.float32(config.gamma)}
   database_codes = _dcc_rows(state.database_codes, *parallel.replicate(
-      (sample.astype(np.int32), *(sample_codes[k] for k in ("U_image", "U_label", "U_latent")), sample_similarity,
-       hyper), mesh))
+      (sample.astype(np.int32), labels[sample], r,
+       *(sample_codes[k] for k in ("U_image", "U_label", "U_latent")), hyper), mesh))
   state = state.replace(database_codes=database_codes, iteration=state.iteration + 1)
   return state, {name: total / steps for name, total in sums.items()}, images_seen
 
