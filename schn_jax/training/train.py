@@ -314,6 +314,7 @@ def train_code_length(config, data, bits, workdir, writer):
   batch_step = make_batch_step(model, discriminator, optimizers, step_config, data, mesh,
                                config.parallel)
   total = config.max_iter * batches_per_iteration(config)
+  final = None
   with tqdm.tqdm(total=total, initial=int(state.iteration) * batches_per_iteration(config),
                  desc=f"{config.variant} {bits} bits", unit="batch",
                  disable=jax.process_index() != 0) as progress:
@@ -326,15 +327,17 @@ def train_code_length(config, data, bits, workdir, writer):
       scalars = {f"train/{k}": v for k, v in losses_mean.items()}
       scalars.update({"train/iteration_seconds": seconds, "train/images_per_second": images_seen / seconds})
       if iteration % config.eval_iter == 0 or iteration == config.max_iter:
-        result = evaluate(config, model, state, data)
+        last = iteration == config.max_iter
+        result = evaluate(config, model, state, data, directory if last else None)
+        final = result if last else None
         meta["history"].append({"iteration": iteration, "map": result["map"]})
         scalars[f"eval/map@{config.eval.topk if config.eval.topk > 0 else 'all'}"] = result["map"]
       writer.write_scalars(iteration, {f"bits_{bits}/{k}": v for k, v in scalars.items()})
       progress.set_postfix(loss=f"{losses_mean['loss_cycle']:.4g}", img_s=f"{images_seen / seconds:.0f}")
       checkpoints.save(iteration, state, meta, force=iteration == config.max_iter)
   checkpoints.close()
-  output_dir = directory
-  final = evaluate(config, model, state, data, output_dir)
+  if final is None:  # resumed from a finished run: evaluate its final state
+    final = evaluate(config, model, state, data, directory)
   summary = {k: v for k, v in final.items() if k != "curves"}
   summary.update(topk=config.eval.topk, ties=config.eval.ties, variant=config.variant,
                  iterations=int(state.iteration), train_seconds=round(meta["train_seconds"], 2),
