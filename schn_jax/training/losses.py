@@ -34,11 +34,30 @@ def cycle_loss(outputs, database_codes, similarity, gamma=GAMMA):
   return total, terms
 
 
+@jax.custom_vjp
 def binary_cross_entropy(probs, target):
-  """torch.nn.BCELoss (mean), including its clamp of log terms at -100."""
+  """torch.nn.BCELoss (mean): log terms clamped at -100 in the value, and torch's
+  gradient (p - y) / max(p (1 - p), 1e-12), which stays finite when a saturated
+  discriminator outputs exactly 0 or 1 (differentiating the clamped logs would
+  give 0 * inf = NaN there)."""
   log_p = jnp.maximum(jnp.log(probs), -100.0)
   log_not_p = jnp.maximum(jnp.log1p(-probs), -100.0)
   return -jnp.mean(target * log_p + (1.0 - target) * log_not_p)
+
+
+def _bce_forward(probs, target):
+  return binary_cross_entropy(probs, target), (probs, target)
+
+
+def _bce_backward(residuals, grad):
+  probs, target = residuals
+  scale = grad / probs.size
+  d_probs = scale * (probs - target) / jnp.maximum(probs * (1.0 - probs), 1e-12)
+  d_target = scale * (jnp.maximum(jnp.log1p(-probs), -100.0) - jnp.maximum(jnp.log(probs), -100.0))
+  return d_probs, jnp.sum(d_target) if jnp.ndim(target) == 0 else d_target
+
+
+binary_cross_entropy.defvjp(_bce_forward, _bce_backward)
 
 
 def label_similarity(labels_a, labels_b):
