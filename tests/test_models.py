@@ -405,6 +405,18 @@ def test_binary_cross_entropy_clamp_value():
   assert float(losses.binary_cross_entropy(jnp.array([0.0, 1.0]), jnp.array([1.0, 0.0]))) == 100.0
 
 
+def test_binary_cross_entropy_gradient_is_torchs_and_finite_when_saturated():
+  # torch's BCE backward: (p - y) / max(p (1 - p), 1e-12) / n. A discriminator that
+  # outputs exactly 0 or 1 must not turn the G step's gradient into NaN.
+  probs = jnp.array([0.0, 1.0, 0.3, 0.9], jnp.float32)
+  for target in (0.0, 1.0):
+    grad = np.asarray(jax.grad(losses.binary_cross_entropy)(probs, target))
+    p = np.asarray(probs, np.float64)
+    expected = (p - target) / np.maximum(p * (1 - p), 1e-12) / p.size
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad, expected, rtol=1e-5)
+
+
 @pytest.mark.parametrize("ns, n", [(7, 7), (9, 40)])
 def test_soft_similarity_matches_numpy(ns, n):
   rng = np.random.default_rng(ns * n)
