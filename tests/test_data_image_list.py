@@ -160,19 +160,15 @@ def test_list_protocol(root, tmp_path):
   assert set(data.split.train) <= set(data.split.database)
 
 
-def test_list_protocol_overlap_raises(root, tmp_path):
-  write_hashnet_lists(root, test=range(5), database=range(4, 24),
-                      train=range(10, 16))
+@pytest.mark.parametrize('lists, message', [
+    (dict(test=range(5), database=range(4, 24), train=range(10, 16)),
+     'query and database share 1 images'),
+    (dict(test=range(4), database=range(4, 24), train=range(2, 6)),
+     'queries would be trained on'),
+])
+def test_list_protocol_overlap_raises(root, tmp_path, lists, message):
+  write_hashnet_lists(root, **lists)
   config = default_data_config('nuswide')
   config.update(dict(root=str(root), protocol='lists'))
-  with pytest.raises(ValueError, match='query and database share 1 images'):
-    build_dataset(config, str(tmp_path / 'work'), seed=0)
-
-
-def test_list_protocol_query_in_train_raises(root, tmp_path):
-  write_hashnet_lists(root, test=range(4), database=range(4, 24),
-                      train=range(2, 6))
-  config = default_data_config('nuswide')
-  config.update(dict(root=str(root), protocol='lists'))
-  with pytest.raises(ValueError, match='queries would be trained on'):
+  with pytest.raises(ValueError, match=message):
     build_dataset(config, str(tmp_path / 'work'), seed=0)

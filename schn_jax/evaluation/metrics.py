@@ -16,7 +16,6 @@ See docs/evaluation.md for the definitions and the tie-aware derivation.
 import functools
 
 import jax
-import jax.numpy as jnp
 import numba
 import numpy as np
 

@@ -4,6 +4,7 @@ Sections: configuration checks; model and state; one outer iteration
 (sample, soft similarity, epochs of batches, DCC); evaluation; the run.
 """
 
+import functools
 import json
 import logging
 import pathlib
@@ -237,6 +238,13 @@ def batches_per_iteration(config):
 
 # ---------------------------------------------------------------- evaluation
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _encode_batch(model, normalize, params, images):
+  # Module and normaliser are static (hashable), so every evaluation of a run
+  # reuses one compiled function instead of tracing a fresh closure each time.
+  return jnp.sign(model.apply({"params": params}, normalize(images), method=SCHN.encode_images))
+
+
 def encode(model, params, data, indices, batch_size):
   """sign(U_image) of the images at `indices` (test transform), as float32 {-1, 0, +1}.
 
@@ -246,15 +254,13 @@ def encode(model, params, data, indices, batch_size):
   mesh = parallel.make_mesh()
   # Batches are padded, so rounding up to a multiple of the devices only adds padding.
   batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
-  apply = jax.jit(lambda p, images: jnp.sign(model.apply({"params": p}, data.normalize(images),
-                                                         method=SCHN.encode_images)))
   params = parallel.replicate(params, mesh)
   out = []
   for start, batch in zip(range(0, len(indices), batch_size),
                           data.batches(indices, batch_size, train=False)):
     n = min(batch_size, len(indices) - start)
     (images,) = parallel.shard_rows(mesh, batch["image"])
-    out.append(parallel.to_host(apply(params, images))[:n])
+    out.append(parallel.to_host(_encode_batch(model, data.normalize, params, images))[:n])
   return np.concatenate(out)
 
 
