@@ -2,6 +2,7 @@
 
     python benchmarks/scaling.py                        # simulated CPU devices 1, 2, 4, 8
     python benchmarks/scaling.py --devices=8 --batches=64,128,256
+    python benchmarks/scaling.py --devices=4 --processes=2  # 2 processes x 2 devices, gloo on 127.0.0.1
 
 Each configuration runs in a fresh process with
 XLA_FLAGS=--xla_force_host_platform_device_count=N (the device count is fixed
@@ -15,6 +16,7 @@ splitting, not the speed-up of real hardware.
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -23,8 +25,11 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def measure(variant, backbone, image_size, batch_size, bits, classes, steps):
+def measure(variant, backbone, image_size, batch_size, bits, classes, steps, process=None):
+  """`process`: (coordinator, count, id) to join a multi-process run first."""
   import jax  # pylint: disable=g-import-not-at-top
+  if process:
+    jax.distributed.initialize(*process)
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from schn_jax.models import SCHN, Discriminator  # pylint: disable=g-import-not-at-top
@@ -49,10 +54,12 @@ def measure(variant, backbone, image_size, batch_size, bits, classes, steps):
   mesh = parallel.make_mesh()
   step = parallel.map_step(per_device, mesh, num_rows=3)
   data = np.random.default_rng(0)
-  rows = parallel.shard_rows(
-      mesh, data.normal(size=(batch_size,) + shape).astype(np.float32),
-      (data.random((batch_size, classes)) < 0.3).astype(np.float32),
-      np.arange(batch_size, dtype=np.int32))
+  batch = (data.normal(size=(batch_size,) + shape).astype(np.float32),
+           (data.random((batch_size, classes)) < 0.3).astype(np.float32),
+           np.arange(batch_size, dtype=np.int32))
+  mine = slice(jax.process_index() * batch_size // jax.process_count(),
+               (jax.process_index() + 1) * batch_size // jax.process_count())
+  rows = parallel.shard_rows(mesh, *(x[mine] for x in batch))
   state = parallel.replicate(create_state(params, disc_params, optimizers, batch_size, bits, key), mesh)
   rng = parallel.replicate(key, mesh)
   memory = step.lower(state, *rows, rng).compile().memory_analysis()
@@ -64,14 +71,36 @@ def measure(variant, backbone, image_size, batch_size, bits, classes, steps):
     times.append(time.perf_counter() - started)
   mib = (memory.argument_size_in_bytes + memory.output_size_in_bytes
          + memory.temp_size_in_bytes - memory.alias_size_in_bytes) / 2**20
-  return {"devices": jax.device_count(), "batch": batch_size, "step_ms": 1000 * statistics.median(times),
+  return {"devices": jax.device_count(), "processes": jax.process_count(), "batch": batch_size, "step_ms": 1000 * statistics.median(times),
           "per_device_MiB": mib, "temp_MiB": memory.temp_size_in_bytes / 2**20}
+
+
+def _child_outputs(args, devices, batch):
+  """Runs one configuration in fresh processes; returns process 0's stdout."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices // args.processes}",
+             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  command = [sys.executable, __file__, "--child", f"--batches={batch}", f"--variant={args.variant}",
+             f"--backbone={args.backbone}", f"--image_size={args.image_size}",
+             f"--bits={args.bits}", f"--classes={args.classes}", f"--steps={args.steps}",
+             f"--processes={args.processes}"]
+  if args.processes > 1:
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      command.append(f"--coordinator=127.0.0.1:{s.getsockname()[1]}")
+  children = [subprocess.Popen(command + [f"--process_id={i}"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for i in range(args.processes)]
+  outputs = [child.communicate() for child in children]
+  for child, (_, err) in zip(children, outputs):
+    if child.returncode:
+      raise SystemExit(f"devices={devices} batch={batch} failed:\n{err[-3000:]}")
+  return outputs[0][0]
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--devices", default="1,2,4,8")
+  parser.add_argument("--devices", default="1,2,4,8", help="total devices, over all processes")
   parser.add_argument("--batches", default="64,128")
+  parser.add_argument("--processes", type=int, default=1)
   parser.add_argument("--variant", default="tomm")
   parser.add_argument("--backbone", default="small_cnn")
   parser.add_argument("--image_size", type=int, default=28)
@@ -79,25 +108,24 @@ def main():
   parser.add_argument("--classes", type=int, default=10)
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--coordinator", help=argparse.SUPPRESS)
+  parser.add_argument("--process_id", type=int, default=0, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
+    process = (args.coordinator, args.processes, args.process_id) if args.processes > 1 else None
     print(json.dumps(measure(args.variant, args.backbone, args.image_size, int(args.batches),
-                             args.bits, args.classes, args.steps)))
+                             args.bits, args.classes, args.steps, process)))
     return
   print(f"{args.variant}, {args.backbone} {args.image_size}x{args.image_size}, {args.bits} bits; "
-        f"simulated CPU devices on {os.cpu_count()} cores")
-  print(f"{'devices':>7} {'batch':>5} {'step ms':>9} {'MiB/device':>10} {'temp MiB':>9}")
+        f"simulated CPU devices in {args.processes} process(es) on {os.cpu_count()} cores")
+  print(f"{'devices':>7} {'procs':>5} {'batch':>5} {'step ms':>9} {'MiB/device':>10} {'temp MiB':>9}")
   for devices in map(int, args.devices.split(",")):
+    if devices % args.processes:
+      raise SystemExit(f"--devices={devices} is not a multiple of --processes={args.processes}")
     for batch in map(int, args.batches.split(",")):
-      env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                 JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-      command = [sys.executable, __file__, "--child", f"--batches={batch}", f"--variant={args.variant}",
-                 f"--backbone={args.backbone}", f"--image_size={args.image_size}",
-                 f"--bits={args.bits}", f"--classes={args.classes}", f"--steps={args.steps}"]
-      out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
-      r = json.loads(out.strip().splitlines()[-1])
-      print(f"{r['devices']:>7} {r['batch']:>5} {r['step_ms']:>9.1f} {r['per_device_MiB']:>10.1f} "
-            f"{r['temp_MiB']:>9.1f}", flush=True)
+      r = json.loads(_child_outputs(args, devices, batch).strip().splitlines()[-1])
+      print(f"{r['devices']:>7} {r['processes']:>5} {r['batch']:>5} {r['step_ms']:>9.1f} "
+            f"{r['per_device_MiB']:>10.1f} {r['temp_MiB']:>9.1f}", flush=True)
 
 
 if __name__ == "__main__":

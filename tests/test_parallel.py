@@ -4,9 +4,9 @@ The device count is fixed when JAX starts, so every check runs in a fresh
 subprocess: this file run as a script (`python tests/test_parallel.py VARIANT`)
 is the 8-device worker, and the multi-process check launches train.py.
 
-Equality is checked with train=False: dropout masks are drawn per device on a
-device's rows for the backbone, which no single-device run reproduces, so only
-the deterministic step can be compared number for number.
+Steps run in training mode, dropout on: the backbone's dropout masks are keyed
+by a row's index in the global batch (layers.RowDropout), so 8 devices draw the
+same masks as one.
 """
 
 import os
@@ -67,6 +67,19 @@ def _compare(name, ours, reference, normwise=False):
     assert error <= RELATIVE, f"{name}{jax.tree_util.keystr(path)}: relative error {error:.3g}"
 
 
+def _assert_params_close(mine, reference, name):
+  """The fixtures' step-delta rule over all the given arrays together: all but a
+  PARAM_OUTLIER_FRACTION of elements within PARAM_ATOL, none beyond 100x that.
+  Sums reduced in another order (gloo's ring vs XLA's in-process all-reduce)
+  round differently, and Adam scales the rounding residue of gradients whose
+  true value is ~0 (the attention key bias's) up to a step's size."""
+  error = np.concatenate([np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).ravel()
+                          for a, b in zip(mine, reference, strict=True)])
+  outside = (error > PARAM_ATOL).mean()
+  assert outside <= PARAM_OUTLIER_FRACTION, f"{name}: {outside:.3g} of elements off by > {PARAM_ATOL}"
+  assert error.max() <= 100 * PARAM_ATOL, f"{name}: max error {error.max():.3g}"
+
+
 def _worker(variant):
   """One step of `variant` on one device and on 8 devices (shard_map, pmap); asserts equality."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -101,10 +114,10 @@ def _worker(variant):
 
     def per_device(state, images, labels, rows, rng):
       batch = {"images": images, "labels": labels, "database_codes": state.database_codes[rows]}
-      state, outputs, metrics, grads = cycle_update(state, batch, rng, train=False)
+      state, outputs, metrics, grads = cycle_update(state, batch, rng)
       metrics, grads = dict(metrics), {"cycle": grads}
       if variant == "tomm":
-        state, adversarial, probes = adversarial_update(state, batch, rng, train=False)
+        state, adversarial, probes = adversarial_update(state, batch, rng)
         metrics.update(adversarial)
         grads.update(D=probes["gradD"], G=probes["gradG"])
       codes = {k: outputs[k] for k in ("U_image", "U_label", "U_latent")}
@@ -132,11 +145,8 @@ def _worker(variant):
     for network in single[3]:
       _compare(f"{kind} grads[{network}]", multi[3][network], single[3][network], normwise=True)
     _compare(f"{kind} codes", multi[1], single[1])
-    for name in ("params", "disc_params"):
-      for (path, ref), mine in zip(jax.tree_util.tree_leaves_with_path(getattr(single[0], name)),
-                                   jax.tree_util.tree_leaves(getattr(multi[0], name))):
-        outside = np.abs(np.asarray(mine) - np.asarray(ref)) > PARAM_ATOL
-        assert outside.mean() <= PARAM_OUTLIER_FRACTION, (kind, name, jax.tree_util.keystr(path))
+    _assert_params_close(jax.tree_util.tree_leaves((multi[0].params, multi[0].disc_params)),
+                         jax.tree_util.tree_leaves((single[0].params, single[0].disc_params)), kind)
     multi_codes = dcc(multi[0].database_codes, {k: parallel.to_host(v) for k, v in multi[1].items()})
     np.testing.assert_array_equal(multi_codes, single_codes, err_msg=kind)
     assert np.any(multi_codes[rows] != database_codes[rows]), "DCC changed nothing: a vacuous check"
@@ -193,28 +203,23 @@ def _restore(checkpoint):
 
 
 def test_two_processes_equal_one_and_resume(tmp_path):
-  """2 processes x 1 device == 1 process x 2 devices; the 2-process checkpoint resumes in 1 process.
-
-  One device per process: on this CPU build, gloo steps with several local
-  devices per process stall for minutes (see docs/scaling.md).
-  """
+  """2 processes x 2 devices == 1 process x 4 devices; the 2-process checkpoint resumes in 1 process."""
   multi, single, resumed = tmp_path / "two_processes", tmp_path / "one_process", tmp_path / "resumed"
-  _train_two_processes(multi, devices_per_process=1, timeout=240)
-  _run(["train.py", *TINY, f"--workdir={single}"], devices=2, timeout=180)
+  _train_two_processes(multi, devices_per_process=2, timeout=240)
+  _run(["train.py", *TINY, f"--workdir={single}"], devices=4, timeout=180)
   # Resume the two-process run's iteration-1 checkpoint in one process.
   shutil.copytree(multi, resumed)
   shutil.rmtree(resumed / "bits_16" / "checkpoints" / "2")
-  _run(["train.py", *TINY, f"--workdir={resumed}"], devices=2, timeout=180)
+  _run(["train.py", *TINY, f"--workdir={resumed}"], devices=4, timeout=180)
 
   reference = _restore(single / "bits_16" / "checkpoints" / "2")
   for run in (multi, resumed):
     state = _restore(run / "bits_16" / "checkpoints" / "2")
     assert state.keys() == reference.keys()
-    for key, value in reference.items():
-      if value.dtype.kind == "f" and key != "['database_codes']":
-        np.testing.assert_allclose(state[key], value, rtol=1e-5, atol=1e-6, err_msg=f"{run.name} {key}")
-      else:
-        np.testing.assert_array_equal(state[key], value, err_msg=f"{run.name} {key}")
+    floats = [k for k, v in reference.items() if v.dtype.kind == "f" and k != "['database_codes']"]
+    _assert_params_close([state[k] for k in floats], [reference[k] for k in floats], run.name)
+    for key in reference.keys() - set(floats):
+      np.testing.assert_array_equal(state[key], reference[key], err_msg=f"{run.name} {key}")
     assert np.abs(state["['database_codes']"]).sum() > 0, "no codes learned: a vacuous check"
   # Files come from process 0 only, once.
   assert (multi / "metrics.json").exists() and (multi / "bits_16" / "codes.npz").exists()

@@ -18,6 +18,27 @@ def Dense(features: int, name: str) -> nn.Dense:
   return nn.Dense(features, kernel_init=torch_kernel_init, name=name)
 
 
+class RowDropout(nn.Module):
+  """Inverted dropout whose mask for a row depends only on the 'dropout' rng and
+  the row's index in the global batch (`first_row` + its local index).
+
+  A device holding rows first_row.. of a batch thus draws the same masks for
+  them as one device holding the whole batch, and data-parallel training with
+  dropout on equals single-device training. Each element is kept with
+  probability 1 - rate, as in nn.Dropout.
+  """
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, train: bool, first_row=0):
+    if not train or self.rate == 0:
+      return x
+    key, keep = self.make_rng("dropout"), 1.0 - self.rate
+    rows = first_row + jnp.arange(x.shape[0])
+    mask = jax.vmap(lambda row: jax.random.bernoulli(jax.random.fold_in(key, row), keep, x.shape[1:]))(rows)
+    return jnp.where(mask, x / keep, 0.0)
+
+
 class HashHead(nn.Module):
   """Linear map to `bits` continuous codes, squashed by `activation`.
 

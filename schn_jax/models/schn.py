@@ -64,10 +64,11 @@ class SCHN(nn.Module):
     self.semantic = SemanticNet(self.bits)
     self.cycle = CycleNet(self.variant, self.bits, self.dropout_rate)
 
-  def __call__(self, images, labels, adjacency, train: bool = False, gather=None):
+  def __call__(self, images, labels, adjacency, train: bool = False, gather=None, first_row=0):
     """`gather` (per-device runs) maps this device's rows to the global batch's rows
-    before the cycle part, which couples all samples; `adjacency` is then global."""
-    f_image, u_image = self.visual(images, train)
+    before the cycle part, which couples all samples; `adjacency` is then global.
+    `first_row` is the global index of this device's first row (its dropout masks)."""
+    f_image, u_image = self.visual(images, train, first_row)
     f_label, u_label = self.semantic(labels)
     out = {"F_image": f_image, "U_image": u_image, "F_label": f_label, "U_label": u_label}
     if gather is not None:

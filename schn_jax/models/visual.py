@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from schn_jax.models.layers import Dense, HashHead
+from schn_jax.models.layers import Dense, HashHead, RowDropout
 
 
 def adaptive_avg_pool(x, size: int):
@@ -33,6 +33,15 @@ def max_pool(x, window: int, stride: int):
   return functools.reduce(jnp.maximum, slices)
 
 
+def _classifier(x, feature_dim, dropout_rate, train, first_row):
+  """torchvision AlexNet's classifier up to fc7: (dropout, fc, ReLU) twice. Called inside a
+  backbone's compact __call__, so the layers are that backbone's `classifier_1`/`_4`."""
+  for name in ("classifier_1", "classifier_4"):
+    x = RowDropout(dropout_rate)(x, train, first_row)
+    x = nn.relu(Dense(feature_dim, name=name)(x))
+  return x
+
+
 def _conv(features, kernel, stride, padding, name):
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((padding, padding), (padding, padding)), name=name)
@@ -51,7 +60,7 @@ class AlexNet(nn.Module):
   feature_dim: int = 4096
 
   @nn.compact
-  def __call__(self, images, train: bool = False):
+  def __call__(self, images, train: bool = False, first_row=0):
     x = images
     for name, feats, k, s, p, pool in [("features_0", 64, 11, 4, 2, True),
                                         ("features_3", 192, 5, 1, 2, True),
@@ -63,10 +72,7 @@ class AlexNet(nn.Module):
         x = max_pool(x, 3, 2)
     self.sow("intermediates", "conv_features", x)
     x = _flatten_like_torch(adaptive_avg_pool(x, 6))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.relu(Dense(self.feature_dim, name="classifier_1")(x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.relu(Dense(self.feature_dim, name="classifier_4")(x))
+    return _classifier(x, self.feature_dim, self.dropout_rate, train, first_row)
 
 
 class SmallCNN(nn.Module):
@@ -76,16 +82,12 @@ class SmallCNN(nn.Module):
   feature_dim: int = 512
 
   @nn.compact
-  def __call__(self, images, train: bool = False):
+  def __call__(self, images, train: bool = False, first_row=0):
     x = images
     for name, feats in [("features_0", 32), ("features_3", 64)]:
       x = nn.relu(_conv(feats, 3, 1, 1, name)(x))
       x = max_pool(x, 2, 2)
-    x = _flatten_like_torch(x)
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.relu(Dense(self.feature_dim, name="classifier_1")(x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.relu(Dense(self.feature_dim, name="classifier_4")(x))
+    return _classifier(_flatten_like_torch(x), self.feature_dim, self.dropout_rate, train, first_row)
 
 
 BACKBONES = {"alexnet": AlexNet, "small_cnn": SmallCNN}
@@ -98,8 +100,8 @@ class VisualNet(nn.Module):
   dropout_rate: float = 0.5
 
   @nn.compact
-  def __call__(self, images, train: bool = False):
+  def __call__(self, images, train: bool = False, first_row=0):
     if self.backbone not in BACKBONES:
       raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
-    features = BACKBONES[self.backbone](self.dropout_rate, name="backbone")(images, train)
+    features = BACKBONES[self.backbone](self.dropout_rate, name="backbone")(images, train, first_row)
     return features, HashHead(self.bits, name="hash")(features)

@@ -10,6 +10,7 @@ their rows' share through the all-gather's transpose).
 """
 
 import dataclasses
+import functools
 from typing import Optional
 
 import jax
@@ -39,6 +40,35 @@ def adversarial_learning_rate(config, iteration):
   return config.learning_rate / config.lr_decay_factor ** passed
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def gather_rows(x, axis_name):
+  """All devices' rows of `x`, in device order, for a REPLICATED consumer.
+
+  Every device then runs the same computation on the same global rows, so the
+  cotangent reaching the gather is equal on every device. The true transpose
+  (all_gather's psum_scatter) would sum those n equal copies of each device's
+  rows; this one takes this device's rows times n, which is the same number
+  without a collective in the backward pass. (It also avoids a reduce-scatter,
+  which makes the following gradient all-reduce crawl on XLA:CPU's gloo
+  collectives when a process holds several devices: docs/scaling.md.)
+  """
+  return jax.lax.all_gather(x, axis_name, tiled=True)
+
+
+def _gather_rows_fwd(x, axis_name):
+  return gather_rows(x, axis_name), None
+
+
+def _gather_rows_bwd(axis_name, _, cotangent):
+  n = jax.lax.axis_size(axis_name)
+  rows = cotangent.shape[0] // n
+  mine = jax.lax.dynamic_slice_in_dim(cotangent, jax.lax.axis_index(axis_name) * rows, rows)
+  return (mine * n,)
+
+
+gather_rows.defvjp(_gather_rows_fwd, _gather_rows_bwd)
+
+
 class Collectives:
   """Global-batch view for the per-device step (identity when `axis_name` is None)."""
 
@@ -46,7 +76,11 @@ class Collectives:
     self.axis_name = axis_name
 
   def gather(self, x):
-    return x if self.axis_name is None else jax.lax.all_gather(x, self.axis_name, tiled=True)
+    return x if self.axis_name is None else gather_rows(x, self.axis_name)
+
+  def first_row(self, local_rows):
+    """Global index of this device's first row (devices hold consecutive blocks)."""
+    return 0 if self.axis_name is None else jax.lax.axis_index(self.axis_name) * local_rows
 
   @property
   def size(self):
@@ -69,7 +103,7 @@ def make_step_functions(model, discriminator, optimizers, config: StepConfig, ax
     labels = coll.gather(batch["labels"])
     return model.apply({"params": params}, batch["images"], batch["labels"],
                        losses.label_similarity(labels, labels), train, gather=coll.gather,
-                       rngs={"dropout": rng})
+                       first_row=coll.first_row(batch["images"].shape[0]), rngs={"dropout": rng})
 
   def cycle_update(state, batch, rng, train=True):
     labels = coll.gather(batch["labels"])
