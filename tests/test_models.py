@@ -9,7 +9,7 @@ import pytest
 
 from schn_jax.models import SCHN, CycleNet, Discriminator
 from schn_jax.models.latent import TransitiveLatent
-from schn_jax.models.layers import BatchAttention, GraphConv
+from schn_jax.models.layers import BatchAttention, GraphConv, RowDropout
 from schn_jax.models.reconstruction import Reconstruction
 from schn_jax.models.semantic import SemanticNet
 from schn_jax.models.visual import VisualNet, adaptive_avg_pool
@@ -248,6 +248,23 @@ def test_dropout_is_on_in_training_mode(small_schn):
   np.testing.assert_array_equal(a["F_image"], again["F_image"])
   # The label network has no dropout.
   np.testing.assert_array_equal(a["F_label"], plain["F_label"])
+
+
+def test_row_dropout_masks_depend_on_the_global_row_only():
+  """Rows 0-99 in one call equal rows 0-39 and 40-99 in two calls with first_row set,
+  as two devices holding those rows would draw them; keep rate and scaling are dropout's."""
+  x = jnp.ones((100, 64))
+  layer, rngs = RowDropout(0.5), {"dropout": jax.random.key(3)}
+  whole = np.asarray(layer.apply({}, x, True, rngs=rngs))
+  parts = np.concatenate([np.asarray(layer.apply({}, x[:40], True, 0, rngs=rngs)),
+                          np.asarray(layer.apply({}, x[40:], True, 40, rngs=rngs))])
+  np.testing.assert_array_equal(parts, whole)
+  assert set(np.unique(whole)) == {0.0, 2.0}
+  assert abs((whole == 0).mean() - 0.5) < 0.03  # 6,400 draws: 5 sigma
+  assert len({row.tobytes() for row in whole}) == 100, "rows share a mask"
+  shifted = np.asarray(layer.apply({}, x[:40], True, 1, rngs=rngs))
+  assert not np.array_equal(shifted, whole[:40])
+  np.testing.assert_array_equal(layer.apply({}, x, False, rngs=rngs), x)
 
 
 def test_latent_dropout_acts_on_codes_not_on_latent_feature():
