@@ -6,7 +6,7 @@ codes of the GLOBAL batch, because batch attention and the batch label graph
 couple all samples, computes the cycle part and the losses on that global
 batch, and differentiates loss / n_devices; summing gradients over devices
 then gives exactly the single-device gradient (backbone parameters receive
-their rows' share through the all-gather's transpose).
+their rows' share through `gather_rows`' backward pass).
 """
 
 import dataclasses
