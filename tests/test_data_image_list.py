@@ -122,20 +122,57 @@ def test_corrupt_jpeg_fail_names_file(root):
     source.image(7)
 
 
-def test_corrupt_jpeg_skip_is_masked_and_counted(root, tmp_path, caplog):
+def test_corrupt_images_are_left_out_of_the_split(root, tmp_path, caplog):
   truncate(root / 'images' / '7.jpg')
   (root / 'images' / '8.jpg').write_bytes(b'not a jpeg at all')
   config = default_data_config('nuswide')
-  config.update(dict(root=str(root), on_corrupt='skip', query_per_class=0,
-                     train_per_class=None, image_size=16, test_resize=16))
+  config.update(dict(root=str(root), on_corrupt='skip', protocol='random',
+                     num_query=4, query_per_class=None, train_per_class=None,
+                     image_size=16, test_resize=16))
   with caplog.at_level(logging.WARNING):
     data = build_dataset(config, str(tmp_path / 'work'), seed=0)
-    batches = list(data.batches(np.arange(24), 12, train=False))
-  assert data.source.corrupt == {7, 8}
-  assert 'skipping corrupt image' in caplog.text
+  assert '2 of 24 images cannot be decoded and are left out' in caplog.text
   assert '7.jpg' in caplog.text and '8.jpg' in caplog.text
-  mask = np.concatenate([b['mask'] for b in batches])
-  np.testing.assert_array_equal(np.flatnonzero(~mask), [7, 8])
+  split = data.split
+  everything = np.concatenate([split.query, split.database, split.train])
+  assert not {7, 8} & set(everything.tolist())
+  assert len(split.query) + len(split.database) == 22
+  # Every batch of the database decodes, so no image is served as a stand-in.
+  for batch in data.batches(split.database, 8, train=False):
+    assert batch['image'].shape[1:] == (16, 16, 3)
+  # The saved split is reused without decoding the images again.
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    again = build_dataset(config, str(tmp_path / 'work'), seed=0)
+  np.testing.assert_array_equal(again.split.database, split.database)
+  assert 'cannot be decoded' not in caplog.text
+
+
+def test_two_spellings_of_one_path_are_one_image(root):
+  append_line(root, f'./images/0.jpg {flags({0})}')
+  append_line(root, f'images/./sub/../1.jpg {flags({1})}')
+  source = open_nuswide(root)
+  assert len(source) == 24
+  assert source.paths[0] == 'images/0.jpg'
+
+
+@pytest.mark.parametrize('path', ['../outside.jpg', 'images/../../x.jpg',
+                                  '/etc/passwd'])
+def test_paths_outside_the_root_are_refused(root, path):
+  append_line(root, f'{path} {flags({2})}')
+  with pytest.raises(ValueError, match=r'images\.txt:25: image path .* '
+                     'leads outside the dataset root'):
+    open_nuswide(root)
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(root):
+  pixels = np.array([[0, 257 * 128], [65535, 257 * 64]], np.uint16)
+  Image.fromarray(pixels).save(root / 'images' / 'deep.png')
+  append_line(root, f'images/deep.png {flags({4})}')
+  image = open_nuswide(root).image(24)
+  assert image.dtype == np.uint8 and image.shape == (2, 2, 3)
+  np.testing.assert_array_equal(image[..., 0], [[0, 128], [255, 64]])
+  np.testing.assert_array_equal(image[..., 0], image[..., 2])
 
 
 def write_hashnet_lists(root, test, database, train):
@@ -143,6 +180,16 @@ def write_hashnet_lists(root, test, database, train):
                     ('train.txt', train)):
     (root / name).write_text(''.join(
         f'images/{i}.jpg {flags({i % NUM_CLASSES})}\n' for i in ids))
+
+
+def test_list_protocol_sees_overlap_through_path_spellings(root, tmp_path):
+  write_hashnet_lists(root, test=range(4), database=range(4, 24),
+                      train=range(10, 16))
+  append_line(root, f'./images/0.jpg {flags({0})}', name='database.txt')
+  config = default_data_config('nuswide')
+  config.update(dict(root=str(root), protocol='lists'))
+  with pytest.raises(ValueError, match='query and database share 1 images'):
+    build_dataset(config, str(tmp_path / 'work'), seed=0)
 
 
 def test_list_protocol(root, tmp_path):

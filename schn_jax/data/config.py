@@ -7,6 +7,8 @@ it needs; every key is documented in docs/data.md.
 import ml_collections
 from ml_collections import config_dict
 
+from schn_jax import errors
+
 # name -> (number of labels, protocol defaults).
 IMAGE_LISTS = {
     'nuswide': (21, dict(protocol='per_class', query_per_class=100,
@@ -35,7 +37,7 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
       dataset.
   """
   if not (name == 'fashion_mnist' or is_tfds(name) or name in IMAGE_LISTS):
-    raise ValueError(f'unknown dataset {name!r}: use fashion_mnist, cifar10, '
+    raise errors.ConfigError(f'unknown dataset {name!r}: use fashion_mnist, cifar10, '
                      f'{", ".join(IMAGE_LISTS)} or tfds:<name>')
   # Optional numbers are typed placeholders so that command-line overrides
   # (--config.data.num_train=5000) parse.

@@ -7,6 +7,7 @@ from typing import Iterator, Sequence
 import jax
 import numpy as np
 
+from schn_jax import errors
 from schn_jax.data import config as config_lib
 from schn_jax.data import image_list
 from schn_jax.data import pipeline
@@ -30,7 +31,9 @@ def open_source(config):
     return image_list.ImageListSource(
         name, config.root, list_files, num_classes,
         unlabeled=config.unlabeled, on_corrupt=config.on_corrupt)
-  raise ValueError(f'unknown dataset {name!r}')
+  raise errors.ConfigError(f'config.data.name={name!r}: unknown dataset; use '
+                           f'fashion_mnist, cifar10, {", ".join(config_lib.IMAGE_LISTS)} '
+                           'or tfds:<name>')
 
 
 @dataclasses.dataclass
@@ -42,11 +45,13 @@ class RetrievalData:
     source: images and (N, K) labels by index.
     split: query / database / train source indices.
     loader: the parallel batch loader.
+    seed: the seed the split was drawn with.
   """
   config: object
   source: object
   split: protocols.Split
   loader: pipeline.Loader
+  seed: int | None = None
 
   @property
   def labels(self) -> np.ndarray:
@@ -62,19 +67,35 @@ class RetrievalData:
     return pipeline.normalize(images, self.config.num_channels)
 
 
-def build_dataset(config, workdir: str, seed: int) -> RetrievalData:
+  def write_split(self, workdir: str):
+    """Saves the split as `workdir/split.npz`, unless one is there already."""
+    protocols.write_split(workdir, self.config, self.labels, self.seed,
+                          self.config.name, self.split)
+
+
+def build_dataset(config, workdir: str, seed: int,
+                  split_mode: str = 'make') -> RetrievalData:
   """Opens the dataset and loads (or computes and saves) its split.
 
   Args:
     config: a data config, `default_data_config(name)` with overrides.
     workdir: the run's folder; the split lives in `workdir/split.npz`.
     seed: the split's seed (list protocols do not use it).
+    split_mode: 'make' saves a new split; 'defer' leaves that to
+      `RetrievalData.write_split`, so that a caller can check the rest of
+      its config before writing anything; 'load' needs a saved split.
   """
   source = open_source(config)
+  find_corrupt = None
+  if config.get('on_corrupt') == 'skip' and hasattr(source, 'find_corrupt'):
+    # Decodes every image once, only when a split is made; the split then
+    # leaves the corrupt ones out of training, codes and metrics alike.
+    find_corrupt = lambda: source.find_corrupt(config.num_workers)
   split = protocols.load_or_make_split(
       workdir, config, source.labels, seed, config.name,
-      getattr(source, 'list_indices', None))
+      getattr(source, 'list_indices', None), find_corrupt, split_mode)
   logging.info('%s: %d images, %d labels; query %d, database %d, train %d',
                config.name, len(source), source.num_classes, len(split.query),
                len(split.database), len(split.train))
-  return RetrievalData(config, source, split, pipeline.Loader(source, config))
+  return RetrievalData(config, source, split, pipeline.Loader(source, config),
+                       seed)

@@ -3,31 +3,70 @@
 One image per line: `relative/path.jpg 0 1 0 ... 1`, the path relative to the
 dataset root (no spaces) followed by one 0/1 flag per label. NUS-WIDE,
 MIRFlickr-25K, MS-COCO and ImageNet-100 are distributed this way.
+
+Paths are normalised (`./a/b.jpg` and `a/./b.jpg` are `a/b.jpg`), so two
+spellings of one file are one item, and the query/database overlap check sees
+them; a path that leads outside the root is refused.
 """
 
+import concurrent.futures
 import logging
 import os
 import pathlib
+import posixpath
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
+from schn_jax import errors
+
 UNLABELED_MODES = ('drop', 'fail', 'keep')
 CORRUPT_MODES = ('fail', 'skip')
-# What a corrupt image is replaced with under on_corrupt='skip'; the pipeline
-# masks it out of every batch it appears in.
-_CORRUPT_SUBSTITUTE = np.zeros((8, 8, 3), np.uint8)
 
 
-class CorruptImageError(OSError):
-  pass
+class CorruptImageError(errors.UserError, OSError):
+  """An image file that cannot be decoded."""
+
+
+def normalize_path(path: str, where: str) -> str:
+  """`path` relative to the dataset root in one canonical spelling.
+
+  Raises DataError (naming `where`, the list file and line) for a path that is
+  absolute or climbs out of the root with '..'.
+  """
+  normal = posixpath.normpath(path.replace(os.sep, '/'))
+  if posixpath.isabs(normal) or normal == '..' or normal.startswith('../'):
+    raise errors.DataError(
+        f'{where}: image path {path!r} leads outside the dataset root; list '
+        'files name images relative to data.root: rewrite the path, or point '
+        'data.root at a folder that holds it')
+  return normal
+
+
+def to_uint8_rgb(image: Image.Image) -> np.ndarray:
+  """A PIL image as uint8 (H, W, 3).
+
+  16-bit grayscale ('I;16*', or 'I' as older Pillow opens 16-bit PNGs) is
+  scaled to 8 bits; PIL's convert('RGB') would clip it, and nearly every pixel
+  would turn white.
+  """
+  if image.mode.startswith('I;16') or image.mode == 'I':
+    pixels = np.asarray(image, np.float64)
+    # 'I' holds 32-bit integers; PNG and TIFF store at most 16 bits per sample.
+    pixels = np.clip(pixels, 0, 65535) * (255 / 65535)
+    gray = np.rint(pixels).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1)
+  return np.asarray(image.convert('RGB'))
 
 
 def read_list_file(path: pathlib.Path, num_classes: int):
-  """Returns (relative paths, (n, K) float32 labels, 1-based line numbers)."""
+  """Returns (normalised relative paths, (n, K) float32 labels, 1-based line numbers)."""
   if not path.is_file():
-    raise FileNotFoundError(f'list file {path} does not exist')
+    raise errors.DataNotFoundError(
+        f'list file {path} does not exist; put it under data.root or name '
+        'the right one with --config.data.<image_list|query_list|'
+        'database_list|train_list>')
   paths, flags, line_numbers = [], [], []
   with open(path) as f:
     for line_number, line in enumerate(f, start=1):
@@ -35,14 +74,15 @@ def read_list_file(path: pathlib.Path, num_classes: int):
       if not tokens:
         continue
       if len(tokens) - 1 != num_classes:
-        raise ValueError(
+        raise errors.DataError(
             f'{path}:{line_number}: expected an image path and {num_classes} '
-            f'label flags, found {len(tokens) - 1} flags')
+            f'label flags, found {len(tokens) - 1} flags (a path with spaces '
+            'is read as several tokens)')
       bad = [t for t in tokens[1:] if t not in ('0', '1')]
       if bad:
-        raise ValueError(f'{path}:{line_number}: label flags must be 0 or 1, '
-                         f'found {bad[0]!r}')
-      paths.append(tokens[0])
+        raise errors.DataError(f'{path}:{line_number}: label flags must be 0 '
+                               f'or 1, found {bad[0]!r}')
+      paths.append(normalize_path(tokens[0], f'{path}:{line_number}'))
       flags.append([t == '1' for t in tokens[1:]])
       line_numbers.append(line_number)
   labels = np.array(flags, np.float32).reshape(len(paths), num_classes)
@@ -58,20 +98,22 @@ class ImageListSource:
 
   Attributes:
     num_unlabeled: lines whose flags are all 0 (dropped or kept, by mode).
-    corrupt: indices of images that failed to decode under on_corrupt='skip'.
+    on_corrupt: 'fail' (an undecodable image stops the run when read) or
+      'skip' (`find_corrupt` is run before the split is made, and the images
+      it finds are left out of the split).
   """
 
   def __init__(self, name: str, root: str, list_files: Sequence[str],
                num_classes: int, unlabeled: str = 'fail',
                on_corrupt: str = 'fail'):
     if unlabeled not in UNLABELED_MODES:
-      raise ValueError(f'unlabeled must be one of {UNLABELED_MODES}, '
-                       f'got {unlabeled!r}')
+      raise errors.ConfigError(f'config.data.unlabeled={unlabeled!r}: use one '
+                               f'of {UNLABELED_MODES}')
     if on_corrupt not in CORRUPT_MODES:
-      raise ValueError(f'on_corrupt must be one of {CORRUPT_MODES}, '
-                       f'got {on_corrupt!r}')
+      raise errors.ConfigError(f'config.data.on_corrupt={on_corrupt!r}: use '
+                               f'one of {CORRUPT_MODES}')
     if not root or not pathlib.Path(root).is_dir():
-      raise FileNotFoundError(
+      raise errors.DataNotFoundError(
           f'{name}: dataset root {root!r} is not a directory; point the '
           'config at it with --config.data.root=PATH (see docs/data.md for '
           'the files expected there)')
@@ -79,7 +121,6 @@ class ImageListSource:
     self.root = pathlib.Path(root)
     self.num_classes = num_classes
     self.on_corrupt = on_corrupt
-    self.corrupt = set()
     self.num_unlabeled = 0
     self.paths = []
     self.list_indices = {}
@@ -90,7 +131,7 @@ class ImageListSource:
       unlabeled_rows = np.flatnonzero(labels.sum(1) == 0)
       self.num_unlabeled += len(unlabeled_rows)
       if len(unlabeled_rows) and unlabeled == 'fail':
-        raise ValueError(
+        raise errors.DataError(
             f'{list_path}:{line_numbers[unlabeled_rows[0]]}: image has no '
             f'positive label ({len(unlabeled_rows)} such lines in this file); '
             "set data.unlabeled='drop' to drop them or 'keep' to keep them")
@@ -102,8 +143,10 @@ class ImageListSource:
         if path in index_of:
           index = index_of[path]
           if not np.array_equal(all_labels[index], labels[row]):
-            raise ValueError(f'{where}: labels of {path} differ from those '
-                             f'at {origin[path]}')
+            raise errors.DataError(
+                f'{where}: labels of {path} differ from those at '
+                f'{origin[path]}; an image must carry the same labels in '
+                'every list')
         else:
           index = index_of[path] = len(self.paths)
           origin[path] = where
@@ -118,28 +161,45 @@ class ImageListSource:
     self.labels = np.array(all_labels, np.float32).reshape(-1, num_classes)
     missing = [p for p in self.paths if not os.path.isfile(self.root / p)]
     if missing:
-      raise FileNotFoundError(
+      raise errors.DataNotFoundError(
           f'{name}: {len(missing)} listed images are missing under '
           f'{self.root}, first: {self.root / missing[0]} (listed at '
-          f'{origin[missing[0]]})')
+          f'{origin[missing[0]]}); check data.root, or remove their lines')
 
   def __len__(self) -> int:
     return len(self.paths)
 
+  def _decode(self, index: int) -> np.ndarray:
+    with Image.open(self.root / self.paths[index]) as image:
+      return to_uint8_rgb(image)
+
   def image(self, index: int) -> np.ndarray:
-    path = self.root / self.paths[index]
     try:
-      with Image.open(path) as image:
-        return np.asarray(image.convert('RGB'))
+      return self._decode(index)
     except (OSError, SyntaxError, ValueError) as e:
-      if self.on_corrupt == 'fail':
-        raise CorruptImageError(
-            f'cannot decode image {path}: {e} (set data.on_corrupt=\'skip\' '
-            'to mask corrupt images out and count them)') from e
-      # Two threads meeting the same file at once may both log it; the set
-      # still counts it once.
-      if index not in self.corrupt:
-        self.corrupt.add(index)
-        logging.warning('%s: skipping corrupt image %s (%s); %d corrupt so '
-                        'far', self.name, path, e, len(self.corrupt))
-      return _CORRUPT_SUBSTITUTE
+      path = self.root / self.paths[index]
+      fix = ("set --config.data.on_corrupt='skip' (in a new --workdir) to "
+             'leave corrupt images out of the split'
+             if self.on_corrupt == 'fail' else
+             'it was readable when the split was made; restore the file, or '
+             'start a new --workdir so that the split leaves it out')
+      raise CorruptImageError(f'cannot decode image {path}: {e}; {fix}') from e
+
+  def find_corrupt(self, num_workers: int | None = None) -> np.ndarray:
+    """Sorted indices of the images that fail to decode (every image is read)."""
+
+    def readable(index):
+      try:
+        self._decode(index)
+        return True
+      except (OSError, SyntaxError, ValueError):
+        return False
+
+    with concurrent.futures.ThreadPoolExecutor(num_workers or os.cpu_count()) as pool:
+      ok = np.fromiter(pool.map(readable, range(len(self))), bool, len(self))
+    corrupt = np.flatnonzero(~ok)
+    if len(corrupt):
+      logging.warning('%s: %d of %d images cannot be decoded and are left out of the split '
+                      '(on_corrupt=skip); first: %s', self.name, len(corrupt), len(self),
+                      ', '.join(str(self.root / self.paths[i]) for i in corrupt[:5]))
+    return corrupt

@@ -147,9 +147,6 @@ class Loader:
     images = (futures.result() if isinstance(futures, concurrent.futures.Future)
               else np.stack([f.result() for f in futures]))
     mask = np.ones(batch_size, bool)
-    corrupt = getattr(self.source, 'corrupt', ())
-    if corrupt:
-      mask[:len(indices)] = [int(i) not in corrupt for i in indices]
     pad = batch_size - len(indices)
     if pad:
       images = np.concatenate([images, np.zeros((pad,) + images.shape[1:],
@@ -174,8 +171,8 @@ class Loader:
     Yields:
       dicts with 'image' uint8 (b, S, S, C), 'label' float32 (b, K) and
       'mask' bool (b,), b = batch_size / process count. The last batch is
-      padded to full size with zero images, mask False; so are corrupt
-      images skipped under on_corrupt='skip'.
+      padded to full size with zero images, mask False. (Corrupt images
+      never get here: under on_corrupt='skip' the split leaves them out.)
     """
     if train and seed is None and self.config.augment:
       raise ValueError('train mode needs a seed')

@@ -16,6 +16,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from schn_jax import errors
+
 FASHION_MNIST_ROOT = '/usr/share/datasets/fashion-mnist'
 FASHION_MNIST_FILES = (
     ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
@@ -63,17 +65,22 @@ class ArraySource:
 
 def read_idx(path: pathlib.Path) -> np.ndarray:
   """Reads a gzipped IDX file (the MNIST format) into a uint8 array."""
-  with gzip.open(path, 'rb') as f:
-    data = f.read()
+  try:
+    with gzip.open(path, 'rb') as f:
+      data = f.read()
+  except (OSError, EOFError) as e:
+    raise errors.DataError(f'{path}: not a readable gzip file ({e}); '
+                           'download or reinstall it') from None
   zero, dtype_code, ndim = data[0] * 256 + data[1], data[2], data[3]
   if zero != 0 or dtype_code != 0x08:
-    raise ValueError(f'{path}: not an unsigned-byte IDX file')
+    raise errors.DataError(f'{path}: not an unsigned-byte IDX file; point '
+                           'data.root at the gzipped Fashion-MNIST IDX files')
   shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big')
                 for i in range(ndim))
   array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
   if array.size != np.prod(shape):
-    raise ValueError(f'{path}: header says {shape} but holds {array.size} '
-                     'bytes (truncated file?)')
+    raise errors.DataError(f'{path}: header says {shape} but holds {array.size} '
+                           'bytes (truncated file?); download or reinstall it')
   return array.reshape(shape)
 
 
@@ -93,7 +100,7 @@ def fashion_mnist_source(root: str | None = None,
   try:
     source = TfdsSource('fashion_mnist', data_dir=tfds_data_dir)
   except DatasetNotPreparedError as e:
-    raise FileNotFoundError(
+    raise errors.DataNotFoundError(
         f'Fashion-MNIST not found: no IDX files in {root} (install them with '
         '`apt-get install dataset-fashion-mnist`, or point data.root at a '
         f'folder holding {", ".join(f for p in FASHION_MNIST_FILES for f in p)})'
@@ -102,8 +109,8 @@ def fashion_mnist_source(root: str | None = None,
   return ArraySource('fashion_mnist', images, source.labels)
 
 
-class DatasetNotPreparedError(FileNotFoundError):
-  pass
+class DatasetNotPreparedError(errors.DataNotFoundError):
+  """A TFDS dataset with no prepared array_record files."""
 
 
 def prepare_command(name: str, data_dir: str | None) -> str:
@@ -143,7 +150,7 @@ class TfdsSource:
           f'{prepare_command(name, data_dir)}') from None
     info = self._parts[0].dataset_info
     if not info.supervised_keys:
-      raise ValueError(f'TFDS dataset {name!r} has no (image, label) '
+      raise errors.DataError(f'TFDS dataset {name!r} has no (image, label) '
                        'supervised keys; it is not an image-classification '
                        'dataset')
     self._image_key, self._label_key = info.supervised_keys
