@@ -1,4 +1,4 @@
-"""Code files, bad input, the eval.py contract and FAISS export."""
+"""Code files, bad input and the eval.py contract (FAISS search: test_search.py)."""
 
 import json
 import pathlib
@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 
 from schn_jax.evaluation import codes as codes_lib
-from schn_jax.evaluation import hamming
 from schn_jax.evaluation import metrics
-from schn_jax.evaluation import search
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -114,57 +112,3 @@ def test_eval_cli_reads_torch_files(tmp_path):
   summary = json.loads(result.stdout.strip().splitlines()[-1])
   assert summary['map'] == pytest.approx(
       metrics.evaluate_codes(**arrays)['map'], abs=1e-9)
-
-
-@pytest.mark.parametrize('bits', [12, 32])
-def test_faiss_flat_round_trip(tmp_path, bits):
-  arrays = small_set(bits, num_database=300)
-  ids = np.arange(300) * 7 + 1000
-  index = search.build_index(arrays['database_codes'], ids=ids)
-  search.save_index(index, tmp_path / 'index.faiss')
-  found_ids, distances = search.search(
-      search.load_index(tmp_path / 'index.faiss'), arrays['query_codes'], 10)
-  our_ids, our_distances = hamming.hamming_topk(arrays['query_codes'],
-                                                arrays['database_codes'], 10)
-  np.testing.assert_array_equal(distances, our_distances)
-  brute = 0.5 * (bits - arrays['query_codes'] @ arrays['database_codes'].T)
-  np.testing.assert_array_equal(
-      distances, np.take_along_axis(brute, (found_ids - 1000) // 7, 1))
-
-
-@pytest.mark.parametrize('kind', ['hash', 'multihash'])
-def test_faiss_hash_indexes_return_true_distances(kind):
-  arrays = small_set(16, num_database=300)
-  index = search.build_index(arrays['database_codes'], kind=kind,
-                             hash_bits=8)
-  ids, distances = search.search(index, arrays['query_codes'], 5)
-  brute = 0.5 * (16 - arrays['query_codes'] @ arrays['database_codes'].T)
-  found = ids >= 0
-  assert found.any()
-  np.testing.assert_array_equal(
-      distances[found],
-      np.take_along_axis(brute, np.maximum(ids, 0), 1)[found])
-
-
-def test_faiss_refuses_zero_bits():
-  arrays = small_set()
-  arrays['database_codes'][5, 2] = 0
-  with pytest.raises(codes_lib.CodesError, match='row 5'):
-    search.build_index(arrays['database_codes'])
-
-
-def test_search_cli(tmp_path):
-  arrays = small_set(24, num_database=100)
-  codes_lib.save_codes(tmp_path / 'codes.npz', **arrays)
-  index = tmp_path / 'index.faiss'
-  built = run('-m', 'schn_jax.evaluation.search',
-              f'--codes={tmp_path / "codes.npz"}', f'--build={index}')
-  assert built.returncode == 0, built.stderr
-  result = run('-m', 'schn_jax.evaluation.search', f'--index={index}',
-               f'--codes={tmp_path / "codes.npz"}', '--k=3')
-  assert result.returncode == 0, result.stderr
-  rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
-  assert len(rows) == 6 and len(rows[0]['ids']) == 3
-  _, expected = hamming.hamming_topk(arrays['query_codes'],
-                                     arrays['database_codes'], 3)
-  np.testing.assert_array_equal([row['distances'] for row in rows], expected)

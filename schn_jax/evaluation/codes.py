@@ -6,15 +6,21 @@ samples). Labels are multi-hot 0/1 rows; two items are relevant to each other
 when they share a label.
 """
 
+import dataclasses
+import json
+import os
 import pathlib
+import zipfile
 
 import numpy as np
+
+from schn_jax import errors
 
 CODE_KEYS = ('query_codes', 'database_codes', 'query_labels',
              'database_labels')
 
 
-class CodesError(ValueError):
+class CodesError(errors.UserError, ValueError):
   """A code or label array that cannot be evaluated, with the fix in words."""
 
 
@@ -142,3 +148,120 @@ def load_torch_codes(query_codes, database_codes, query_labels,
       value = value.detach().numpy()
     arrays.append(np.asarray(value))
   return dict(zip(CODE_KEYS, check_retrieval_set(*arrays, source='.t files')))
+
+
+# ------------------------------------------------ item code files (encode / search)
+
+ITEM_KEYS = ('codes', 'packed', 'paths')
+
+
+@dataclasses.dataclass
+class ItemCodes:
+  """One set of encoded items, as `python -m schn_jax.encode` writes it.
+
+  Attributes:
+    codes: float32 (n, bits) in {-1, +1}.
+    packed: uint8 (n, ceil(bits / 8)), bit j of a row in byte j // 8, least
+      significant bit first, 1 for +1: FAISS's binary layout.
+    paths: (n,) str: where each item came from, relative to the source's root
+      (or `name[index]` for arrays and TFDS splits).
+    labels: optional (n, K) uint8 multi-hot labels.
+    label_names: optional (K,) str names of the labels' columns.
+    source: how to open the items again (see `data.image_sets.open_spec`), or {}.
+    model: the run and code length that encoded them, or {}.
+  """
+  codes: np.ndarray
+  packed: np.ndarray
+  paths: np.ndarray
+  labels: np.ndarray | None = None
+  label_names: np.ndarray | None = None
+  source: dict = dataclasses.field(default_factory=dict)
+  model: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def bits(self) -> int:
+    return self.codes.shape[1]
+
+  def __len__(self) -> int:
+    return len(self.codes)
+
+
+def pack_signs(codes):
+  """{-1, +1} codes (n, c) -> uint8 (n, ceil(c / 8)), FAISS's layout (see ItemCodes).
+
+  Pad bits are 0 on every row, so Hamming distances are unchanged.
+  """
+  return np.packbits(np.asarray(codes) > 0, axis=1, bitorder='little')
+
+
+def save_item_codes(path, item_codes):
+  """Writes an ItemCodes as .npz, through a temporary file renamed into place,
+  so that a reader never sees half a file."""
+  item = item_codes
+  codes = check_codes(item.codes, 'codes')
+  if (codes == 0).any():
+    raise CodesError('codes: item code files hold only -1 and +1 bits.')
+  arrays = {'codes': codes.astype(np.float32), 'packed': pack_signs(codes),
+            'paths': np.asarray(item.paths, dtype=str),
+            'source': json.dumps(item.source), 'model': json.dumps(item.model)}
+  if item.labels is not None:
+    arrays['labels'] = check_labels(item.labels, 'labels')
+  if item.label_names is not None:
+    arrays['label_names'] = np.asarray(item.label_names, dtype=str)
+  path = pathlib.Path(path)
+  tmp = path.with_name(f'{path.name}.tmp{os.getpid()}.npz')
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def load_item_codes(path):
+  """Reads and validates a file written by `save_item_codes` (or by hand: only
+  `codes` and `paths` are required; `packed` is recomputed when absent)."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise CodesError(f'{path}: no such file; give a codes file written by '
+                     'python -m schn_jax.encode.')
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      arrays = {key: data[key] for key in data.files}
+  except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+    raise CodesError(f'{path}: not an .npz file ({error}); give a codes file '
+                     'written by python -m schn_jax.encode.') from None
+  missing = [key for key in ('codes', 'paths') if key not in arrays]
+  if missing:
+    raise CodesError(f'{path}: missing key(s) {missing}; found '
+                     f'{sorted(arrays)}. A codes file holds codes (n, bits) in '
+                     '{-1, +1} and paths (n,); write it with python -m '
+                     'schn_jax.encode.')
+  codes = check_codes(arrays['codes'], f'{path}: codes')
+  if (codes == 0).any():
+    row = int(np.nonzero((codes == 0).any(1))[0][0])
+    raise CodesError(f'{path}: codes row {row} has 0 bits; item codes must be '
+                     '-1 or +1 (binarise with np.where(u < 0, -1, 1)).')
+  n = len(codes)
+  paths = arrays['paths']
+  if paths.shape != (n,):
+    raise CodesError(f'{path}: paths has shape {paths.shape}, expected ({n},) '
+                     'to match codes.')
+  packed = pack_signs(codes)
+  if 'packed' in arrays and not np.array_equal(arrays['packed'], packed):
+    raise CodesError(f'{path}: packed does not match codes; rewrite the file '
+                     'with python -m schn_jax.encode.')
+  labels = arrays.get('labels')
+  if labels is not None:
+    labels = check_labels(labels, f'{path}: labels')
+    if len(labels) != n:
+      raise CodesError(f'{path}: labels has {len(labels)} rows, codes {n}.')
+  label_names = arrays.get('label_names')
+  if label_names is not None and (labels is None
+                                  or label_names.shape != labels.shape[1:]):
+    raise CodesError(f'{path}: label_names has shape {label_names.shape}, '
+                     'expected one name per column of labels.')
+  meta = {}
+  for key in ('source', 'model'):
+    try:
+      meta[key] = json.loads(str(arrays[key])) if key in arrays else {}
+    except json.JSONDecodeError as error:
+      raise CodesError(f'{path}: {key} is not JSON ({error}).') from None
+  return ItemCodes(codes.astype(np.float32), packed, paths.astype(str), labels,
+                   label_names, meta['source'], meta['model'])

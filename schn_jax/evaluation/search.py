@@ -1,68 +1,103 @@
-"""FAISS binary indexes of {-1, +1} codes, and a small search API and CLI.
+"""FAISS binary indexes of {-1, +1} codes: build, save, load, k-NN and radius search.
 
-FAISS stores d-bit codes as d / 8 bytes, so d must be a multiple of 8: codes
-of c bits are padded with 0 bits up to the next multiple of 8 on every row,
-queries and database alike, which leaves every Hamming distance unchanged.
-FAISS has no 'unset' bit, so codes with 0 values are refused.
+An index is described by `flat` (exhaustive, exact) or any
+`faiss.index_binary_factory` string: `BHash16` (one hash table on 16 bits),
+`BHash4x16` (multi-index hashing, 4 tables), `BIVF256` (inverted file),
+`BHNSW32` (graph), `BIVF256_BHNSW32`... Indexes that need training (IVF) are
+trained on the database codes they index.
 
-  python -m schn_jax.evaluation.search --codes FILE.npz --build INDEX \
-      [--kind flat|hash|multihash]
-  python -m schn_jax.evaluation.search --index INDEX --codes FILE.npz --k 10
+FAISS stores d-bit codes in d / 8 bytes, so codes of c bits are padded with 0
+bits up to the next multiple of 8 (`codes.pack_signs`), queries and database
+alike, which leaves every Hamming distance unchanged. FAISS has no 'unset'
+bit, so codes with 0 values are refused.
 
-The first builds an index of `database_codes` (ids 0..N-1); the second
-prints one JSON line per query: {"query", "ids", "distances"}.
+Results are per query, ordered by Hamming distance then by database position
+(FAISS orders ties its own way; they are re-sorted here), with database
+positions 0..n-1 as ids. For `flat` the k nearest are the exact ranking of
+`hamming.hamming_topk`, ties included (tests/test_retrieval.py). Approximate
+indexes may find fewer than k neighbours; those rows are shorter, never
+padded with FAISS's -1 ids.
 """
 
-import argparse
-import json
+import logging
+import pathlib
 
 import faiss
 import numpy as np
 
+from schn_jax import errors
 from schn_jax.evaluation import codes as codes_lib
 
-INDEX_KINDS = ('flat', 'hash', 'multihash')
+FLAT = 'flat'
+EXAMPLES = 'flat, BHash16, BHash4x16, BIVF256, BHNSW32'
 
 
-def to_faiss_bytes(codes, name='codes'):
-  """Packs {-1, +1} codes (n, c) into uint8 (n, ceil(c / 8)), bit 1 = +1."""
+class SearchError(errors.UserError, ValueError):
+  """An index description, index file, query or k that cannot be used."""
+
+
+def faiss_bytes(codes, name='codes'):
+  """{-1, +1} codes (n, c) -> uint8 (n, ceil(c / 8)) for FAISS; refuses 0 bits."""
   codes = codes_lib.check_codes(codes, name)
   if (codes == 0).any():
     rows = np.nonzero((codes == 0).any(1))[0]
-    raise codes_lib.CodesError(
+    raise SearchError(
         f'{name}: {len(rows)} row(s) have 0 (unset) bits, e.g. row '
         f'{rows[0]}; FAISS stores only +-1 bits. Drop those rows or '
         'recompute their codes first.')
-  return np.packbits(codes > 0, axis=1, bitorder='little')
+  return codes_lib.pack_signs(codes)
 
 
-def build_index(database_codes, ids=None, kind='flat', hash_bits=None):
-  """A FAISS binary index of database codes, searchable by database id.
+def build_index(database_codes, description=FLAT):
+  """A FAISS binary index of `database_codes`, ids = row positions.
 
-  kind 'flat' is exhaustive and exact; 'hash' (IndexBinaryHash) and
-  'multihash' (IndexBinaryMultiHash) look up buckets of hash_bits-bit code
-  prefixes (default min(16, bits)) and are sub-linear but approximate: they
-  only return items within the index's nflip radius on those prefixes.
+  Args:
+    database_codes: (n, c) in {-1, +1}.
+    description: 'flat' or a faiss.index_binary_factory string.
   """
-  packed = to_faiss_bytes(database_codes, 'database_codes')
+  packed = faiss_bytes(database_codes, 'database codes')
   dim = packed.shape[1] * 8
-  hash_bits = hash_bits or min(16, dim)
-  if kind == 'flat':
-    index = faiss.IndexBinaryFlat(dim)
-  elif kind == 'hash':
-    index = faiss.IndexBinaryHash(dim, hash_bits)
-  elif kind == 'multihash':
-    index = faiss.IndexBinaryMultiHash(dim, max(1, dim // hash_bits),
-                                       hash_bits)
-  else:
-    raise ValueError(f'kind={kind!r}: use one of {INDEX_KINDS}.')
-  ids = np.arange(len(packed)) if ids is None else np.asarray(ids)
-  if ids.shape != (len(packed),):
-    raise ValueError(f'ids: expected shape ({len(packed)},), got {ids.shape}.')
-  # Flat and multi-hash indexes only number items 0..n-1; the map adds ids.
-  index = faiss.IndexBinaryIDMap(index)
-  index.add_with_ids(packed, ids.astype(np.int64))
+  factory = 'BFlat' if description == FLAT else description
+  try:
+    index = faiss.index_binary_factory(dim, factory)
+  except RuntimeError as error:
+    raise SearchError(
+        f'index {description!r}: FAISS cannot build it for {dim}-bit codes '
+        f'({_faiss_message(error)}); use one of {EXAMPLES} or another '
+        'faiss.index_binary_factory string.') from None
+  if not index.is_trained:
+    nlist = getattr(index, 'nlist', 0)
+    if len(packed) < nlist:
+      raise SearchError(
+          f'index {description!r} has {nlist} lists but the database holds '
+          f'only {len(packed)} codes: use fewer lists (e.g. BIVF'
+          f'{max(1, len(packed) // 39)}) or flat.')
+    index.train(packed)
+  index.add(packed)
   return index
+
+
+def set_search_parameters(index, *, nprobe=None, nflip=None, ef_search=None):
+  """Sets the speed/recall knobs an index has; naming one it lacks is an error.
+
+  nprobe: inverted lists visited (IVF, default 1); nflip: bits flipped when
+  probing hash buckets (BHash, default 0); ef_search: candidate list size
+  (HNSW, default 16).
+  """
+  for name, value in (('nprobe', nprobe), ('nflip', nflip)):
+    if value is not None:
+      if not hasattr(index, name):
+        raise SearchError(f'{name} applies to {_KNOB_OWNERS[name]} indexes, '
+                          f'not to {type(index).__name__}.')
+      setattr(index, name, int(value))
+  if ef_search is not None:
+    if not hasattr(index, 'hnsw'):
+      raise SearchError('ef_search applies to HNSW indexes, not to '
+                        f'{type(index).__name__}.')
+    index.hnsw.efSearch = int(ef_search)
+
+
+_KNOB_OWNERS = {'nprobe': 'IVF (BIVF...)', 'nflip': 'hash (BHash...)'}
 
 
 def save_index(index, path):
@@ -70,48 +105,88 @@ def save_index(index, path):
 
 
 def load_index(path):
-  return faiss.read_index_binary(str(path))
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise SearchError(f'{path}: no such index file; write one with '
+                      '--save_index.')
+  try:
+    return faiss.read_index_binary(str(path))
+  except RuntimeError as error:
+    raise SearchError(f'{path}: not a FAISS binary index '
+                      f'({_faiss_message(error)}); build it again with '
+                      '--save_index.') from None
 
 
-def search(index, query_codes, k):
-  """Top-k (ids, Hamming distances) per query, both int64 (Q, k).
+def check_index(index, database_size, bits, index_name='index'):
+  """Refuses an index that does not hold `database_size` codes of `bits` bits."""
+  dim = -(-bits // 8) * 8
+  if index.d != dim:
+    raise SearchError(f'{index_name} holds {index.d}-bit codes but the codes '
+                      f'have {bits} bits: build the index from codes of the '
+                      'same length.')
+  if index.ntotal != database_size:
+    raise SearchError(f'{index_name} holds {index.ntotal} codes but the '
+                      f'database has {database_size}: build the index from '
+                      'this database.')
 
-  Missing results (fewer than k within a hash index's radius) are id -1.
-  Ties come in FAISS's order, not necessarily by id.
+
+def knn(index, query_codes, k):
+  """The k nearest database items of each query.
+
+  k is clipped to the database size (with a warning). Returns a list over
+  queries of (ids int64, distances int64), each ordered by distance then id.
   """
-  packed = to_faiss_bytes(query_codes, 'query_codes')
+  if k <= 0:
+    raise SearchError(f'k={k}: ask for at least one neighbour.')
+  if k > index.ntotal:
+    logging.warning('k=%d is more than the %d database items: returning all '
+                    'of them.', k, index.ntotal)
+    k = index.ntotal
+  distances, ids = index.search(_query_bytes(index, query_codes), k)
+  # Missing results (id -1) come with the largest distance, so they sort last.
+  order = np.lexsort((ids, distances), axis=1)
+  ids = np.take_along_axis(ids, order, 1).astype(np.int64)
+  distances = np.take_along_axis(distances, order, 1).astype(np.int64)
+  if (ids >= 0).all():
+    return list(zip(ids, distances))
+  return [(row_ids[row_ids >= 0], row_distances[row_ids >= 0])
+          for row_ids, row_distances in zip(ids, distances)]
+
+
+def range_search(index, query_codes, radius):
+  """Every database item within Hamming distance `radius` (inclusive) of each
+  query: the hash-lookup protocol. Same result layout as `knn`."""
+  if radius < 0:
+    raise SearchError(f'radius={radius}: give a Hamming distance >= 0.')
+  queries = _query_bytes(index, query_codes)
+  try:
+    # FAISS keeps distances strictly below its radius.
+    limits, distances, ids = index.range_search(queries, int(radius) + 1)
+  except RuntimeError as error:
+    raise SearchError(f'{type(index).__name__} has no radius search '
+                      f'({_faiss_message(error)}); use flat, BHash, BIVF or '
+                      'k-NN search.') from None
+  return [_ordered(ids[a:b], distances[a:b])
+          for a, b in zip(limits[:-1], limits[1:])]
+
+
+def _query_bytes(index, query_codes):
+  packed = faiss_bytes(query_codes, 'query codes')
   if packed.shape[1] * 8 != index.d:
-    raise codes_lib.CodesError(
-        f'query codes pack to {packed.shape[1] * 8} bits but the index holds '
-        f'{index.d}-bit codes.')
-  distances, ids = index.search(packed, k)
-  return ids.astype(np.int64), distances.astype(np.int64)
+    raise SearchError(f'query codes have {np.shape(query_codes)[1]} bits but '
+                      f'the index holds {index.d}-bit codes: encode the '
+                      'queries with the model and code length of the database.')
+  return packed
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--codes', required=True,
-                      help='code npz (see docs/evaluation.md)')
-  parser.add_argument('--build', help='write an index of database_codes here')
-  parser.add_argument('--kind', default='flat', choices=INDEX_KINDS)
-  parser.add_argument('--index', help='search this index with query_codes')
-  parser.add_argument('--k', type=int, default=10)
-  args = parser.parse_args(argv)
-  arrays = codes_lib.load_codes(args.codes)
-  if args.build:
-    save_index(build_index(arrays['database_codes'], kind=args.kind),
-               args.build)
-    print(json.dumps({'index': args.build, 'kind': args.kind,
-                      'num_database': len(arrays['database_codes'])}))
-  if args.index:
-    ids, distances = search(load_index(args.index), arrays['query_codes'],
-                            args.k)
-    for query, (row_ids, row_distances) in enumerate(zip(ids, distances)):
-      print(json.dumps({'query': query, 'ids': row_ids.tolist(),
-                        'distances': row_distances.tolist()}))
-  if not (args.build or args.index):
-    parser.error('give --build INDEX, --index INDEX, or both.')
+def _ordered(ids, distances):
+  found = ids >= 0
+  ids, distances = ids[found].astype(np.int64), distances[found].astype(np.int64)
+  order = np.lexsort((ids, distances))
+  return ids[order], distances[order]
 
 
-if __name__ == '__main__':
-  main()
+def _faiss_message(error):
+  """FAISS's exception text without its C++ location prefix."""
+  text = str(error).strip().splitlines()[0]
+  return text.split('failed: ')[-1].split(': Error: ')[-1]

@@ -1,0 +1,200 @@
+"""A trained run as an object: restore one code length's visual network, encode images.
+
+    model = TrainedModel.from_workdir('runs/fashion_mnist', bits=32)
+    codes = model.encode(images)      # uint8 (n, S, S, C) -> float32 (n, 32) in {-1, 0, +1}
+
+Restoring reads the run's `config.json` and the visual network's parameters
+from the latest orbax checkpoint of `bits_<bits>`, and nothing else: no
+dataset, no pretrained .pth backbone, no torch, no optimizer moments or
+learned database codes (the checkpoint is read partially). The parameter
+template comes from `jax.eval_shape` of the model's init, so a config that
+does not match the checkpoint is refused with the leaves that differ.
+
+`encode` is the training loop's (`training.train.encode`): sign(U_image) of
+the dataset-normalised images, batches split over every local device.
+"""
+
+import functools
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from schn_jax import errors
+from schn_jax.data import pipeline
+from schn_jax.models import SCHN
+from schn_jax.training import parallel
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _hash_batch(model, num_channels, params, images):
+  # Module and channel setting are static (hashable): one compiled function per
+  # model and batch shape, however many batches are encoded.
+  inputs = pipeline.normalize(images, num_channels)
+  return model.apply({'params': params}, inputs, method=SCHN.encode_images)
+
+
+class TrainedModel:
+  """One code length of a trained SCHN run, for inference.
+
+  Attributes:
+    config: the run's ConfigDict (from config.json).
+    bits: the code length.
+    params: {'visual': ...}, the visual network's parameters (float32).
+    step: the checkpoint's outer iteration (None when not from a checkpoint).
+    workdir: the run folder (None when not from one).
+    image_size: side of the square images `encode` takes.
+    channels: channels of the images `encode` takes (1 or 3).
+  """
+
+  def __init__(self, config, bits, params, *, step=None, workdir=None):
+    self.config = config
+    self.bits = bits
+    self.params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32),
+                                         params)
+    self.step = step
+    self.workdir = workdir
+    self.model = SCHN(config.variant, bits, backbone=config.backbone,
+                      dropout_rate=config.dropout_rate)
+    self.image_size = config.data.image_size
+    self.channels = int(self.params['visual']['backbone']['features_0']
+                        ['kernel'].shape[2])
+    self._mesh = parallel.make_mesh()
+    self._device_params = parallel.replicate(self.params, self._mesh)
+
+  @classmethod
+  def from_workdir(cls, workdir, bits=None, step=None):
+    """Restores `bits` (default: the run's only code length) at `step`
+    (default: the latest checkpoint) from a folder written by train.py."""
+    workdir = pathlib.Path(workdir)
+    config = read_config(workdir)
+    lengths = tuple(config.code_lengths)
+    if bits is None:
+      if len(lengths) != 1:
+        raise errors.CheckpointError(
+            f'{workdir} trained code lengths {lengths}: choose one with '
+            '--bits.')
+      bits = lengths[0]
+    directory = workdir / f'bits_{bits}' / 'checkpoints'
+    steps = sorted(ocp.utils.checkpoint_steps(directory)) if directory.is_dir() else []
+    if not steps:
+      trained = [b for b in lengths
+                 if ocp.utils.checkpoint_steps(workdir / f'bits_{b}' / 'checkpoints')
+                 ] if workdir.is_dir() else []
+      raise errors.CheckpointError(
+          f'{directory}: no checkpoint of {bits}-bit codes; this run has '
+          f'checkpoints for {trained or "no code length yet"}: choose one with '
+          '--bits, or train it first.')
+    if step is None:
+      step = steps[-1]
+    elif step not in steps:
+      raise errors.CheckpointError(f'{directory}: no checkpoint {step}; '
+                                   f'there are {steps}.')
+    params = restore_visual_params(config, bits, directory / str(step) / 'state')
+    return cls(config, bits, params, step=step, workdir=workdir.absolute())
+
+  def identity(self):
+    """What produced these codes, as JSON-able values (kept in codes files)."""
+    return {'workdir': str(self.workdir) if self.workdir else None,
+            'bits': self.bits, 'step': self.step, 'variant': self.config.variant,
+            'dataset': self.config.data.name}
+
+  def preprocess(self, image):
+    """One uint8 (H, W, channels) image -> (image_size, image_size, channels):
+    the dataset's test transform (resize the shorter side, center crop)."""
+    return pipeline.transform(np.asarray(image, np.uint8), None, self.config.data)
+
+  def hash(self, images):
+    """U_image, the continuous codes (n, bits) float32, of uint8 images
+    (n, image_size, image_size, channels), any n."""
+    images = np.asarray(images, np.uint8)
+    expected = (self.image_size, self.image_size, self.channels)
+    if images.ndim != 4 or images.shape[1:] != expected:
+      raise ValueError(f'images must be uint8 (n, {", ".join(map(str, expected))}),'
+                       f' got {images.shape}; see TrainedModel.preprocess.')
+    devices = jax.device_count()
+    pad = -len(images) % devices
+    if pad:
+      images = np.concatenate([images, np.zeros((pad,) + expected, np.uint8)])
+    (sharded,) = parallel.shard_rows(self._mesh, images)
+    out = _hash_batch(self.model, self.config.data.num_channels,
+                      self._device_params, sharded)
+    return parallel.to_host(out)[:len(images) - pad]
+
+  def encode(self, images, batch_size=256):
+    """sign(U_image) as float32 (n, bits) in {-1, 0, +1}; 0 only where U_image
+    is exactly 0. Images as for `hash`, encoded batch_size at a time."""
+    batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
+    images = np.asarray(images, np.uint8)
+    out = [np.sign(self.hash(images[i:i + batch_size]))
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, self.bits), np.float32)
+
+
+def read_config(workdir):
+  """The ConfigDict a train.py run saved in workdir/config.json."""
+  path = pathlib.Path(workdir) / 'config.json'
+  if not path.is_file():
+    raise errors.CheckpointError(
+        f'{path} not found: --workdir must be a folder written by train.py.')
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except json.JSONDecodeError as error:
+    raise errors.CheckpointError(f'{path}: not valid JSON ({error}).') from None
+
+
+def visual_template(config, bits, channels):
+  """Shapes and dtypes of the visual network's parameters, without computing them."""
+  model = SCHN(config.variant, bits, backbone=config.backbone,
+               dropout_rate=config.dropout_rate)
+  size = config.data.image_size
+  images = jnp.zeros((1, size, size, channels), jnp.float32)
+  # Initialising through encode_images creates the visual network only.
+  return jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), images,
+                         method=SCHN.encode_images))['params']
+
+
+def restore_visual_params(config, bits, state_dir):
+  """params['visual'] of the TrainState saved in `state_dir`, as NumPy arrays."""
+  # The handler, not a Checkpointer: it reads the one item without looking for
+  # step-level metadata, and restores a subtree (partial_restore).
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    saved = handler.metadata(state_dir).tree['params']['visual']
+  except (KeyError, TypeError, FileNotFoundError, ValueError) as error:
+    handler.close()
+    raise errors.CheckpointError(
+        f'{state_dir}: not a training checkpoint with visual parameters '
+        f'({error}).') from None
+  channels = saved['backbone']['features_0']['kernel'].shape[2]
+  template = visual_template(config, bits, channels)
+  flat_template = traverse_util.flatten_dict(template['visual'], sep='/')
+  flat_saved = traverse_util.flatten_dict(saved, sep='/')
+  shape = lambda flat, key: tuple(flat[key].shape) if key in flat else None
+  differ = sorted(
+      f'{key} (config {shape(flat_template, key)}, checkpoint '
+      f'{shape(flat_saved, key)})'
+      for key in flat_template.keys() | flat_saved.keys()
+      if shape(flat_template, key) != shape(flat_saved, key))
+  if differ:
+    handler.close()
+    raise errors.CheckpointError(
+        f"{state_dir}: the checkpoint does not fit the run's config.json: "
+        + ', '.join(differ[:5]) + (' ...' if len(differ) > 5 else ''))
+  # The saved dtypes (float64 runs exist); TrainedModel casts to float32.
+  target = {'params': {'visual': jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)}}
+  restore_args = jax.tree_util.tree_map(
+      lambda _: ocp.ArrayRestoreArgs(restore_type=np.ndarray), target)
+  try:
+    restored = handler.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True))
+  finally:
+    handler.close()
+  return {'visual': restored['params']['visual']}

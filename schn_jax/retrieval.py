@@ -1,0 +1,286 @@
+"""Retrieval with a trained model: encode image sets to codes files, search them,
+and turn results into JSON records and a PNG grid.
+
+The pieces live below: `inference.TrainedModel` (restore, encode),
+`data.image_sets` (where images come from), `evaluation.codes` (the codes
+file), `evaluation.search` (FAISS indexes), `evaluation.plots` (the grid).
+The command lines `python -m schn_jax.encode` and `python -m schn_jax.search`
+are thin wrappers around this module.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import shutil
+
+import jax
+import numpy as np
+import tqdm
+
+from schn_jax import errors
+from schn_jax.data import image_sets
+from schn_jax.data import pipeline
+from schn_jax.evaluation import codes as codes_lib
+from schn_jax.evaluation import plots
+from schn_jax.evaluation import search
+
+SHARD_SIZE = 4096
+
+
+# ---------------------------------------------------------------- encoding
+
+def binarize(signs):
+  """sign(U) in {-1, 0, +1} -> {-1, +1}: a bit at exactly 0 becomes +1, since
+  FAISS and the packed codes have no unset bit."""
+  return np.where(signs < 0, -1.0, 1.0).astype(np.float32)
+
+
+def encode_set(model, image_set, *, batch_size=256, progress=False,
+               shard_size=None, parts_dir=None):
+  """Codes of every image of `image_set` as an ItemCodes.
+
+  The images go through the run's test transform, `batch_size` at a time
+  (rounded up to a multiple of the device count; batches are split over the
+  devices). With `parts_dir`, every `shard_size` images are saved there as
+  they are done, and shards already there (from an interrupted call with the
+  same inputs) are not encoded again.
+  """
+  if image_set.channels != model.channels:
+    raise ValueError(f'image set has {image_set.channels} channels, the '
+                     f'model reads {model.channels}')
+  batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
+  shard_size = shard_size or SHARD_SIZE
+  num_items = len(image_set)
+  shards = range(0, num_items, shard_size)
+  if parts_dir is not None:
+    parts_dir = _prepare_parts(parts_dir, model, image_set, shard_size)
+  loader = pipeline.Loader(image_set, model.config.data)
+  out = []
+  try:
+    with tqdm.tqdm(total=num_items, unit='image', desc=f'encode {model.bits} bits',
+                   disable=not progress) as bar:
+      for number, start in enumerate(shards):
+        stop = min(start + shard_size, num_items)
+        shard_path = parts_dir / f'shard_{number:06d}.npy' if parts_dir else None
+        if shard_path is not None and shard_path.is_file():
+          out.append(np.load(shard_path))
+          bar.update(stop - start)
+          continue
+        signs = []
+        for batch in loader.batches(np.arange(start, stop), batch_size, train=False):
+          count = int(batch['mask'].sum())
+          signs.append(np.sign(model.hash(batch['image']))[:count])
+          bar.update(count)
+        shard = binarize(np.concatenate(signs))
+        if shard_path is not None:
+          _save_atomically(shard_path, shard)
+        out.append(shard)
+  finally:
+    loader.close()
+  labels = image_set.labels.astype(np.uint8) if image_set.num_classes else None
+  return codes_lib.ItemCodes(
+      np.concatenate(out), codes_lib.pack_signs(np.concatenate(out)),
+      image_set.paths, labels, image_set.label_names, image_set.spec,
+      model.identity())
+
+
+def encode_to_file(model, image_set, out_path, *, batch_size=256,
+                   shard_size=None, progress=True):
+  """Encodes `image_set` into the codes file `out_path`, restartably.
+
+  Shards go to `<out_path>.parts/` while the work is under way; the file is
+  written once every shard is done (under a temporary name, then renamed),
+  and the shards are then removed. Running the same command again after an
+  interruption encodes only the shards that are missing.
+  """
+  out_path = pathlib.Path(out_path)
+  if not out_path.parent.is_dir():
+    raise errors.UserError(f'{out_path.parent}: no such folder for --out; '
+                           'create it first.')
+  parts_dir = out_path.with_name(out_path.name + '.parts')
+  item_codes = encode_set(model, image_set, batch_size=batch_size,
+                          progress=progress, shard_size=shard_size,
+                          parts_dir=parts_dir)
+  codes_lib.save_item_codes(out_path, item_codes)
+  shutil.rmtree(parts_dir)
+  return item_codes
+
+
+def _prepare_parts(parts_dir, model, image_set, shard_size):
+  """Creates parts_dir with a manifest of the inputs; shards left by another
+  set of inputs (other images, model or shard size) are removed first."""
+  parts_dir = pathlib.Path(parts_dir)
+  manifest = {'model': model.identity(), 'source': image_set.spec,
+              'num_items': len(image_set), 'shard_size': shard_size,
+              'paths_sha1': hashlib.sha1('\n'.join(image_set.paths).encode()).hexdigest()}
+  manifest_path = parts_dir / 'manifest.json'
+  if parts_dir.is_dir():
+    try:
+      saved = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError):
+      saved = None
+    if saved == manifest:
+      done = len(list(parts_dir.glob('shard_*.npy')))
+      if done:
+        logging.info('%s: resuming, %d shard(s) already encoded', parts_dir, done)
+      return parts_dir
+    logging.warning('%s holds shards of other inputs; starting over', parts_dir)
+    shutil.rmtree(parts_dir)
+  parts_dir.mkdir(parents=True)
+  manifest_path.write_text(json.dumps(manifest, indent=2))
+  return parts_dir
+
+
+def _save_atomically(path, array):
+  tmp = path.with_name(f'{path.stem}.tmp{os.getpid()}.npy')
+  np.save(tmp, array)
+  os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- search
+
+def search_codes(database, query_codes, *, index='flat', k=10, radius=None,
+                 index_file=None, save_index_to=None, nprobe=None, nflip=None,
+                 ef_search=None):
+  """Neighbours of each query among `database` (an ItemCodes).
+
+  Args:
+    index: 'flat' or a faiss.index_binary_factory string; ignored with
+      index_file, which loads a saved index of `database` instead.
+    k: neighbours per query (clipped to the database size); with `radius`, at
+      most k of those within the radius (None: all of them).
+    radius: Hamming radius (inclusive) for radius search, or None for k-NN.
+    save_index_to: write the index there.
+
+  Returns:
+    a list over queries of (database positions, Hamming distances), ordered
+    by distance then position.
+  """
+  query_codes = np.asarray(query_codes)
+  if query_codes.shape[1] != database.bits:
+    raise search.SearchError(
+        f'the queries have {query_codes.shape[1]}-bit codes, the database '
+        f'{database.bits}-bit codes: encode both with the same --bits.')
+  if index_file is not None:
+    faiss_index = search.load_index(index_file)
+    search.check_index(faiss_index, len(database), database.bits,
+                       f'index {index_file}')
+  else:
+    faiss_index = search.build_index(database.codes, index)
+  if save_index_to is not None:
+    search.save_index(faiss_index, save_index_to)
+  search.set_search_parameters(faiss_index, nprobe=nprobe, nflip=nflip,
+                               ef_search=ef_search)
+  if radius is None:
+    return search.knn(faiss_index, query_codes, k)
+  results = search.range_search(faiss_index, query_codes, radius)
+  if k is not None:
+    if k <= 0:
+      raise search.SearchError(f'k={k}: ask for at least one neighbour.')
+    results = [(ids[:k], distances[:k]) for ids, distances in results]
+  return results
+
+
+def _label_lists(labels, names):
+  """Each row's positive labels, by name where names are known."""
+  if labels is None:
+    return None
+  return [[str(names[j]) if names is not None else int(j)
+           for j in np.flatnonzero(row)] for row in labels]
+
+
+def relevance(query_labels, database_labels):
+  """(Q, N) bool: query and database item share a label; None when either
+  side has no labels or their label vocabularies cannot be matched.
+
+  Arguments are (labels (n, K) or None, label_names (K,) or None) pairs;
+  named labels are matched by name, unnamed ones by column.
+  """
+  (q_labels, q_names), (d_labels, d_names) = query_labels, database_labels
+  if q_labels is None or d_labels is None:
+    return None
+  if q_names is not None and d_names is not None:
+    vocabulary = np.union1d(q_names, d_names)
+    q_labels = _to_vocabulary(q_labels, q_names, vocabulary)
+    d_labels = _to_vocabulary(d_labels, d_names, vocabulary)
+  elif (q_names is None) != (d_names is None) or (
+      q_labels.shape[1] != d_labels.shape[1]):
+    return None
+  return (np.asarray(q_labels, np.int32) @ np.asarray(d_labels, np.int32).T) > 0
+
+
+def _to_vocabulary(labels, names, vocabulary):
+  out = np.zeros((len(labels), len(vocabulary)), labels.dtype)
+  out[:, np.searchsorted(vocabulary, names)] = labels
+  return out
+
+
+def result_records(query_paths, query_labels, database, results):
+  """One JSON-able dict per query:
+  {"query": path, "neighbors": [{"path", "distance"}, ...]}, plus "labels" on
+  both sides and "correct" (shares a label with the query) where known.
+
+  query_labels: (labels (Q, K) or None, label_names or None).
+  """
+  relevant = relevance(query_labels, (database.labels, database.label_names))
+  query_label_lists = _label_lists(*query_labels)
+  database_label_lists = _label_lists(database.labels, database.label_names)
+  records = []
+  for q, (ids, distances) in enumerate(results):
+    record = {'query': str(query_paths[q])}
+    if query_label_lists is not None:
+      record['labels'] = query_label_lists[q]
+    neighbors = []
+    for i, distance in zip(ids, distances):
+      neighbor = {'path': str(database.paths[i]), 'distance': int(distance)}
+      if database_label_lists is not None:
+        neighbor['labels'] = database_label_lists[i]
+      if relevant is not None:
+        neighbor['correct'] = bool(relevant[q, i])
+      neighbors.append(neighbor)
+    record['neighbors'] = neighbors
+    records.append(record)
+  return records
+
+
+def write_jsonl(records, out):
+  """One JSON object per line, to a path (written atomically) or a stream."""
+  lines = ''.join(json.dumps(record) + '\n' for record in records)
+  if hasattr(out, 'write'):
+    out.write(lines)
+    return
+  path = pathlib.Path(out)
+  tmp = path.with_name(f'{path.name}.tmp{os.getpid()}')
+  tmp.write_text(lines)
+  os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- grid
+
+def draw_grid(records, query_set, database_set, path, *, max_queries=8,
+              max_neighbors=8, thumbnail=96):
+  """The PNG grid of `plots.retrieval_grid` for the first `max_queries`
+  records, images read from the two image sets (see `image_sets.open_spec`)."""
+  rows = []
+  position = {p: i for i, p in enumerate(database_set.paths)}
+  query_position = {p: i for i, p in enumerate(query_set.paths)}
+  for record in records[:max_queries]:
+    query_image = query_set.image(query_position[record['query']])
+    cells = [(database_set.image(position[n['path']]), f"d={n['distance']}",
+              n.get('correct')) for n in record['neighbors'][:max_neighbors]]
+    rows.append((query_image, _short(record['query']), cells))
+  return plots.retrieval_grid(rows, path, thumbnail=thumbnail)
+
+
+def _short(path, width=18):
+  return path if len(path) <= width else '...' + path[-(width - 3):]
+
+
+def open_set_of(item_codes, channels=3, what='codes file'):
+  """The image set behind a codes file, to draw its images."""
+  if not item_codes.source:
+    raise errors.UserError(f'the {what} does not say where its images are; '
+                           'write it with python -m schn_jax.encode.')
+  return image_sets.open_spec(item_codes.source, channels)
