@@ -49,8 +49,9 @@ def main(argv):
   if len(argv) > 1:
     raise errors.UserError(f'unexpected arguments {argv[1:]}: give every '
                            'setting as --flag=value')
-  # Orbax and JAX log routine steps at INFO through absl's logger.
-  logging.getLogger('absl').setLevel(logging.WARNING)
+  # Orbax and JAX log routine steps (checkpoint reads, backends) at INFO.
+  for name in ('absl', 'jax'):
+    logging.getLogger(name).setLevel(logging.WARNING)
   for flag in (_BATCH_SIZE, _SHARD_SIZE):
     if flag.value <= 0:
       raise errors.UserError(f'--{flag.name}={flag.value}: give a positive '

@@ -95,8 +95,9 @@ def main(argv):
   if len(argv) > 1:
     raise errors.UserError(f'unexpected arguments {argv[1:]}: give every '
                            'setting as --flag=value')
-  # Orbax and JAX log routine steps at INFO through absl's logger.
-  logging.getLogger('absl').setLevel(logging.WARNING)
+  # Orbax and JAX log routine steps (checkpoint reads, backends) at INFO.
+  for name in ('absl', 'jax'):
+    logging.getLogger(name).setLevel(logging.WARNING)
   database = codes_lib.load_item_codes(_DATABASE.value)
   if not (_QUERIES.value or _QUERY_IMAGES.value):
     if not _SAVE_INDEX.value:

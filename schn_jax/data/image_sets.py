@@ -171,11 +171,13 @@ class ArrayImages(_ImageSet):
     self.channels = channels
     if not path.is_file():
       raise ImageSetError(f'{path}: no such file.')
+    if not zipfile.is_zipfile(path):
+      raise ImageSetError(f'{path}: not an .npz file (not a zip archive).')
     try:
       with np.load(path, allow_pickle=False) as data:
         arrays = {key: data[key] for key in data.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
-      raise ImageSetError(f'{path}: not an .npz file ({error}).') from None
+      raise ImageSetError(f'{path}: not a readable .npz file ({error}).') from None
     images = arrays.get('images')
     if images is None:
       raise ImageSetError(f'{path}: no `images` array (found {sorted(arrays)});'

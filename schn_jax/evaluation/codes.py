@@ -214,6 +214,18 @@ def save_item_codes(path, item_codes):
   os.replace(tmp, path)
 
 
+def read_npz(path, error_type, fix):
+  """All arrays of an .npz file, or error_type naming the file and `fix`."""
+  if not zipfile.is_zipfile(path):
+    raise error_type(f'{path}: not an .npz file (not a zip archive); {fix}.')
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      return {key: data[key] for key in data.files}
+  except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+    raise error_type(f'{path}: not a readable .npz file ({error}); '
+                     f'{fix}.') from None
+
+
 def load_item_codes(path):
   """Reads and validates a file written by `save_item_codes` (or by hand: only
   `codes` and `paths` are required; `packed` is recomputed when absent)."""
@@ -221,12 +233,8 @@ def load_item_codes(path):
   if not path.is_file():
     raise CodesError(f'{path}: no such file; give a codes file written by '
                      'python -m schn_jax.encode.')
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      arrays = {key: data[key] for key in data.files}
-  except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
-    raise CodesError(f'{path}: not an .npz file ({error}); give a codes file '
-                     'written by python -m schn_jax.encode.') from None
+  arrays = read_npz(path, CodesError, 'give a codes file written by python '
+                    '-m schn_jax.encode')
   missing = [key for key in ('codes', 'paths') if key not in arrays]
   if missing:
     raise CodesError(f'{path}: missing key(s) {missing}; found '
