@@ -9,8 +9,12 @@ from ml_collections import config_dict
 
 from schn_jax import errors
 
-# name -> (number of labels, protocol defaults).
+# name -> (number of labels, protocol defaults). 'image_list' is any dataset
+# in the list format: the number of labels is read from its list files, and
+# the protocol is the user's choice among the built-in ones (docs/data.md).
 IMAGE_LISTS = {
+    'image_list': (None, dict(protocol='random', num_query=1000,
+                              unlabeled='fail')),
     'nuswide': (21, dict(protocol='per_class', query_per_class=100,
                          train_per_class=500, unlabeled='drop')),
     'flickr25k': (38, dict(protocol='random', num_query=1000, num_train=5000,
@@ -33,8 +37,9 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
 
   Args:
     name: 'fashion_mnist', 'cifar10', 'nuswide', 'flickr25k', 'coco',
-      'imagenet100', or 'tfds:<name>' for any TFDS image-classification
-      dataset.
+      'imagenet100', 'tfds:<name>' for any TFDS image-classification
+      dataset, or 'image_list' for any dataset in the list format (the
+      number of labels is read from its list files).
   """
   if not (name == 'fashion_mnist' or is_tfds(name) or name in IMAGE_LISTS):
     raise errors.ConfigError(f'unknown dataset {name!r}: use fashion_mnist, cifar10, '

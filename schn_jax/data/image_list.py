@@ -60,24 +60,30 @@ def to_uint8_rgb(image: Image.Image) -> np.ndarray:
   return np.asarray(image.convert('RGB'))
 
 
-def read_list_file(path: pathlib.Path, num_classes: int):
-  """Returns (normalised relative paths, (n, K) float32 labels, 1-based line numbers)."""
+def read_list_file(path: pathlib.Path, num_classes: int | None):
+  """Returns (normalised relative paths, (n, K) float32 labels, 1-based line numbers).
+
+  num_classes=None reads K from the first line; every line must then match it.
+  """
   if not path.is_file():
     raise errors.DataNotFoundError(
         f'list file {path} does not exist; put it under data.root or name '
         'the right one with --config.data.<image_list|query_list|'
         'database_list|train_list>')
   paths, flags, line_numbers = [], [], []
+  counted_at = ''
   with open(path) as f:
     for line_number, line in enumerate(f, start=1):
       tokens = line.split()
       if not tokens:
         continue
+      if num_classes is None:
+        num_classes, counted_at = len(tokens) - 1, f' (as on line {line_number})'
       if len(tokens) - 1 != num_classes:
         raise errors.DataError(
             f'{path}:{line_number}: expected an image path and {num_classes} '
-            f'label flags, found {len(tokens) - 1} flags (a path with spaces '
-            'is read as several tokens)')
+            f'label flags{counted_at}, found {len(tokens) - 1} flags (a path '
+            'with spaces is read as several tokens)')
       bad = [t for t in tokens[1:] if t not in ('0', '1')]
       if bad:
         raise errors.DataError(f'{path}:{line_number}: label flags must be 0 '
@@ -85,7 +91,7 @@ def read_list_file(path: pathlib.Path, num_classes: int):
       paths.append(normalize_path(tokens[0], f'{path}:{line_number}'))
       flags.append([t == '1' for t in tokens[1:]])
       line_numbers.append(line_number)
-  labels = np.array(flags, np.float32).reshape(len(paths), num_classes)
+  labels = np.array(flags, np.float32).reshape(len(paths), num_classes or 0)
   return paths, labels, line_numbers
 
 
@@ -97,6 +103,7 @@ class ImageListSource:
   list's entries, in order, to source indices.
 
   Attributes:
+    num_classes: K, as given, or read from the first list file when None.
     num_unlabeled: lines whose flags are all 0 (dropped or kept, by mode).
     on_corrupt: 'fail' (an undecodable image stops the run when read) or
       'skip' (`find_corrupt` is run before the split is made, and the images
@@ -104,7 +111,7 @@ class ImageListSource:
   """
 
   def __init__(self, name: str, root: str, list_files: Sequence[str],
-               num_classes: int, unlabeled: str = 'fail',
+               num_classes: int | None, unlabeled: str = 'fail',
                on_corrupt: str = 'fail'):
     if unlabeled not in UNLABELED_MODES:
       raise errors.ConfigError(f'config.data.unlabeled={unlabeled!r}: use one '
@@ -128,6 +135,12 @@ class ImageListSource:
     for list_file in list_files:
       list_path = self.root / list_file
       paths, labels, line_numbers = read_list_file(list_path, num_classes)
+      if num_classes is None:  # the generic image_list dataset: K from the first file
+        num_classes = self.num_classes = labels.shape[1]
+        if not num_classes:
+          raise errors.DataError(
+              f'{list_path}: its lines carry no label flags; training needs '
+              "one 0/1 flag per label after each image's path")
       unlabeled_rows = np.flatnonzero(labels.sum(1) == 0)
       self.num_unlabeled += len(unlabeled_rows)
       if len(unlabeled_rows) and unlabeled == 'fail':

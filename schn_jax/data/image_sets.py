@@ -137,9 +137,7 @@ class ListImages(_FileImages):
     if not self.root.is_dir():
       raise ImageSetError(f'{root}: no such folder (the root the list\'s '
                           'paths are relative to).')
-    num_flags = count_label_flags(list_file)
-    paths, labels, line_numbers = image_list.read_list_file(list_file,
-                                                            num_flags)
+    paths, labels, line_numbers = image_list.read_list_file(list_file, None)
     if not paths:
       raise ImageSetError(f'{list_file}: no images listed.')
     for path, line in zip(paths, line_numbers):
@@ -151,16 +149,6 @@ class ListImages(_FileImages):
     self.labels = labels
     self.label_names = None
     self.spec = {'kind': 'list', 'list': str(list_file), 'root': str(self.root)}
-
-
-def count_label_flags(list_file) -> int:
-  """The number of label flags on the first non-blank line of a list file."""
-  with open(list_file) as f:
-    for line in f:
-      tokens = line.split()
-      if tokens:
-        return len(tokens) - 1
-  return 0
 
 
 class ArrayImages(_ImageSet):
