@@ -52,6 +52,10 @@ def test_save_load_round_trip(tmp_path):
      'database_labels: labels must be multi-hot 0/1'),
     (lambda a: a.update(query_codes=a['query_codes'][0]),
      'query_codes: expected a non-empty 2-D array'),
+    (lambda a: a.update(query_codes=a['query_codes'] > 0),
+     'query_codes: boolean codes'),
+    (lambda a: a.update(database_codes=(a['database_codes'] > 0).astype(np.int8)),
+     'database_codes: codes hold only 0 and 1'),
 ])
 def test_bad_code_files_name_the_problem(tmp_path, change, message):
   arrays = small_set()
@@ -61,6 +65,23 @@ def test_bad_code_files_name_the_problem(tmp_path, change, message):
     codes_lib.load_codes(tmp_path / 'bad.npz')
   assert message in str(error.value)
   assert 'bad.npz' in str(error.value)
+
+
+@pytest.mark.parametrize('content', [b'query_codes,database_codes\n1,-1\n',
+                                     b'PK\x03\x04 truncated zip'])
+def test_a_file_that_is_not_an_npz_is_named(tmp_path, content):
+  (tmp_path / 'codes.npz').write_bytes(content)
+  with pytest.raises(codes_lib.CodesError, match=r'codes\.npz: not an \.npz file'):
+    codes_lib.load_codes(tmp_path / 'codes.npz')
+
+
+def test_one_bit_codes_evaluate():
+  arrays = small_set(bits=1)
+  result = metrics.evaluate_codes(**arrays)
+  # Every item is within radius 2 of a 1-bit query: precision over the database.
+  relevant = (arrays['query_labels'] @ arrays['database_labels'].T) > 0
+  assert result['precision_at_radius_2'] == pytest.approx(relevant.mean())
+  assert result['bits'] == 1
 
 
 @pytest.mark.parametrize('topk,ties', [(41, 'stable'), (0, 'stable'),

@@ -30,11 +30,19 @@ def check_codes(codes, name):
   if codes.ndim != 2 or codes.shape[0] == 0 or codes.shape[1] == 0:
     raise CodesError(f'{name}: expected a non-empty 2-D array (items, bits), '
                      f'got shape {codes.shape}.')
+  if codes.dtype == bool:
+    raise CodesError(f'{name}: boolean codes; codes here are -1 and +1 (0 marks '
+                     'an unset bit), so convert them with np.where(codes, 1, -1).')
   if not np.isin(codes, (-1, 0, 1)).all():
     bad = codes[~np.isin(codes, (-1, 0, 1))].ravel()[:3]
     raise CodesError(f'{name}: codes must be -1, +1 (or 0 for unset database '
                      f'rows); found {bad.tolist()}. Binarise with np.sign '
                      'before saving.')
+  if (codes == 1).any() and (codes == 0).any() and not (codes == -1).any():
+    # Read as they are, every 0 would be an unset bit: a silently wrong mAP.
+    raise CodesError(f'{name}: codes hold only 0 and 1, which looks like {{0, 1}} '
+                     'bits; codes here are -1 and +1 (0 marks an unset bit), so '
+                     'convert them with 2 * codes - 1.')
   return codes.astype(np.int8)
 
 
@@ -116,13 +124,26 @@ def load_codes(path):
   path = pathlib.Path(path)
   if not path.is_file():
     raise CodesError(f'{path}: no such file.')
-  with np.load(path, allow_pickle=False) as data:
+  try:
+    data = np.load(path, allow_pickle=False)
+  except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+    raise CodesError(f'{path}: not an .npz file ({error}); a code file is an '
+                     f'.npz holding {list(CODE_KEYS)} (see docs/evaluation.md).'
+                     ) from None
+  if not isinstance(data, np.lib.npyio.NpzFile):
+    raise CodesError(f'{path}: a single .npy array, not an .npz; a code file '
+                     f'holds {list(CODE_KEYS)} (see docs/evaluation.md).')
+  with data:
     missing = [key for key in CODE_KEYS if key not in data.files]
     if missing:
       raise CodesError(
           f'{path}: missing key(s) {missing}; found {sorted(data.files)}. A '
           f'code file needs {list(CODE_KEYS)} (see docs/evaluation.md).')
-    arrays = [data[key] for key in CODE_KEYS]
+    try:
+      arrays = [data[key] for key in CODE_KEYS]
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+      raise CodesError(f'{path}: damaged .npz ({error}); write it again.'
+                       ) from None
   return dict(zip(CODE_KEYS, check_retrieval_set(*arrays, source=str(path))))
 
 

@@ -100,9 +100,9 @@ def hamming_topk(query_codes, database_codes, k, *, query_chunk=64,
                      f'({database.num_items}).')
   scale = distance_scale(query, database)
   database_chunk = min(database_chunk, database.num_items)
-  db_signs, db_nonzero = (_pad_rows(a, database_chunk)
+  db_signs, db_nonzero = (pad_rows(a, database_chunk)
                           for a in (database.signs, database.nonzero))
-  q_signs, q_nonzero = (_pad_rows(a, query_chunk)
+  q_signs, q_nonzero = (pad_rows(a, query_chunk)
                         for a in (query.signs, query.nonzero))
   all_ids, all_units = [], []
   for q0 in range(0, query.num_items, query_chunk):
@@ -122,7 +122,7 @@ def hamming_topk(query_codes, database_codes, k, *, query_chunk=64,
   return ids, units / scale
 
 
-def _pad_rows(array, multiple):
+def pad_rows(array, multiple):
   """Pads rows with zeros up to a multiple, so every chunk has one shape."""
   extra = -array.shape[0] % multiple
   return np.pad(array, ((0, extra), (0, 0)))

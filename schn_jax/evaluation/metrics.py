@@ -19,6 +19,7 @@ import jax
 import numba
 import numpy as np
 
+from schn_jax import errors
 from schn_jax.evaluation import codes as codes_lib
 from schn_jax.evaluation import hamming
 
@@ -26,18 +27,18 @@ TIE_MODES = ('stable', 'reference', 'tie_aware')
 
 
 def ranking_window(topk, num_database, ties):
-  """Number of ranked items an AP@topk looks at, or ValueError.
+  """Number of ranked items an AP@topk looks at, or ConfigError (a ValueError).
 
   topk = -1 means all: the whole database, except in 'reference' mode, which
   keeps the reference's `ranked[:topk]` and so drops the last item.
   """
   if ties not in TIE_MODES:
-    raise ValueError(f'ties={ties!r}: use one of {TIE_MODES}.')
+    raise errors.ConfigError(f'ties={ties!r}: use one of {TIE_MODES}.')
   if topk == -1:
     return num_database - 1 if ties == 'reference' else num_database
   if not 0 < topk <= num_database:
-    raise ValueError(f'topk={topk}: use -1 (all) or 1..{num_database} (the '
-                     'database size).')
+    raise errors.ConfigError(f'topk={topk}: use -1 (all) or 1..{num_database} '
+                             '(the database size).')
   return topk
 
 
@@ -110,9 +111,9 @@ class _RetrievalSet:
     self.num_buckets = self.scale * self.bits + 1
     self.query_chunk = min(query_chunk, self.num_queries)
     self.database_chunk = min(database_chunk, self.num_database)
-    self.query = [_pad_rows(a, self.query_chunk) for a in (
+    self.query = [hamming.pad_rows(a, self.query_chunk) for a in (
         query.signs, query.nonzero, codes_lib.pack_bits(query_labels))]
-    self.database = [_pad_rows(a, self.database_chunk) for a in (
+    self.database = [hamming.pad_rows(a, self.database_chunk) for a in (
         database.signs, database.nonzero,
         codes_lib.pack_bits(database_labels))]
     self.static = dict(bits=self.bits, half_units=self.scale == 2)
@@ -160,10 +161,6 @@ class _RetrievalSet:
       _stable_terms(units, relevant, num_valid, *ranked, window, sums,
                     counted)
     return sums, counted, counts
-
-
-def _pad_rows(array, multiple):
-  return np.pad(array, ((0, -array.shape[0] % multiple), (0, 0)))
 
 
 def _stable_ap(sums, counted):
@@ -320,6 +317,8 @@ def evaluate_codes(query_codes, database_codes, query_labels, database_labels,
       'num_database': data.num_database,
       'bits': data.bits,
       'database_rows_with_zero_bits': data.database_rows_with_zeros,
-      'precision_at_radius_2': curves['precision_at_radius'][2 * data.scale],
+      # Codes shorter than 2 bits have every item within radius 2.
+      'precision_at_radius_2': curves['precision_at_radius'][
+          min(2 * data.scale, len(curves['precision_at_radius']) - 1)],
       'curves': curves,
   }
