@@ -25,6 +25,8 @@ from schn_jax import retrieval
 from schn_jax.data import image_sets
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run folder written by train.py.')
+_MODEL = flags.DEFINE_string('model', None, 'Instead of --workdir: a model file '
+                             'written by python -m schn_jax.export.')
 _BITS = flags.DEFINE_integer('bits', None, 'Code length to use; default: the '
                              "run's only one.")
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint (outer iteration) to '
@@ -42,7 +44,7 @@ _BATCH_SIZE = flags.DEFINE_integer('batch_size', 256, 'Images per batch, over '
                                    'all devices.')
 _SHARD_SIZE = flags.DEFINE_integer('shard_size', retrieval.SHARD_SIZE,
                                    'Images per saved shard.')
-flags.mark_flags_as_required(['workdir', 'images', 'out'])
+flags.mark_flags_as_required(['images', 'out'])
 
 
 def main(argv):
@@ -56,8 +58,11 @@ def main(argv):
     if flag.value <= 0:
       raise errors.UserError(f'--{flag.name}={flag.value}: give a positive '
                              'number.')
-  model = inference.TrainedModel.from_workdir(_WORKDIR.value, _BITS.value,
-                                              _STEP.value)
+  if bool(_WORKDIR.value) == bool(_MODEL.value):
+    raise errors.UserError('give the model to encode with: --workdir=RUN (a '
+                           'train.py run) or --model=FILE (an exported model).')
+  model = inference.load(_WORKDIR.value or _MODEL.value, _BITS.value,
+                         _STEP.value)
   image_set = image_sets.open_images(
       _IMAGES.value, root=_ROOT.value, class_folders=_CLASS_FOLDERS.value,
       tfds_data_dir=_TFDS_DATA_DIR.value, channels=model.channels)
@@ -65,7 +70,7 @@ def main(argv):
       model, image_set, _OUT.value, batch_size=_BATCH_SIZE.value,
       shard_size=_SHARD_SIZE.value)
   print(f'{_OUT.value}: {len(item_codes)} codes of {item_codes.bits} bits '
-        f'(checkpoint {model.step} of {model.workdir})')
+        f'(checkpoint {model.step} of {model.workdir or model.weights_file})')
 
 
 def cli():

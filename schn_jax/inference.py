@@ -2,6 +2,8 @@
 
     model = TrainedModel.from_workdir('runs/fashion_mnist', bits=32)
     codes = model.encode(images)      # uint8 (n, S, S, C) -> float32 (n, 32) in {-1, 0, +1}
+    model.export('model.safetensors')  # one file: weights, config and code length
+    model = TrainedModel.from_weights('model.safetensors')
 
 Restoring reads the run's `config.json` and the visual network's parameters
 from the latest orbax checkpoint of `bits_<bits>`, and nothing else: no
@@ -27,8 +29,12 @@ from flax import traverse_util
 
 from schn_jax import errors
 from schn_jax.data import pipeline
+from schn_jax.interop import weights
 from schn_jax.models import SCHN
 from schn_jax.training import parallel
+
+
+EXPORT_FORMAT = 'schn_jax.TrainedModel/1'
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -46,19 +52,22 @@ class TrainedModel:
     config: the run's ConfigDict (from config.json).
     bits: the code length.
     params: {'visual': ...}, the visual network's parameters (float32).
-    step: the checkpoint's outer iteration (None when not from a checkpoint).
+    step: the checkpoint's outer iteration (None when not known).
     workdir: the run folder (None when not from one).
+    weights_file: the model file (None when not from one).
     image_size: side of the square images `encode` takes.
     channels: channels of the images `encode` takes (1 or 3).
   """
 
-  def __init__(self, config, bits, params, *, step=None, workdir=None):
+  def __init__(self, config, bits, params, *, step=None, workdir=None,
+               weights_file=None):
     self.config = config
     self.bits = bits
     self.params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32),
                                          params)
     self.step = step
     self.workdir = workdir
+    self.weights_file = weights_file
     self.model = SCHN(config.variant, bits, backbone=config.backbone,
                       dropout_rate=config.dropout_rate)
     self.image_size = config.data.image_size
@@ -71,36 +80,40 @@ class TrainedModel:
   def from_workdir(cls, workdir, bits=None, step=None):
     """Restores `bits` (default: the run's only code length) at `step`
     (default: the latest checkpoint) from a folder written by train.py."""
-    workdir = pathlib.Path(workdir)
-    config = read_config(workdir)
-    lengths = tuple(config.code_lengths)
-    if bits is None:
-      if len(lengths) != 1:
-        raise errors.CheckpointError(
-            f'{workdir} trained code lengths {lengths}: choose one with '
-            '--bits.')
-      bits = lengths[0]
-    directory = workdir / f'bits_{bits}' / 'checkpoints'
-    steps = sorted(ocp.utils.checkpoint_steps(directory)) if directory.is_dir() else []
-    if not steps:
-      trained = [b for b in lengths
-                 if ocp.utils.checkpoint_steps(workdir / f'bits_{b}' / 'checkpoints')
-                 ] if workdir.is_dir() else []
+    config, bits, step, state_dir = find_checkpoint(workdir, bits, step)
+    params = restore_params(config, bits, state_dir)
+    return cls(config, bits, params, step=step,
+               workdir=pathlib.Path(workdir).absolute())
+
+  @classmethod
+  def from_weights(cls, path):
+    """Reads a model file written by `export` (no run folder needed)."""
+    arrays, metadata = weights.read_arrays(path)
+    if metadata.get('format') != EXPORT_FORMAT:
       raise errors.CheckpointError(
-          f'{directory}: no checkpoint of {bits}-bit codes; this run has '
-          f'checkpoints for {trained or "no code length yet"}: choose one with '
-          '--bits, or train it first.')
-    if step is None:
-      step = steps[-1]
-    elif step not in steps:
-      raise errors.CheckpointError(f'{directory}: no checkpoint {step}; '
-                                   f'there are {steps}.')
-    params = restore_visual_params(config, bits, directory / str(step) / 'state')
-    return cls(config, bits, params, step=step, workdir=workdir.absolute())
+          f'{path}: not a model file written by TrainedModel.export (its '
+          f'metadata has format={metadata.get("format")!r}).')
+    config = ml_collections.ConfigDict(json.loads(metadata['config']))
+    bits = int(metadata['bits'])
+    channels = np.shape(arrays.get('visual/backbone/features_0/kernel', ()))
+    template = params_template(config, bits, channels[2] if len(channels) == 4 else 3)
+    params = weights.arrays_to_params(arrays, template, str(path))
+    step = int(metadata['step']) if metadata.get('step', 'None') != 'None' else None
+    return cls(config, bits, params, step=step,
+               weights_file=pathlib.Path(path).absolute())
+
+  def export(self, path):
+    """Writes the visual network, its config and code length as one .safetensors
+    or .npz file, for `from_weights` (or any safetensors reader: Flax layout,
+    names like visual/backbone/features_0/kernel)."""
+    weights.save_params(self.params, path, {
+        'format': EXPORT_FORMAT, 'config': self.config.to_json_best_effort(),
+        'bits': str(self.bits), 'step': str(self.step)})
 
   def identity(self):
     """What produced these codes, as JSON-able values (kept in codes files)."""
     return {'workdir': str(self.workdir) if self.workdir else None,
+            'weights': str(self.weights_file) if self.weights_file else None,
             'bits': self.bits, 'step': self.step, 'variant': self.config.variant,
             'dataset': self.config.data.name}
 
@@ -136,6 +149,47 @@ class TrainedModel:
     return np.concatenate(out) if out else np.zeros((0, self.bits), np.float32)
 
 
+def load(location, bits=None, step=None):
+  """A TrainedModel from a run folder (`from_workdir`) or a model file
+  (`from_weights`; bits and step must then be None or the file's)."""
+  if pathlib.Path(location).is_file():
+    model = TrainedModel.from_weights(location)
+    for name, wanted, found in (('bits', bits, model.bits), ('step', step, model.step)):
+      if wanted is not None and wanted != found:
+        raise errors.CheckpointError(f'{location} holds the {name}={found} model, '
+                                     f'not {name}={wanted}.')
+    return model
+  return TrainedModel.from_workdir(location, bits, step)
+
+
+def find_checkpoint(workdir, bits=None, step=None):
+  """(config, bits, step, state folder) of a run's checkpoint: `bits` default
+  the run's only code length, `step` default the latest."""
+  workdir = pathlib.Path(workdir)
+  config = read_config(workdir)
+  lengths = tuple(config.code_lengths)
+  if bits is None:
+    if len(lengths) != 1:
+      raise errors.CheckpointError(
+          f'{workdir} trained code lengths {lengths}: choose one with --bits.')
+    bits = lengths[0]
+  directory = workdir / f'bits_{bits}' / 'checkpoints'
+  steps = sorted(ocp.utils.checkpoint_steps(directory)) if directory.is_dir() else []
+  if not steps:
+    trained = [b for b in lengths if (workdir / f'bits_{b}' / 'checkpoints').is_dir()
+               and ocp.utils.checkpoint_steps(workdir / f'bits_{b}' / 'checkpoints')]
+    raise errors.CheckpointError(
+        f'{directory}: no checkpoint of {bits}-bit codes; this run has '
+        f'checkpoints for {trained or "no code length yet"}: choose one with '
+        '--bits, or train it first.')
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise errors.CheckpointError(f'{directory}: no checkpoint {step}; '
+                                 f'there are {steps}.')
+  return config, bits, step, directory / str(step) / 'state'
+
+
 def read_config(workdir):
   """The ConfigDict a train.py run saved in workdir/config.json."""
   path = pathlib.Path(workdir) / 'config.json'
@@ -148,33 +202,47 @@ def read_config(workdir):
     raise errors.CheckpointError(f'{path}: not valid JSON ({error}).') from None
 
 
-def visual_template(config, bits, channels):
-  """Shapes and dtypes of the visual network's parameters, without computing them."""
+def params_template(config, bits, channels, num_classes=None):
+  """Shapes and dtypes of SCHN's parameters, computed without computing them:
+  the visual network's only ({'visual': ...}) when num_classes is None, else
+  the whole model's."""
   model = SCHN(config.variant, bits, backbone=config.backbone,
                dropout_rate=config.dropout_rate)
   size = config.data.image_size
-  images = jnp.zeros((1, size, size, channels), jnp.float32)
-  # Initialising through encode_images creates the visual network only.
-  return jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), images,
-                         method=SCHN.encode_images))['params']
+  key = jax.random.PRNGKey(0)
+  if num_classes is None:
+    images = jnp.zeros((1, size, size, channels), jnp.float32)
+    # Initialising through encode_images creates the visual network only.
+    init = lambda: model.init(key, images, method=SCHN.encode_images)
+  else:
+    images = jnp.zeros((2, size, size, channels), jnp.float32)
+    init = lambda: model.init(key, images, jnp.zeros((2, num_classes)),
+                              jnp.ones((2, 2)))
+  return jax.eval_shape(init)['params']
 
 
-def restore_visual_params(config, bits, state_dir):
-  """params['visual'] of the TrainState saved in `state_dir`, as NumPy arrays."""
+def restore_params(config, bits, state_dir, whole=False):
+  """SCHN parameters of the TrainState saved in `state_dir`, as NumPy arrays:
+  {'visual': ...} only, or with whole=True every part ({'visual', 'semantic',
+  'cycle'}). Optimizer moments and database codes are not read."""
+  state_dir = pathlib.Path(state_dir)
   # The handler, not a Checkpointer: it reads the one item without looking for
   # step-level metadata, and restores a subtree (partial_restore).
   handler = ocp.PyTreeCheckpointHandler()
   try:
-    saved = handler.metadata(state_dir).tree['params']['visual']
+    saved = handler.metadata(state_dir).tree['params']
+    if not whole:
+      saved = {'visual': saved['visual']}
+    channels = saved['visual']['backbone']['features_0']['kernel'].shape[2]
+    num_classes = (saved['semantic']['mlp']['net_0']['kernel'].shape[0]
+                   if whole else None)
   except (KeyError, TypeError, FileNotFoundError, ValueError) as error:
     handler.close()
     raise errors.CheckpointError(
-        f'{state_dir}: not a training checkpoint with visual parameters '
-        f'({error}).') from None
-  channels = saved['backbone']['features_0']['kernel'].shape[2]
-  template = visual_template(config, bits, channels)
-  flat_template = traverse_util.flatten_dict(template['visual'], sep='/')
+        f'{state_dir}: not a training checkpoint with SCHN parameters '
+        f'({type(error).__name__}: {error}).') from None
+  template = params_template(config, bits, channels, num_classes)
+  flat_template = traverse_util.flatten_dict(template, sep='/')
   flat_saved = traverse_util.flatten_dict(saved, sep='/')
   shape = lambda flat, key: tuple(flat[key].shape) if key in flat else None
   differ = sorted(
@@ -188,8 +256,8 @@ def restore_visual_params(config, bits, state_dir):
         f"{state_dir}: the checkpoint does not fit the run's config.json: "
         + ', '.join(differ[:5]) + (' ...' if len(differ) > 5 else ''))
   # The saved dtypes (float64 runs exist); TrainedModel casts to float32.
-  target = {'params': {'visual': jax.tree_util.tree_map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)}}
+  target = {'params': jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)}
   restore_args = jax.tree_util.tree_map(
       lambda _: ocp.ArrayRestoreArgs(restore_type=np.ndarray), target)
   try:
@@ -197,4 +265,4 @@ def restore_visual_params(config, bits, state_dir):
         item=target, restore_args=restore_args, partial_restore=True))
   finally:
     handler.close()
-  return {'visual': restored['params']['visual']}
+  return restored['params']

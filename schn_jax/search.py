@@ -38,7 +38,8 @@ _QUERY_IMAGES = flags.DEFINE_string(
     'query_images', None, 'Query images to encode: folder, image-list file, '
     '.npz of images or tfds:NAME:SPLIT.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'With --query_images: the run '
-                               'to encode them with (default: the database\'s).')
+                               '(or exported model file) to encode them with '
+                               '(default: the database\'s).')
 _BITS = flags.DEFINE_integer('bits', None, 'With --query_images: code length '
                              '(default: the database\'s).')
 _ROOT = flags.DEFINE_string('root', None, 'Query image list: the folder its '
@@ -77,13 +78,14 @@ def query_codes_and_set(database):
                       'checkpoints (%s, %s); their distances may mean little.',
                       queries.model, database.model)
     return queries, None
-  workdir = _WORKDIR.value or database.model.get('workdir')
-  if not workdir:
+  location = (_WORKDIR.value or database.model.get('weights')
+              or database.model.get('workdir'))
+  if not location:
     raise errors.UserError(f'{_DATABASE.value} does not name the run that '
                            'encoded it: give --workdir.')
   bits = _BITS.value or database.bits
   step = None if _WORKDIR.value else database.model.get('step')
-  model = inference.TrainedModel.from_workdir(workdir, bits, step)
+  model = inference.load(location, bits, step)
   query_set = image_sets.open_images(
       _QUERY_IMAGES.value, root=_ROOT.value,
       class_folders=_CLASS_FOLDERS.value, tfds_data_dir=_TFDS_DATA_DIR.value,

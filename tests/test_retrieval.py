@@ -19,6 +19,7 @@ from schn_jax.evaluation import codes as codes_lib
 from schn_jax.evaluation import hamming
 from schn_jax.evaluation import plots
 from schn_jax.evaluation import search
+from schn_jax.interop import weights
 from schn_jax.training import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -219,8 +220,34 @@ def test_trained_model_refuses_what_it_cannot_restore(run, tmp_path):
   with pytest.raises(errors.UserError, match='config.json not found'):
     inference.TrainedModel.from_workdir(tmp_path)
   # A config whose code length does not fit the checkpoint's shapes.
-  with pytest.raises(errors.UserError, match='does not fit the run.s config.json: '
+  with pytest.raises(errors.UserError, match='does not fit the run.s config.json: visual/'
                      'hash/linear/bias'):
-    inference.restore_visual_params(
+    inference.restore_params(
         inference.read_config(workdir), 24,
         workdir / 'bits_16' / 'checkpoints' / '1' / 'state')
+
+
+@pytest.mark.parametrize('suffix', ['.safetensors', '.npz'])
+def test_exported_model_encodes_like_the_run(run, tmp_path, suffix):
+  workdir, _, query_folder = run
+  model = inference.TrainedModel.from_workdir(workdir)
+  model.export(tmp_path / f'model{suffix}')
+  shared = inference.load(tmp_path / f'model{suffix}')
+  assert (shared.bits, shared.step, shared.workdir) == (model.bits, model.step, None)
+  images = image_sets.FolderImages(query_folder, channels=model.channels)
+  batch = np.stack([model.preprocess(images.image(i)) for i in range(len(images))])
+  np.testing.assert_array_equal(shared.hash(batch), model.hash(batch))
+  with pytest.raises(errors.UserError, match='holds the bits=16 model, not bits=32'):
+    inference.load(tmp_path / f'model{suffix}', bits=32)
+
+
+def test_whole_model_weights_round_trip(run, tmp_path):
+  workdir, _, _ = run
+  config, bits, step, state_dir = inference.find_checkpoint(workdir)
+  params = inference.restore_params(config, bits, state_dir, whole=True)
+  assert set(params) == {'visual', 'semantic', 'cycle'}
+  weights.save_params(params, tmp_path / 'schn.safetensors')
+  loaded, _ = weights.load_params(tmp_path / 'schn.safetensors', params)
+  for name, value in weights.params_to_arrays(params).items():
+    np.testing.assert_array_equal(weights.params_to_arrays(loaded)[name], value)
+  assert step == 1

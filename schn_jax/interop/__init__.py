@@ -1,10 +1,11 @@
 """Weights in and out of schn-jax: torchvision AlexNet checkpoints and reference SCHN
-state dicts. torch is imported only by `torch_io`, and only when a .pth file is read
-or written."""
+state dicts, and weight files (`weights`: .safetensors, .npz, .pth). torch is imported
+only by `torch_io`, and only when a .pth file is read or written."""
 
 import jax
 
 from schn_jax.interop import layout
+from schn_jax.interop import weights
 from schn_jax.interop.convert import (WeightImportError, params_to_state_dict,
                                       state_dict_to_params)
 
@@ -48,9 +49,10 @@ def backbone_to_torchvision(params):
 
 
 def load_torchvision_alexnet(path, template):
-  """Read `alexnet-owt-*.pth` (or any torchvision AlexNet state dict) into backbone parameters."""
-  from schn_jax.interop import torch_io  # pylint: disable=g-import-not-at-top
-  return backbone_from_torchvision(torch_io.load_state_dict(path), template, source=str(path))
+  """Read `alexnet-owt-*.pth` (or any torchvision AlexNet state dict, also as .safetensors
+  or .npz, which need no torch) into backbone parameters."""
+  state_dict, _ = weights.read_arrays(path)
+  return backbone_from_torchvision(state_dict, template, source=str(path))
 
 
 __all__ = ["WeightImportError", "backbone_from_torchvision", "backbone_to_torchvision",
