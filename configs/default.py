@@ -17,8 +17,19 @@ def base_config(dataset):
   # A torchvision AlexNet state dict (alexnet-owt-*.pth) to start the backbone from.
   config.pretrained_backbone = config_dict.placeholder(str)
   config.dropout_rate = 0.5
-  config.learning_rate = 4e-5          # all three Adam optimizers (D/G decay per SPEC 3.4)
+  config.learning_rate = 4e-5          # all three Adam optimizers
   config.weight_decay = 1e-5           # L2 added to the gradient, as torch's Adam
+  # TOMM: the D and G rates are divided by `factor` at the end of the listed 0-based
+  # outer iterations; the cycle rate never changes. The reference's rule: (5, 40)
+  # when max_iter == 50, (130,) for any other max_iter.
+  config.adversarial_lr_decay = ml_collections.ConfigDict(dict(
+      factor=5.0, milestones_if_max_iter_50=(5, 40), milestones=(130,)))
+  # What the G step does to a cycle parameter its loss does not reach (the latent
+  # hash head): "torch18" (the version the reference pins: zero_grad() leaves zero
+  # gradients, so Adam still steps it with weight decay alone) or "torch2"
+  # (gradients set to None: Adam skips it).
+  config.optimizer_semantics = "torch18"
+  config.dtype = "float32"             # "float64" (parity checks) needs jax_enable_x64
   config.alpha = 2.0                   # DCC weight of U_label
   config.beta = 0.1                    # DCC weight of U_latent
   config.gamma = 10.0                  # quantisation weight (loss and DCC)

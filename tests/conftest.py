@@ -4,6 +4,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "reference"
+TRAJECTORIES = REPO.parent / "shared" / "fixtures" / "trajectory"
 
 
 @pytest.fixture(scope="session")
@@ -14,8 +15,10 @@ def fixtures_root():
 
 
 def pytest_generate_tests(metafunc):
-  """Tests that take `fixture_dir` run once per variant folder under the fixtures root."""
-  if "fixture_dir" in metafunc.fixturenames:
-    from schn_jax.interop.fixtures import find_fixture_dirs  # pylint: disable=g-import-not-at-top
-    dirs = find_fixture_dirs(FIXTURES) if FIXTURES.is_dir() else []
-    metafunc.parametrize("fixture_dir", dirs, ids=[d.relative_to(FIXTURES).as_posix() for d in dirs])
+  """Tests that take `fixture_dir` (`trajectory_dir`) run once per step (trajectory)
+  fixture folder."""
+  from schn_jax.interop.fixtures import find_fixture_dirs  # pylint: disable=g-import-not-at-top
+  for name, root in (("fixture_dir", FIXTURES), ("trajectory_dir", TRAJECTORIES)):
+    if name in metafunc.fixturenames:
+      dirs = find_fixture_dirs(root) if root.is_dir() else []
+      metafunc.parametrize(name, dirs, ids=[d.relative_to(root).as_posix() for d in dirs])

@@ -314,7 +314,7 @@ def test_cycle_loss_reaches_feature_networks_only_through_codes(small_schn):
     out = _forward(model, p, batch)
     if detach_cycle:
       out = {k: jax.lax.stop_gradient(v) if k in cycle_outputs else v for k, v in out.items()}
-    return losses.cycle_loss(out, batch["database_codes"], batch["adjacency"])[0]
+    return losses.cycle_loss(out, batch["database_codes"], batch["adjacency"], GAMMA)[0]
 
   full = jax.grad(loss)(params, False)
   detached = jax.grad(loss)(params, True)
@@ -323,7 +323,7 @@ def test_cycle_loss_reaches_feature_networks_only_through_codes(small_schn):
                            full[space], detached[space])
   # The reconstruction terms do pull U_image toward the reconstruction...
   rec_only = jax.grad(lambda p: losses.cycle_loss(_forward(model, p, batch), batch["database_codes"],
-                                                  batch["adjacency"])[1]["rec_image"])(params)
+                                                  batch["adjacency"], GAMMA)[1]["rec_image"])(params)
   assert np.any(rec_only["visual"]["hash"]["linear"]["kernel"])
   # ... and the cycle loss does train the cycle part.
   assert np.any(full["cycle"]["latent"]["graph_conv"]["kernel"])
@@ -388,7 +388,8 @@ def test_cycle_loss_matches_numpy():
   codes = np.where(rng.random((n, bits)) < 0.5, -1.0, 1.0)
   similarity = (rng.random((n, n)) < 0.4).astype(np.float64)
   total, terms = losses.cycle_loss({k: jnp.asarray(v, jnp.float32) for k, v in out.items()},
-                                   jnp.asarray(codes, jnp.float32), jnp.asarray(similarity, jnp.float32))
+                                   jnp.asarray(codes, jnp.float32), jnp.asarray(similarity, jnp.float32),
+                                   GAMMA)
   expected = {f"feature_{s}": numpy_feature_loss(out[f"U_{s}"], codes, similarity)
               for s in ("image", "label", "latent")}
   expected.update({f"rec_{s}": np.mean((out[f"U_{s}_rec"] - out[f"U_{s}"]) ** 2) for s in ("image", "label")})
@@ -439,7 +440,8 @@ def test_soft_similarity_matches_numpy(ns, n):
   rng = np.random.default_rng(ns * n)
   sample_labels = (rng.random((ns, 6)) < 0.25).astype(np.float32)
   database_labels = (rng.random((n, 6)) < 0.25).astype(np.float32)
-  soft, r = losses.soft_similarity(jnp.asarray(sample_labels), jnp.asarray(database_labels))
+  r = losses.positive_ratio(sample_labels, database_labels)
+  soft = losses.soften(losses.label_similarity(sample_labels, database_labels), r)
   s = np.array([[1.0 if np.any(sample_labels[i] * database_labels[j]) else -1.0 for j in range(n)]
                 for i in range(ns)])
   expected_r = s.sum() / (1 - s).sum()
@@ -449,6 +451,10 @@ def test_soft_similarity_matches_numpy(ns, n):
   np.testing.assert_allclose(np.asarray(soft)[s < 0], -(1 + 2 * expected_r), rtol=1e-6)
   np.testing.assert_array_equal(np.asarray(losses.label_similarity(sample_labels, database_labels)),
                                 (s > 0).astype(np.float32))
+
+
+DCC_HYPER = dict(alpha=2.0, beta=0.1, gamma=10.0)  # the reference's values
+GAMMA = DCC_HYPER["gamma"]
 
 
 def numpy_dcc(codes, u, u_label, u_latent, similarity, alpha=2.0, beta=0.1, gamma=10.0):
@@ -467,7 +473,7 @@ def numpy_dcc(codes, u, u_label, u_latent, similarity, alpha=2.0, beta=0.1, gamm
 def _dcc_inputs(seed, ns=20, bits=12):
   rng = np.random.default_rng(seed)
   labels = (rng.random((ns, 4)) < 0.4).astype(np.float32)
-  soft, _ = losses.soft_similarity(labels, labels)
+  soft = losses.soften(losses.label_similarity(labels, labels), losses.positive_ratio(labels, labels))
   return (rng.choice([-1.0, 0.0, 1.0], (ns, bits)).astype(np.float32),
           rng.uniform(-1, 1, (ns, bits)).astype(np.float32),
           rng.uniform(-1, 1, (ns, bits)).astype(np.float32),
@@ -481,7 +487,7 @@ def test_dcc_matches_numpy(seed):
   expected, presign = numpy_dcc(*(x.astype(np.float64) for x in inputs))
   # Away from zero, float32 rounding cannot flip a sign: the comparison is exact.
   assert np.min(np.abs(presign)) > 1e-3
-  np.testing.assert_array_equal(np.asarray(dcc.dcc_update(*map(jnp.asarray, inputs))), expected)
+  np.testing.assert_array_equal(np.asarray(dcc.dcc_update(*map(jnp.asarray, inputs), **DCC_HYPER)), expected)
 
 
 def test_dcc_sign_of_zero_is_zero():
@@ -491,7 +497,7 @@ def test_dcc_sign_of_zero_is_zero():
   # beta * 1.0 exactly (0.1 in float32 is twice 0.05 in float32).
   k = 4
   u[:, k], u_label[:, k], u_latent[:, k] = 0.0, -0.05, 1.0
-  ours = np.asarray(dcc.dcc_update(*map(jnp.asarray, (codes, u, u_label, u_latent, similarity))))
+  ours = np.asarray(dcc.dcc_update(*map(jnp.asarray, (codes, u, u_label, u_latent, similarity)), **DCC_HYPER))
   assert not np.any(ours[:, k])
   expected, _ = numpy_dcc(*(x.astype(np.float64) for x in (codes, u, u_label, u_latent, similarity)))
   others = np.arange(u.shape[1]) != k

@@ -7,6 +7,13 @@ is the 8-device worker, and the multi-process check launches train.py.
 Steps run in training mode, dropout on: the backbone's dropout masks are keyed
 by a row's index in the global batch (layers.RowDropout), so 8 devices draw the
 same masks as one.
+
+The 8-device step runs in float64. Sums reduced in another order round
+differently; in float32 that residue is visible wherever a result is a
+near-cancelling sum (the discriminator's bias gradients are sums of real and
+fake terms of opposite sign) or Adam normalises a gradient whose true value is
+~0 (the attention key bias), and it says nothing about the parallel mapping.
+In float64 the two programs must agree to 1e-9.
 """
 
 import os
@@ -21,10 +28,11 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
-# Same rule as the reference fixtures' step deltas: all but a 1e-4 fraction of
-# parameter elements within 1e-6 after the step.
+# float32 runs (several processes): the reference fixtures' step-delta rule, all but
+# a 1e-4 fraction of parameter elements within 1e-6 after the step.
 PARAM_ATOL, PARAM_OUTLIER_FRACTION = 1e-6, 1e-4
-RELATIVE = 1e-5
+# float64 runs (the 8-device step): every element, relative to its array's scale.
+FLOAT64_RELATIVE = 1e-9
 
 
 def _env(devices, **extra):
@@ -48,23 +56,30 @@ def test_eight_devices_equal_one(variant):
   assert "OK shard_map" in out and "OK pmap" in out, out
 
 
-def _compare(name, ours, reference, normwise=False):
-  """Leaf by leaf: max |ours - reference| / max |reference|, over the leaf, or with
-  `normwise` over the whole tree. Gradients are compared normwise (per network):
-  a leaf whose entries are sums that cancel (the discriminator's biases at
-  p ~ 0.5; the attention key bias, whose true gradient is 0 since softmax
-  ignores a shift shared by all keys) keeps an fp32 rounding residue that
-  dwarfs its own size, though not the gradient's."""
+# The attention key bias: softmax ignores a shift shared by all keys, so its exact
+# gradient is 0 and what any program computes for it is rounding noise, which Adam
+# then scales up to a full +-lr step. Its gradient is compared with the scale of the
+# whole tree (it must be ~0 there); its value after a step is not compared.
+KEY_BIAS = "['k_proj']['bias']"
+
+
+def _compare(name, ours, reference, skip_key_bias=False):
+  """Leaf by leaf: max |ours - reference| / max |reference| <= FLOAT64_RELATIVE (the
+  key bias: relative to the largest entry of the tree, or skipped)."""
   import jax  # pylint: disable=g-import-not-at-top
   flat_ref = jax.tree_util.tree_leaves_with_path(reference)
   flat_ours = jax.tree_util.tree_leaves(ours)
   assert len(flat_ref) == len(flat_ours), name
   tree_scale = max(float(np.abs(np.asarray(x)).max()) for _, x in flat_ref)
   for (path, ref), mine in zip(flat_ref, flat_ours):
-    ref, mine = np.asarray(ref, np.float64), np.asarray(mine, np.float64)
-    scale = tree_scale if normwise else max(float(np.abs(ref).max()), 1e-30)
+    ref, mine = np.asarray(ref), np.asarray(mine)
+    assert ref.dtype == mine.dtype and ref.dtype != np.float32, f"{name}: {ref.dtype}, {mine.dtype}"
+    key_bias = jax.tree_util.keystr(path).endswith(KEY_BIAS)
+    if key_bias and skip_key_bias:
+      continue
+    scale = tree_scale if key_bias else max(float(np.abs(ref).max()), 1e-300)
     error = np.abs(mine - ref).max() / scale
-    assert error <= RELATIVE, f"{name}{jax.tree_util.keystr(path)}: relative error {error:.3g}"
+    assert error <= FLOAT64_RELATIVE, f"{name}{jax.tree_util.keystr(path)}: relative error {error:.3g}"
 
 
 def _assert_params_close(mine, reference, name):
@@ -83,6 +98,7 @@ def _assert_params_close(mine, reference, name):
 def _worker(variant):
   """One step of `variant` on one device and on 8 devices (shard_map, pmap); asserts equality."""
   import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_enable_x64", True)
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from schn_jax.models import SCHN, Discriminator  # pylint: disable=g-import-not-at-top
   from schn_jax.training import parallel  # pylint: disable=g-import-not-at-top
@@ -98,19 +114,21 @@ def _worker(variant):
                       jnp.ones((2, 2)))["params"]
   disc_params = (discriminator.init(disc_key, jnp.zeros((2, bits)), jnp.zeros((2, bits)))["params"]
                  if variant == "tomm" else {})
-  optimizers = make_optimizers(1e-5, params["cycle"])
+  optimizers = make_optimizers(1e-5, "torch18", params["cycle"])
   data = np.random.default_rng(0)
-  images = data.normal(size=(batch_size, 28, 28, 1)).astype(np.float32)
-  labels = (data.random((batch_size, classes)) < 0.3).astype(np.float32)
+  images = data.normal(size=(batch_size, 28, 28, 1))
+  labels = (data.random((batch_size, classes)) < 0.3).astype(np.float64)
   labels[np.arange(batch_size), data.integers(0, classes, batch_size)] = 1
   rows = data.choice(database_size, batch_size, replace=False).astype(np.int32)
-  database_codes = np.sign(data.normal(size=(database_size, bits))).astype(np.float32)
-  state = create_state(params, disc_params, optimizers, database_size, bits, rng)
+  database_codes = np.sign(data.normal(size=(database_size, bits)))
+  state = create_state(params, disc_params, optimizers, database_size, bits, rng, jnp.float64)
   state = state.replace(database_codes=jnp.asarray(database_codes))
+  step_config = StepConfig(variant, learning_rate=4e-5, gamma=10.0, lr_milestones=(130,),
+                           lr_decay_factor=5.0)
 
   def make_per_device(axis_name):
     cycle_update, adversarial_update, _ = make_step_functions(
-        model, discriminator, optimizers, StepConfig(variant), axis_name=axis_name)
+        model, discriminator, optimizers, step_config, axis_name=axis_name)
 
     def per_device(state, images, labels, rows, rng):
       batch = {"images": images, "labels": labels, "database_codes": state.database_codes[rows]}
@@ -127,8 +145,8 @@ def _worker(variant):
 
   def dcc(database_codes, codes):
     # r = 0: the soft similarity is the plain +-1 one, enough to compare devices.
-    hyper = {"alpha": np.float32(2), "beta": np.float32(0.1), "gamma": np.float32(10)}
-    return np.asarray(_dcc_rows(database_codes, rows, labels, np.float32(0), codes["U_image"],
+    hyper = {"alpha": np.float64(2), "beta": np.float64(0.1), "gamma": np.float64(10)}
+    return np.asarray(_dcc_rows(database_codes, rows, labels, np.float64(0), codes["U_image"],
                                 codes["U_label"], codes["U_latent"], hyper))
 
   single = jax.jit(make_per_device(None))(state, images, labels, rows, rng)
@@ -143,10 +161,10 @@ def _worker(variant):
     assert all(x.sharding.is_fully_replicated for x in jax.tree_util.tree_leaves(multi[:3])), kind
     _compare(f"{kind} metrics", multi[2], single[2])
     for network in single[3]:
-      _compare(f"{kind} grads[{network}]", multi[3][network], single[3][network], normwise=True)
+      _compare(f"{kind} grads[{network}]", multi[3][network], single[3][network])
     _compare(f"{kind} codes", multi[1], single[1])
-    _assert_params_close(jax.tree_util.tree_leaves((multi[0].params, multi[0].disc_params)),
-                         jax.tree_util.tree_leaves((single[0].params, single[0].disc_params)), kind)
+    _compare(f"{kind} params", (multi[0].params, multi[0].disc_params),
+             (single[0].params, single[0].disc_params), skip_key_bias=True)
     multi_codes = dcc(multi[0].database_codes, {k: parallel.to_host(v) for k, v in multi[1].items()})
     np.testing.assert_array_equal(multi_codes, single_codes, err_msg=kind)
     assert np.any(multi_codes[rows] != database_codes[rows]), "DCC changed nothing: a vacuous check"

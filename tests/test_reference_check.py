@@ -41,7 +41,7 @@ def test_every_fixture_set_is_found(fixtures_root):
   # Both sets of the README, each with both variants; a silently skipped folder
   # would let the parametrized parity test below pass vacuously.
   found = {str(d.relative_to(fixtures_root)) for d in find_fixture_dirs(fixtures_root)}
-  assert found == {"mmasia", "tomm", "multilabel/mmasia", "multilabel/tomm"}
+  assert {"mmasia", "tomm", "multilabel/mmasia", "multilabel/tomm", "near-tie/tomm"} <= found
 
 
 def test_fixture_matches_reference(fixture_dir):
@@ -52,10 +52,29 @@ def test_fixture_matches_reference(fixture_dir):
   loss_keys = [k for k in np.load(fixture_dir / "loss.npz").files
                if k == "loss_cycle" or k.split("_")[0] in ("hash", "quant", "feature", "rec")]
   assert len(loss_keys) == 12
-  # Every stored forward array and loss term is compared, plus the DCC cases.
-  assert {f"forward/{k}" for k in forward_keys} <= quantities
-  assert {f"loss/{k}" for k in loss_keys} <= quantities
-  assert {"dcc/r", "dcc/B_out_zero", "dcc/B_out_rand", "dcc/subset_B_out"} <= quantities
+  # Every stored forward array and loss term is compared in both dtypes, plus the DCC
+  # cases; the step (gradients, parameter changes) in float64.
+  for dtype in ("float64", "float32"):
+    assert {f"{dtype} forward/{k}" for k in forward_keys} <= quantities
+    assert {f"{dtype} loss/{k}" for k in loss_keys} <= quantities
+    assert {f"{dtype} dcc/{k}" for k in ("r", "B_out_zero", "B_out_rand", "subset_B_out")} <= quantities
+  assert "float64 step/loss_cycle" in quantities
+  assert any(q.startswith("float64 step/delta_full") for q in quantities)
+  failed = [(c.quantity, c.error, c.tolerance) for c in results if not c.ok]
+  assert not failed
+
+
+def test_trajectory_matches_reference(trajectory_dir):
+  """The project's outer loop replays a whole reference run (trajectory README)."""
+  results = reference_check.check_fixture(trajectory_dir)
+  quantities = {c.quantity for c in results}
+  with np.load(trajectory_dir / "float64.npz") as arrays:
+    iterations, evaluations = len(arrays["samples"]), arrays["eval_iterations"]
+  for dtype in ("float64", "float32"):
+    assert {f"{dtype} iteration {t}/B_after" for t in range(iterations)} <= quantities
+    assert {f"{dtype} iteration {t}/loss_cycle" for t in range(iterations)} <= quantities
+    assert {f"{dtype} eval {int(i)}/query_codes" for i in evaluations if i <= iterations} <= quantities
+  assert any(q.startswith("float64 eval") and "map" in q for q in quantities)
   failed = [(c.quantity, c.error, c.tolerance) for c in results if not c.ok]
   assert not failed
 
@@ -137,11 +156,13 @@ def test_perturbed_parameter_is_reported(fixtures_root, monkeypatch, capsys, res
   def check_perturbed(directory):
     # Forward and loss only: enough to show a wrong weight is caught, and much faster.
     fixture = reference_check.Fixture(directory)
-    model, params = reference_check.build_model(fixture)
+    _, bits, classes, size = fixture.dims()
+    model, params, _ = reference_check.build_model(fixture, bits, classes, size)
     head = params["semantic"]["hash"]["linear"]
     head["bias"] = np.array(head["bias"])
     head["bias"][0] += 0.05
-    checked.extend(reference_check.check_forward_and_loss(fixture, model, params))
+    config = reference_check.fixture_config(fixture, "float32")
+    checked.extend(reference_check.check_forward_and_loss(fixture, config, model, params))
     return checked
 
   monkeypatch.setattr(reference_check, "check_fixture", check_perturbed)
@@ -164,7 +185,8 @@ def test_dcc_check_catches_one_flipped_bit(fixtures_root, monkeypatch):
 
   monkeypatch.setattr(reference_check.dcc, "dcc_update", flip_first_bit)
   fixture = reference_check.Fixture(fixtures_root / "mmasia")
-  results = {c.quantity: c for c in reference_check.check_dcc(fixture)}
+  config = reference_check.fixture_config(fixture, "float32")
+  results = {c.quantity: c for c in reference_check.check_dcc(fixture, config)}
   for case in ("B_out_zero", "B_out_rand", "subset_B_out"):
     assert not results[f"dcc/{case}"].ok and results[f"dcc/{case}"].error == 1
   assert results["dcc/r"].ok

@@ -1,7 +1,11 @@
-"""Reading a reference fixture directory (see shared/fixtures/reference/README.md).
+"""Reading a reference fixture directory.
 
-A fixture directory holds one variant's `manifest.json` (the weight recipe),
-`meta.json` and the `.npz` captures of the official PyTorch implementation.
+Two kinds, each holding `manifest.json` (the weight recipe) and `meta.json`:
+- a step fixture: one variant's `.npz` captures of one forward, loss, training
+  step, DCC update and mAP of the official PyTorch implementation;
+- a trajectory fixture: whole runs of the reference's training loop, in
+  `float32.npz` and `float64.npz`, with every sample, batch order, loss,
+  database-code update and evaluation.
 """
 
 import json
@@ -10,13 +14,21 @@ import re
 
 import numpy as np
 
+from schn_jax import errors
 from schn_jax.interop.layout import GROUP_PREFIX
 
-FILES = ("manifest.json", "meta.json", "inputs.npz", "forward.npz", "loss.npz", "step.npz",
-         "dcc.npz", "map.npz")
+STEP_FILES = ("manifest.json", "meta.json", "inputs.npz", "forward.npz", "loss.npz", "step.npz",
+              "dcc.npz", "map.npz")
+TRAJECTORY_FILES = ("manifest.json", "meta.json", "float32.npz", "float64.npz")
 
 
-class FixtureFormatError(ValueError):
+# meta.json keys a trajectory fixture's run is configured from.
+TRAJECTORY_META = ("variant", "code_length", "samples", "batch", "max_epoch", "max_iter",
+                   "iterations_recorded", "eval_iter", "lr", "weight_decay", "alpha", "beta",
+                   "gamma", "zero_grad", "image_size", "float32_vs_float64")
+
+
+class FixtureFormatError(errors.UserError, ValueError):
   """A fixture directory that does not follow the documented format."""
 
 
@@ -35,16 +47,21 @@ def find_fixture_dirs(root):
 
 
 class Fixture:
-  """Lazy access to one variant folder, with format errors that name file and key."""
+  """Lazy access to one fixture folder, with format errors that name file and key.
+
+  `kind` is "trajectory" when the folder holds float64.npz, "step" otherwise.
+  """
 
   def __init__(self, directory):
     self.dir = pathlib.Path(directory)
-    absent = [f for f in FILES if not (self.dir / f).is_file()]
+    self.kind = "trajectory" if (self.dir / "float64.npz").is_file() else "step"
+    files = TRAJECTORY_FILES if self.kind == "trajectory" else STEP_FILES
+    absent = [f for f in files if not (self.dir / f).is_file()]
     if absent:
-      raise FixtureFormatError(f"{self.dir}: missing {', '.join(absent)} (a fixture folder "
-                               f"holds {', '.join(FILES)})")
+      raise FixtureFormatError(f"{self.dir}: missing {', '.join(absent)} (a {self.kind} fixture "
+                               f"folder holds {', '.join(files)})")
     self.manifest = self._json("manifest.json", ("variant", "keys"))
-    self.meta = self._json("meta.json", ())
+    self.meta = self._json("meta.json", TRAJECTORY_META if self.kind == "trajectory" else ())
     self.variant = self.manifest["variant"]
     self._npz = {}
 

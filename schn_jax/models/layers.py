@@ -1,7 +1,12 @@
 """Building blocks shared by the spaces of SCHN.
 
-Initialisers follow torch's defaults (uniform in +-1/sqrt(fan_in)) so a model
-trained from scratch here starts from the same distribution as the reference.
+Every layer trained from scratch starts from torch's default distribution, so a
+model initialised here matches the reference's in distribution (docs/method.md):
+`nn.Linear` and `nn.Conv2d` weights and biases U(+-1/sqrt(fan_in));
+`nn.MultiheadAttention` q/k/v projections xavier_uniform, their biases and the
+output projection's bias 0; the graph convolution U(+-1/sqrt(out_features)).
+Layers take their dtype from their inputs and parameters, so a model whose
+parameters are float64 computes in float64.
 """
 
 from typing import Callable
@@ -9,13 +14,32 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-# torch.nn.Linear / Conv2d default: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in)).
-torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+import numpy as np
 
 
-def Dense(features: int, name: str) -> nn.Dense:
-  return nn.Dense(features, kernel_init=torch_kernel_init, name=name)
+def uniform(bound: float):
+  """U(-bound, bound), torch's `uniform_(-bound, bound)`."""
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def linear(x, features: int, name: str, kernel_init=None, bias_init=None):
+  """nn.Dense applied to `x`, initialised as torch.nn.Linear (bounds from x's width).
+
+  Called from a parent's compact method, so the layer is the parent's `name`.
+  """
+  bound = 1.0 / np.sqrt(x.shape[-1])
+  return nn.Dense(features, kernel_init=kernel_init or uniform(bound),
+                  bias_init=bias_init or uniform(bound), name=name)(x)
+
+
+def conv(x, features: int, kernel: int, stride: int, padding: int, name: str):
+  """nn.Conv applied to NHWC `x`, initialised as torch.nn.Conv2d."""
+  bound = 1.0 / np.sqrt(x.shape[-1] * kernel * kernel)
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((padding, padding), (padding, padding)),
+                 kernel_init=uniform(bound), bias_init=uniform(bound), name=name)(x)
 
 
 class RowDropout(nn.Module):
@@ -36,7 +60,7 @@ class RowDropout(nn.Module):
     key, keep = self.make_rng("dropout"), 1.0 - self.rate
     rows = first_row + jnp.arange(x.shape[0])
     mask = jax.vmap(lambda row: jax.random.bernoulli(jax.random.fold_in(key, row), keep, x.shape[1:]))(rows)
-    return jnp.where(mask, x / keep, 0.0)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
 class HashHead(nn.Module):
@@ -50,7 +74,7 @@ class HashHead(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return self.activation(Dense(self.bits, name="linear")(x))
+    return self.activation(linear(x, self.bits, "linear"))
 
 
 class FeatureMLP(nn.Module):
@@ -60,8 +84,8 @@ class FeatureMLP(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.relu(Dense(self.hidden, name="net_0")(x))
-    return nn.relu(Dense(self.out, name="net_2")(x))
+    x = nn.relu(linear(x, self.hidden, "net_0"))
+    return nn.relu(linear(x, self.out, "net_2"))
 
 
 class BatchAttention(nn.Module):
@@ -75,13 +99,16 @@ class BatchAttention(nn.Module):
   @nn.compact
   def __call__(self, query, key, value):
     width = query.shape[-1]
-    q = Dense(width, name="q_proj")(query)
-    k = Dense(width, name="k_proj")(key)
-    v = Dense(width, name="v_proj")(value)
+    # torch.nn.MultiheadAttention with kdim/vdim: separate xavier_uniform projections,
+    # zero in-projection biases; the output projection is an nn.Linear with zero bias.
+    project = dict(kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.zeros)
+    q = linear(query, width, "q_proj", **project)
+    k = linear(key, width, "k_proj", **project)
+    v = linear(value, width, "v_proj", **project)
     scores = q @ k.T / jnp.sqrt(jnp.asarray(width, q.dtype))
     weights = jax.nn.softmax(scores, axis=-1)
     self.sow("intermediates", "weights", weights)
-    return Dense(width, name="out_proj")(weights @ v)
+    return linear(weights @ v, width, "out_proj", bias_init=nn.initializers.zeros)
 
 
 class GraphConv(nn.Module):
@@ -90,6 +117,7 @@ class GraphConv(nn.Module):
 
   @nn.compact
   def __call__(self, x, adjacency):
-    kernel = self.param("kernel", torch_kernel_init, (x.shape[-1], self.features))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    bound = 1.0 / np.sqrt(self.features)  # the reference layer's bound: 1/sqrt(out_features)
+    kernel = self.param("kernel", uniform(bound), (x.shape[-1], self.features))
+    bias = self.param("bias", uniform(bound), (self.features,))
     return adjacency @ (x @ kernel) + bias

@@ -6,17 +6,17 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from schn_jax.models.layers import Dense, HashHead, RowDropout
+from schn_jax.models.layers import HashHead, RowDropout, conv, linear
 
 
 def adaptive_avg_pool(x, size: int):
   """torch.nn.AdaptiveAvgPool2d(size) for NHWC input (bins floor(i*H/s)..ceil((i+1)*H/s))."""
   def bins(n):
-    m = np.zeros((size, n), np.float32)
+    m = np.zeros((size, n))
     for i in range(size):
       lo, hi = (i * n) // size, -((-(i + 1) * n) // size)
       m[i, lo:hi] = 1.0 / (hi - lo)
-    return jnp.asarray(m)
+    return jnp.asarray(m, x.dtype)
   return jnp.einsum("ih,jw,bhwc->bijc", bins(x.shape[1]), bins(x.shape[2]), x)
 
 
@@ -38,13 +38,8 @@ def _classifier(x, feature_dim, dropout_rate, train, first_row):
   backbone's compact __call__, so the layers are that backbone's `classifier_1`/`_4`."""
   for name in ("classifier_1", "classifier_4"):
     x = RowDropout(dropout_rate)(x, train, first_row)
-    x = nn.relu(Dense(feature_dim, name=name)(x))
+    x = nn.relu(linear(x, feature_dim, name))
   return x
-
-
-def _conv(features, kernel, stride, padding, name):
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((padding, padding), (padding, padding)), name=name)
 
 
 def _flatten_like_torch(x):
@@ -67,7 +62,7 @@ class AlexNet(nn.Module):
                                         ("features_6", 384, 3, 1, 1, False),
                                         ("features_8", 256, 3, 1, 1, False),
                                         ("features_10", 256, 3, 1, 1, True)]:
-      x = nn.relu(_conv(feats, k, s, p, name)(x))
+      x = nn.relu(conv(x, feats, k, s, p, name))
       if pool:
         x = max_pool(x, 3, 2)
     self.sow("intermediates", "conv_features", x)
@@ -85,7 +80,7 @@ class SmallCNN(nn.Module):
   def __call__(self, images, train: bool = False, first_row=0):
     x = images
     for name, feats in [("features_0", 32), ("features_3", 64)]:
-      x = nn.relu(_conv(feats, 3, 1, 1, name)(x))
+      x = nn.relu(conv(x, feats, 3, 1, 1, name))
       x = max_pool(x, 2, 2)
     return _classifier(_flatten_like_torch(x), self.feature_dim, self.dropout_rate, train, first_row)
 

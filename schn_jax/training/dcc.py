@@ -3,18 +3,16 @@
 import jax
 import jax.numpy as jnp
 
-ALPHA = 2.0
-BETA = 0.1
-
 
 @jax.jit
 def dcc_update(codes, u_image, u_label, u_latent, sample_similarity,
-               alpha=ALPHA, beta=BETA, gamma=10.0):
+               alpha, beta, gamma):
   """One bit-by-bit pass over the sampled database codes.
 
   codes: (ns, c) current codes of the sampled rows, in {-1, 0, +1};
   u_image, u_label, u_latent: (ns, c) the sample's continuous codes;
-  sample_similarity: (ns, ns) soft similarity restricted to the sample.
+  sample_similarity: (ns, ns) soft similarity restricted to the sample;
+  alpha, beta: weights of U_label and U_latent; gamma: the quantisation weight.
   Bits are updated in order, each seeing the bits already updated;
   sign(0) = 0 as in the reference (torch.sign).
   """

@@ -4,10 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-GAMMA = 10.0
-
-
-def feature_loss(codes, database_codes, similarity, gamma=GAMMA):
+def feature_loss(codes, database_codes, similarity):
   """Returns (hash term, quantisation term) for codes (B,c) against database codes (B,c).
 
   hash = mean((c*S - U @ B.T)^2) * 12 / c with the 0/1 batch similarity S;
@@ -18,12 +15,12 @@ def feature_loss(codes, database_codes, similarity, gamma=GAMMA):
   return hash_term, jnp.mean((codes - database_codes) ** 2)
 
 
-def cycle_loss(outputs, database_codes, similarity, gamma=GAMMA):
+def cycle_loss(outputs, database_codes, similarity, gamma):
   """The cycle loss and its named terms (the fixtures' loss.npz keys)."""
   terms = {}
   total = 0.0
   for space in ("image", "label", "latent"):
-    hash_term, quant = feature_loss(outputs[f"U_{space}"], database_codes, similarity, gamma)
+    hash_term, quant = feature_loss(outputs[f"U_{space}"], database_codes, similarity)
     terms[f"hash_{space}"], terms[f"quant_{space}"] = hash_term, quant
     terms[f"feature_{space}"] = hash_term + gamma * quant
     total = total + terms[f"feature_{space}"]
@@ -61,8 +58,8 @@ binary_cross_entropy.defvjp(_bce_forward, _bce_backward)
 
 
 def label_similarity(labels_a, labels_b):
-  """0/1 similarity: 1 where two multi-hot label rows share a label."""
-  return (labels_a @ labels_b.T > 0).astype(jnp.float32)
+  """0/1 similarity (in the labels' dtype): 1 where two multi-hot label rows share a label."""
+  return (labels_a @ labels_b.T > 0).astype(labels_a.dtype)
 
 
 def positive_ratio(sample_labels, database_labels, chunk=2048):
@@ -89,9 +86,3 @@ def soften(similar, r):
   """The train loop's soft similarity: 0/1 -> +-1, then S*(1+r) - r, so positives
   stay 1 and negatives become -(1 + 2r)."""
   return (2.0 * similar - 1.0) * (1.0 + r) - r
-
-
-def soft_similarity(sample_labels, database_labels):
-  """(ns, N) soft similarity and its r (SPEC section 3, step 2)."""
-  r = jnp.float32(positive_ratio(sample_labels, database_labels))
-  return soften(label_similarity(sample_labels, database_labels), r), r

@@ -22,20 +22,30 @@ class Optimizers(NamedTuple):
   generator: optax.GradientTransformation
 
 
+OPTIMIZER_SEMANTICS = ("torch18", "torch2")
+
+
 def generator_mask(cycle_params):
   """The cycle parameters the generator loss reaches: all but the latent hash head.
 
   The reconstructions read the latent FEATURE, never U_latent, so the G loss gives
-  that head no gradient; torch's Adam then skips it entirely (no weight decay, no
-  moment update), which a plain optax Adam would not do with a zero gradient.
+  that head no gradient.
   """
   return flax.traverse_util.path_aware_map(
       lambda path, _: tuple(path[:2]) != ("latent", "hash"), cycle_params)
 
 
-def make_optimizers(weight_decay, cycle_params):
+def make_optimizers(weight_decay, semantics, cycle_params):
+  """The three Adams. `semantics` says what the G optimizer does with the latent hash
+  head, which its loss does not reach: under torch 1.8 (which the reference pins)
+  zero_grad() leaves a zero gradient there, so Adam still steps it by weight decay
+  alone, with the G optimizer's own moments; torch >= 2 leaves the gradient None and
+  Adam skips the parameter, moments and all (a mask: a plain optax Adam would not)."""
+  if semantics not in OPTIMIZER_SEMANTICS:
+    raise ValueError(f"optimizer semantics {semantics!r}: one of {OPTIMIZER_SEMANTICS}")
   adam = torch_adam(weight_decay)
-  return Optimizers(adam, adam, optax.masked(adam, generator_mask(cycle_params)))
+  generator = adam if semantics == "torch18" else optax.masked(adam, generator_mask(cycle_params))
+  return Optimizers(adam, adam, generator)
 
 
 def adam_step(tx, grads, opt_state, params, learning_rate):
@@ -56,8 +66,8 @@ class TrainState:
     apart from opt_cycle as in the reference (two optimizers, two states).
   database_codes: (N, c) learned asymmetric codes of the training database,
     in {-1, 0, +1}; rows never sampled stay 0.
-  rng: PRNG key the next outer iteration starts from.
-  iteration: outer iterations completed; step: per-batch steps completed.
+  rng: the run's dropout key; outer iteration t folds in t, step s of it folds in s.
+  iteration: outer iterations completed.
   """
   params: Any
   disc_params: Any
@@ -67,14 +77,15 @@ class TrainState:
   database_codes: jax.Array
   rng: jax.Array
   iteration: jax.Array
-  step: jax.Array
 
 
-def create_state(params, disc_params, optimizers, database_size, bits, rng):
-  """A fresh state; mmasia (no discriminator) passes disc_params={} and gets empty D/G states."""
+def create_state(params, disc_params, optimizers, database_size, bits, rng, dtype=jnp.float32):
+  """A fresh state; mmasia (no discriminator) passes disc_params={} and gets empty D/G states.
+  Parameters and codes are cast to `dtype` (float64 for parity checks)."""
+  params, disc_params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), (params, disc_params))
   return TrainState(
       params=params, disc_params=disc_params, opt_cycle=optimizers.cycle.init(params),
       opt_d=optimizers.discriminator.init(disc_params),
       opt_g=optimizers.generator.init(params["cycle"]) if disc_params else optax.EmptyState(),
-      database_codes=jnp.zeros((database_size, bits), jnp.float32), rng=rng,
-      iteration=jnp.zeros((), jnp.int32), step=jnp.zeros((), jnp.int32))
+      database_codes=jnp.zeros((database_size, bits), dtype), rng=rng,
+      iteration=jnp.zeros((), jnp.int32))

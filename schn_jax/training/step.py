@@ -22,13 +22,21 @@ from schn_jax.training.state import adam_step
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
+  """What the per-batch step needs of the run's config (configs/default.py)."""
   variant: str
-  learning_rate: float = 4e-5
-  gamma: float = losses.GAMMA
+  learning_rate: float
+  gamma: float
   # TOMM: D and G rates are divided by `lr_decay_factor` at the end of these 0-based
-  # outer iterations (the reference's 5 and 40 for 50 iterations, else 5 and 130).
-  lr_milestones: tuple = (5, 40)
-  lr_decay_factor: float = 5.0
+  # outer iterations.
+  lr_milestones: tuple
+  lr_decay_factor: float
+
+  @classmethod
+  def from_config(cls, config):
+    decay = config.adversarial_lr_decay
+    milestones = decay.milestones_if_max_iter_50 if config.max_iter == 50 else decay.milestones
+    return cls(config.variant, learning_rate=config.learning_rate, gamma=config.gamma,
+               lr_milestones=tuple(milestones), lr_decay_factor=decay.factor)
 
   @property
   def adversarial(self):
@@ -36,7 +44,7 @@ class StepConfig:
 
 
 def adversarial_learning_rate(config, iteration):
-  passed = sum((iteration > m).astype(jnp.float32) for m in config.lr_milestones)
+  passed = sum((iteration > m).astype(jnp.int32) for m in config.lr_milestones)
   return config.learning_rate / config.lr_decay_factor ** passed
 
 
@@ -165,10 +173,12 @@ def make_step_functions(model, discriminator, optimizers, config: StepConfig, ax
     cycle_rng, adversarial_rng = jax.random.split(rng)
     state, outputs, terms, _ = cycle_update(state, batch, cycle_rng, train)
     metrics = dict(terms)
-    if config.adversarial:
-      state, adversarial_metrics, _ = adversarial_update(state, batch, adversarial_rng, train)
-      metrics.update(adversarial_metrics)
     codes = {k: outputs[k] for k in ("U_image", "U_label", "U_latent")}
-    return state.replace(step=state.step + 1), codes, metrics
+    if config.adversarial:
+      state, adversarial_metrics, probes = adversarial_update(state, batch, adversarial_rng, train)
+      metrics.update(adversarial_metrics)
+      # The reference keeps the codes of its second forward (after the cycle update).
+      codes = {k: probes["reforward"][k] for k in codes}
+    return state, codes, metrics
 
   return cycle_update, adversarial_update, train_step

@@ -1,0 +1,225 @@
+"""The outer loop's behaviour as the reference runs it (issue 10), and torch's defaults
+for everything trained from scratch. Whole-run parity is test_reference_check's
+trajectory test; these isolate each behaviour."""
+
+import types
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from configs import default as default_config
+from schn_jax.models import SCHN, Discriminator
+from schn_jax.training import parallel
+from schn_jax.training import train as train_lib
+from schn_jax.training.state import adam_step, create_state, make_optimizers
+from schn_jax.training.step import StepConfig, adversarial_learning_rate, make_step_functions
+
+
+def _config(variant="tomm", **overrides):
+  config = default_config.base_config("fashion_mnist")
+  config.variant = variant
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+# ---------------------------------------------------------------- D/G learning-rate decay
+
+@pytest.mark.parametrize("max_iter, decayed_after", [(50, (5, 40)), (8, (130,)), (150, (130,))])
+def test_adversarial_rate_decays_where_the_reference_does(max_iter, decayed_after):
+  config = _config(max_iter=max_iter)
+  step_config = StepConfig.from_config(config)
+  assert step_config.lr_milestones == decayed_after
+  for iteration in range(0, 160):
+    # The rate is divided by 5 at the END of each listed 0-based iteration.
+    passed = sum(iteration > m for m in decayed_after)
+    rate = float(adversarial_learning_rate(step_config, jnp.asarray(iteration)))
+    np.testing.assert_allclose(rate, config.learning_rate / 5.0 ** passed, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- a small model
+
+def _small_run(variant, semantics="torch18", bits=8, classes=5, batch=6):
+  model, discriminator = SCHN(variant, bits, backbone="small_cnn", dropout_rate=0.0), Discriminator()
+  keys = jax.random.split(jax.random.key(3), 3)
+  params = model.init(keys[0], jnp.zeros((2, 28, 28, 1)), jnp.zeros((2, classes)),
+                      jnp.ones((2, 2)))["params"]
+  disc_params = (discriminator.init(keys[1], jnp.zeros((2, bits)), jnp.zeros((2, bits)))["params"]
+                 if variant == "tomm" else {})
+  optimizers = make_optimizers(1e-5, semantics, params["cycle"])
+  state = create_state(params, disc_params, optimizers, 20, bits, keys[2])
+  data = np.random.default_rng(0)
+  labels = np.eye(classes, dtype=np.float32)[data.integers(0, classes, batch)]
+  batch_inputs = {"images": data.normal(size=(batch, 28, 28, 1)).astype(np.float32), "labels": labels,
+                  "database_codes": np.sign(data.normal(size=(batch, bits))).astype(np.float32)}
+  step_config = StepConfig.from_config(_config(variant))
+  return model, discriminator, optimizers, step_config, state, batch_inputs
+
+
+def test_tomm_keeps_the_codes_of_the_second_forward():
+  model, discriminator, optimizers, step_config, state, batch = _small_run("tomm")
+  cycle_update, _, train_step = make_step_functions(model, discriminator, optimizers, step_config)
+  rng = jax.random.key(0)
+  _, codes, _ = train_step(state, batch, rng, train=False)
+  after_cycle, first_forward, _, _ = cycle_update(state, batch, rng, train=False)
+  similarity = (batch["labels"] @ batch["labels"].T > 0).astype(np.float32)
+  second_forward = model.apply({"params": after_cycle.params}, batch["images"], batch["labels"],
+                               similarity)
+  for name in ("U_image", "U_label", "U_latent"):
+    np.testing.assert_allclose(codes[name], second_forward[name], rtol=1e-6, atol=1e-7)
+    assert np.abs(np.asarray(codes[name]) - np.asarray(first_forward[name])).max() > 1e-6, name
+
+
+# ---------------------------------------------------------------- batches per outer iteration
+
+def _record_batches(variant, max_epoch=3):
+  """run_iteration over a stand-in dataset that records what each epoch loads."""
+  config = _config(variant, sample_size=10, batch_size=4, max_epoch=max_epoch, seed=1)
+  database = np.arange(30)
+  calls = []
+
+  def batches(indices, batch_size, *, train, seed):
+    calls.append((np.asarray(indices).copy(), seed, batch_size))
+    for start in range(0, len(indices), batch_size):
+      rows = len(indices[start:start + batch_size])
+      yield {"image": np.zeros((rows, 2, 2, 1), np.uint8), "label": np.zeros((rows, 3), np.float32)}
+
+  labels = np.eye(3, dtype=np.float32)[database % 3]
+  data = types.SimpleNamespace(split=types.SimpleNamespace(database=database, train=database),
+                               labels=labels, batches=batches)
+  bits = 4
+  state = types.SimpleNamespace(iteration=jnp.asarray(0), database_codes=jnp.zeros((30, bits)),
+                                rng=jax.random.key(0), replace=lambda **kw: kw)
+
+  def batch_step(state, images, labels, rows, rng):
+    codes = {k: jnp.full((len(rows), bits), 0.5) for k in ("U_image", "U_label", "U_latent")}
+    return state, codes, {"loss_cycle": jnp.float32(1.0)}
+
+  mesh = parallel.make_mesh()
+  with train_lib.tqdm.tqdm(disable=True) as progress:
+    _, step_losses, seen = train_lib.run_iteration(config, data, state, batch_step, progress, mesh)
+  per_epoch = len(calls) // max_epoch  # a full-batch call and a remainder call per epoch
+  epochs = [calls[e * per_epoch:(e + 1) * per_epoch] for e in range(max_epoch)]
+  assert step_losses["loss_cycle"].shape == (max_epoch, 3) and seen == 10 * max_epoch
+  return epochs
+
+
+def _same(a, b):
+  return all(np.array_equal(x[0], y[0]) and x[1] == y[1] for x, y in zip(a, b))
+
+
+def test_tomm_reuses_one_set_of_batches_in_every_epoch():
+  epochs = _record_batches("tomm")
+  # Same composition, order and augmentation seed in every epoch.
+  assert _same(epochs[0], epochs[1]) and _same(epochs[0], epochs[2])
+
+
+def test_mmasia_reshuffles_and_reaugments_every_epoch():
+  epochs = _record_batches("mmasia")
+  for a, b in ((epochs[0], epochs[1]), (epochs[1], epochs[2])):
+    assert not any(np.array_equal(x[0], y[0]) for x, y in zip(a, b))
+    assert all(x[1] != y[1] for x, y in zip(a, b))
+  # Each epoch still visits the whole sample once.
+  for epoch in epochs:
+    assert sorted(np.concatenate([c[0] for c in epoch])) == sorted(np.concatenate([c[0] for c in epochs[0]]))
+
+
+# ---------------------------------------------------------------- optimizer semantics
+
+@pytest.mark.parametrize("semantics", ["torch18", "torch2"])
+def test_generator_adam_treats_the_unreached_head_as_torch_does(semantics):
+  """The G optimizer and a parameter its loss does not reach (the latent hash head):
+  torch 1.8's zero_grad leaves a zero gradient (Adam steps it by weight decay alone),
+  torch 2 leaves None (Adam skips it). Three steps against torch's own Adam."""
+  rng = np.random.default_rng(0)
+  params = {"latent": {"hash": {"linear": {"kernel": rng.normal(size=(4, 3)).astype(np.float32)}}},
+            "image_rec": {"mlp": {"kernel": rng.normal(size=(3, 2)).astype(np.float32)}}}
+  grads = [{"latent": {"hash": {"linear": {"kernel": np.zeros((4, 3), np.float32)}}},
+            "image_rec": {"mlp": {"kernel": rng.normal(size=(3, 2)).astype(np.float32)}}}
+           for _ in range(3)]
+  lr, weight_decay = 1e-3, 1e-2
+  generator = make_optimizers(weight_decay, semantics, params).generator
+  ours, opt_state = jax.tree_util.tree_map(jnp.asarray, params), generator.init(params)
+  for g in grads:
+    ours, opt_state = adam_step(generator, g, opt_state, ours, lr)
+
+  head = torch.nn.Parameter(torch.tensor(params["latent"]["hash"]["linear"]["kernel"]))
+  rec = torch.nn.Parameter(torch.tensor(params["image_rec"]["mlp"]["kernel"]))
+  adam = torch.optim.Adam([head, rec], lr=lr, weight_decay=weight_decay)
+  for g in grads:
+    adam.zero_grad(set_to_none=semantics == "torch2")
+    head.grad = torch.zeros_like(head) if semantics == "torch18" else None
+    rec.grad = torch.tensor(g["image_rec"]["mlp"]["kernel"])
+    adam.step()
+  np.testing.assert_allclose(ours["latent"]["hash"]["linear"]["kernel"], head.detach().numpy(),
+                             rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(ours["image_rec"]["mlp"]["kernel"], rec.detach().numpy(), rtol=1e-6, atol=1e-7)
+  moved = not np.array_equal(ours["latent"]["hash"]["linear"]["kernel"],
+                             params["latent"]["hash"]["linear"]["kernel"])
+  assert moved == (semantics == "torch18")
+
+
+# ---------------------------------------------------------------- initialisation
+
+def _torch_reference(path, leaf, tree):
+  """torch's own initialiser for the layer at `path` (our parameter leaf `leaf`)."""
+  names = [getattr(k, "key", str(k)) for k in path]
+  layer, kind = names[-2], names[-1]
+  kernel = flax.traverse_util.flatten_dict(tree)[tuple(names[:-1]) + ("kernel",)]
+  if layer in ("q_proj", "k_proj", "v_proj") and kind == "kernel":
+    return torch.nn.init.xavier_uniform_(torch.empty(kernel.shape[1], kernel.shape[0]))
+  if layer in ("q_proj", "k_proj", "v_proj", "out_proj") and kind == "bias":
+    return torch.zeros(leaf.shape)
+  if layer == "graph_conv":  # the reference's GraphConvolution.reset_parameters
+    bound = 1.0 / np.sqrt(kernel.shape[1])
+    return torch.empty(leaf.shape).uniform_(-bound, bound)
+  if kernel.ndim == 4:
+    height, width, fan_in, out = kernel.shape
+    conv = torch.nn.Conv2d(fan_in, out, (height, width))
+    return conv.weight if kind == "kernel" else conv.bias
+  linear = torch.nn.Linear(*kernel.shape)
+  return linear.weight if kind == "kernel" else linear.bias
+
+
+def _ks_statistic(a, b):
+  a, b = np.sort(a), np.sort(b)
+  grid = np.concatenate([a, b])
+  return np.max(np.abs(np.searchsorted(a, grid, "right") / len(a)
+                       - np.searchsorted(b, grid, "right") / len(b)))
+
+
+@pytest.mark.parametrize("variant, backbone, size", [("tomm", "alexnet", 64), ("mmasia", "alexnet", 64),
+                                                     ("tomm", "small_cnn", 28)])
+def test_initialisation_follows_torch_defaults(variant, backbone, size):
+  torch.manual_seed(0)
+  bits, classes = 16, 7
+  model = SCHN(variant, bits, backbone=backbone)
+  channels = 3 if backbone == "alexnet" else 1
+  params = model.init(jax.random.key(0), jnp.zeros((2, size, size, channels)), jnp.zeros((2, classes)),
+                      jnp.ones((2, 2)))["params"]
+  disc = Discriminator().init(jax.random.key(1), jnp.zeros((2, bits)), jnp.zeros((2, bits)))["params"]
+  rng = np.random.default_rng(0)
+  checked = 0
+  for tree in (params, disc):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+      name = jax.tree_util.keystr(path)
+      ours = np.asarray(leaf, np.float64).ravel()
+      theirs = _torch_reference(path, leaf, tree).detach().numpy().astype(np.float64).ravel()
+      assert ours.size == theirs.size, name
+      if not theirs.any():
+        np.testing.assert_array_equal(ours, 0.0, err_msg=name)
+        continue
+      if ours.size > 100_000:  # the two large fc layers: a subsample of each is plenty
+        ours, theirs = rng.choice(ours, 100_000, replace=False), rng.choice(theirs, 100_000, replace=False)
+      # Two-sample Kolmogorov-Smirnov at a 1e-6 false-alarm rate (c = 2.69).
+      limit = 2.69 * np.sqrt(2.0 / ours.size)
+      assert _ks_statistic(ours, theirs) < limit, name
+      if ours.size >= 1000:
+        np.testing.assert_allclose(ours.std(), theirs.std(), rtol=0.05, err_msg=name)
+        assert np.abs(ours).max() <= np.abs(theirs).max() * 1.02, name
+      checked += 1
+  assert checked > 30
