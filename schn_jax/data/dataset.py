@@ -5,6 +5,7 @@ import logging
 from typing import Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from schn_jax import errors
@@ -62,9 +63,9 @@ class RetrievalData:
     """This host's uint8 batches of `indices`; see `pipeline.Loader.batches`."""
     return self.loader.batches(indices, batch_size, train=train, seed=seed)
 
-  def normalize(self, images: jax.Array) -> jax.Array:
-    """uint8 NHWC -> float32 NHWC model input (jittable)."""
-    return pipeline.normalize(images, self.config.num_channels)
+  def normalize(self, images: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """uint8 NHWC -> `dtype` NHWC model input (jittable)."""
+    return pipeline.normalize(images, self.config.num_channels, dtype)
 
 
   def write_split(self, workdir: str):

@@ -83,19 +83,20 @@ def transform(image: np.ndarray, rng: np.random.Generator | None,
   return out.reshape(size, size, channels)
 
 
-def normalize(images: jax.Array, num_channels: int | None = None) -> jax.Array:
-  """uint8 (N, H, W, C) -> float32 with ImageNet mean/std (jittable).
+def normalize(images: jax.Array, num_channels: int | None = None,
+              dtype=jnp.float32) -> jax.Array:
+  """uint8 (N, H, W, C) -> `dtype` with ImageNet mean/std (jittable).
 
   Grayscale (C=1) uses the mean of the three channel statistics, or is tiled
   to RGB first when num_channels=3.
   """
-  images = jnp.asarray(images, jnp.float32) / 255.0
+  images = jnp.asarray(images, dtype) / 255.0
   if num_channels == 3 and images.shape[-1] == 1:
     images = jnp.repeat(images, 3, axis=-1)
   if images.shape[-1] == 3:
-    mean, std = jnp.array(IMAGENET_MEAN), jnp.array(IMAGENET_STD)
+    mean, std = jnp.array(IMAGENET_MEAN, dtype), jnp.array(IMAGENET_STD, dtype)
   else:
-    mean, std = np.mean(IMAGENET_MEAN), np.mean(IMAGENET_STD)
+    mean, std = jnp.asarray(np.mean(IMAGENET_MEAN), dtype), jnp.asarray(np.mean(IMAGENET_STD), dtype)
   return (images - mean) / std
 
 
