@@ -5,6 +5,7 @@
   python eval.py --query_codes_t q.t --database_codes_t db.t \
       --query_labels_t ql.t --database_labels_t dbl.t   # needs torch
   python eval.py --workdir=DIR [--database_codes learned|encoded] [--topk K] [--ties ...]
+      [--output_dir OUT]
 
 --workdir re-evaluates a run written by train.py from its latest checkpoints:
 queries are encoded with the visual network; the database codes are the
@@ -12,18 +13,22 @@ learned asymmetric codes (as the reference) or the database images encoded
 with the visual network (--database_codes=encoded, the inductive mode). The
 run's own eval settings apply unless --topk / --ties are given; the output is
 then one JSON object keyed by code length, and each code length's codes.npz,
-curves.png and metrics.json go to DIR/bits_<c>/eval/.
+curves.png and metrics.json go to OUT/bits_<c>/ with --output_dir, else to
+DIR/bits_<c>/eval/ (nothing is written when DIR is read-only). Nothing else
+in DIR is written: a run can be evaluated while it trains.
 
 Prints one JSON object (without the curves) on the last line of stdout; with
 --output_dir also writes metrics.json (with curves) and curves.png there.
+A mistake in the flags or files prints one `error: ...` line, exit status 2.
 """
 
 import json
+import logging
 import pathlib
 
-from absl import app
 from absl import flags
 
+from schn_jax import errors
 from schn_jax.evaluation import codes as codes_lib
 from schn_jax.evaluation import metrics as metrics_lib
 from schn_jax.evaluation import plots
@@ -53,33 +58,41 @@ def load_inputs():
     return codes_lib.load_codes(_CODES.value)
   if all(torch_paths.values()) and not _CODES.value:
     return codes_lib.load_torch_codes(**torch_paths)
-  raise app.UsageError('Give --codes FILE.npz, or all four of '
-                       + ', '.join(f'--{key}_t' for key in torch_paths) + '.')
+  raise errors.UserError('give --codes FILE.npz, or all four of '
+                         + ', '.join(f'--{key}_t' for key in torch_paths))
 
 
 def evaluate_workdir():
   """--workdir mode: the run's checkpoints, the flags given explicitly as overrides."""
   from schn_jax.training import train  # pylint: disable=g-import-not-at-top
+  given = [f'--{name}' for name in ('codes', *(f'{key}_t' for key in codes_lib.CODE_KEYS))
+           if flags.FLAGS[name].value]
+  if given:
+    raise errors.UserError(f'--workdir evaluates a run\'s checkpoints; {", ".join(given)} '
+                           'names codes to evaluate instead: give one or the other')
   overrides = {name: flags.FLAGS[name].value for name in ('topk', 'ties')
                if flags.FLAGS[name].present}
   if _DATABASE_CODES.value:
     overrides['database_codes'] = _DATABASE_CODES.value
-  try:
-    results = train.evaluate_workdir(_WORKDIR.value, overrides)
-  except (ValueError, FileNotFoundError) as error:
-    raise app.UsageError(str(error)) from error
+  results = train.evaluate_workdir(_WORKDIR.value, overrides, _OUTPUT_DIR.value)
   print(json.dumps(results))
 
 
 def main(argv):
-  del argv  # Unused.
+  if len(argv) > 1:
+    raise errors.UserError(f'unexpected arguments {argv[1:]}: give every setting as '
+                           '--flag=value')
+  # Orbax logs through absl's logger, at INFO and (for the read-only checkpoints
+  # evaluation opens) at WARNING; JAX logs its backend probing.
+  logging.getLogger('absl').setLevel(logging.ERROR)
+  logging.getLogger('jax').setLevel(logging.WARNING)
   if _WORKDIR.value:
     return evaluate_workdir()
-  try:
-    metrics = metrics_lib.evaluate_codes(**load_inputs(), topk=_TOPK.value,
-                                         ties=_TIES.value)
-  except ValueError as error:  # Includes CodesError: bad files or flags.
-    raise app.UsageError(str(error)) from error
+  if _DATABASE_CODES.value:
+    raise errors.UserError('--database_codes applies to --workdir only: code files hold '
+                           'their database codes')
+  metrics = metrics_lib.evaluate_codes(**load_inputs(), topk=_TOPK.value,
+                                       ties=_TIES.value)
   if _OUTPUT_DIR.value:
     output_dir = pathlib.Path(_OUTPUT_DIR.value)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -90,4 +103,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run(main)

@@ -37,13 +37,21 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise errors.UserError(f"unexpected arguments {argv[1:]}: give every setting as --flag=value")
-  # Orbax logs every checkpoint step at INFO through absl's logger; quiet that
-  # logger alone, so this project's INFO lines (resume, dataset, mAP) still show.
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  # Orbax logs every checkpoint step at INFO through absl's logger, JAX its backend
+  # probing and tensorboardX each tag it renames; quiet those loggers alone, so
+  # this project's INFO lines (dataset, resume, mAP) still show.
+  for name in ("absl", "jax", "tensorboardX"):
+    logging.getLogger(name).setLevel(logging.WARNING)
+  config = _CONFIG.value
+  try:
+    config.get("variant")  # ml_collections reports a config file it could not load on first use
+  except OSError as error:
+    raise errors.UserError(f"--config: cannot load the config file: "
+                           f"{str(error).splitlines()[-1].strip()}") from None
   if _DISTRIBUTED.value or _COORDINATOR.value:
     # Before any other JAX call: it decides which devices this process sees.
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  train_and_evaluate(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

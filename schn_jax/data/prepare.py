@@ -10,8 +10,9 @@ or a separate environment:
   pip install tensorflow-cpu==2.21.0
 """
 
-from absl import app
 from absl import flags
+
+from schn_jax import errors
 
 TENSORFLOW_REQUIREMENT = 'tensorflow-cpu==2.21.0'
 
@@ -23,15 +24,17 @@ _DATA_DIR = flags.DEFINE_string(
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise errors.UserError(f'unexpected arguments {argv[1:]}: give every '
+                           'setting as --flag=value')
   try:
     import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
-    raise SystemExit(
-        f'Preparing TFDS dataset {_DATASET.value!r} needs TensorFlow, which '
-        'is not installed (on purpose: training never imports it). Install '
-        f'it, then rerun this command:\n  pip install {TENSORFLOW_REQUIREMENT}'
-    ) from None
+    raise errors.MissingDependencyError(
+        f'preparing TFDS dataset {_DATASET.value!r} needs TensorFlow, which '
+        'is not installed (on purpose: training never imports it); install '
+        f'it with `pip install {TENSORFLOW_REQUIREMENT}`, then rerun this '
+        'command') from None
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder(_DATASET.value, data_dir=_DATA_DIR.value)
   builder.download_and_prepare(file_format='array_record')
@@ -39,4 +42,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run(main)

@@ -4,8 +4,10 @@ import numpy as np
 
 from flax import traverse_util
 
+from schn_jax import errors
 
-class WeightImportError(ValueError):
+
+class WeightImportError(errors.UserError, ValueError):
   """A state dict that does not fit the model: names every offending key."""
 
 

@@ -4,13 +4,16 @@ import pathlib
 
 import numpy as np
 
+from schn_jax import errors
+
 
 def _torch():
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError("reading or writing torch checkpoints needs PyTorch, an optional "
-                      "dependency: pip install torch==2.13.0 (CPU build)") from e
+    raise errors.MissingDependencyError(
+        "reading or writing torch checkpoints needs PyTorch, an optional dependency: "
+        "pip install torch==2.13.0 (CPU build)") from e
   return torch
 
 
@@ -20,16 +23,16 @@ def load_state_dict(path):
   torch = _torch()
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"checkpoint file not found: {path}")
+    raise errors.DataNotFoundError(f"checkpoint file not found: {path}; check the path")
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises several types for a damaged file
-    raise ValueError(f"{path} is not a readable torch checkpoint: {e}") from e
+    raise errors.DataError(f"{path} is not a readable torch checkpoint: {e}") from e
   for wrapper in ("state_dict", "model"):
     if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
       obj = obj[wrapper]
   if not isinstance(obj, dict) or not all(hasattr(v, "detach") for v in obj.values()):
-    raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    raise errors.DataError(f"{path} does not hold a state dict (a mapping of names to tensors)")
   return {k: v.detach().cpu().float().numpy() for k, v in obj.items()}
 
 

@@ -1,29 +1,127 @@
-"""Orbax checkpoints of the training state, one directory per code length."""
+"""Orbax checkpoints of the training state, one directory per code length.
+
+A checkpoint that cannot be read back (a disk error, a file damaged by hand)
+is skipped with a warning, and the run resumes from the newest older one that
+reads; only when none does is the restore refused, naming the folder.
+"""
+
+import json
+import logging
+import pathlib
+import shutil
+import sys
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from schn_jax import errors
+
+# Next to the checkpoints folder, so that orbax never sees what is set aside.
+DAMAGED_DIR = "damaged_checkpoints"
+
+
+def _brief(error):
+  """The first line of an orbax/TensorStore error, without the spec dump it carries."""
+  text = str(error).split(" See full TensorStore details", 1)[0]
+  line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+  return f"{type(error).__name__}: {line[:300]}"
+
+
+def _ignore_closed_event_loop_callbacks():
+  """Drops the 'Event loop is closed' tracebacks a failed restore leaves behind.
+
+  Orbax restores in an asyncio loop that it closes when a read fails; the
+  TensorStore reads still in flight then call back into the closed loop, and
+  each callback prints a traceback (harmless: nothing waits for them any more).
+  Every other unraisable exception still reaches the previous hook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "ignores_closed_event_loop", False):
+    return
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.ignores_closed_event_loop = True
+  sys.unraisablehook = hook
 
 
 class Checkpoints:
-  """Saves TrainState (+ JSON metadata) every `every` outer iterations and on demand."""
+  """Saves TrainState (+ JSON metadata) every `every` outer iterations and on demand.
 
-  def __init__(self, directory, every, keep=2):
+  Attributes:
+    damaged: steps that `restore` skipped because they cannot be read.
+  """
+
+  def __init__(self, directory, every, keep=2, read_only=False):
+    self.directory = pathlib.Path(directory)
     self.every = every
-    self.manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+    self.damaged = []
+    # Read-only managers write nothing: evaluation may run on a run folder it cannot write.
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None if read_only else keep, create=not read_only, read_only=read_only,
+        save_interval_steps=0 if read_only else 1)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest(self):
     return self.manager.latest_step()
 
   def restore(self, abstract_state):
-    """(state, metadata) of the latest checkpoint, or (None, None) when there is none."""
-    step = self.manager.latest_step()
-    if step is None:
-      return None, None
+    """(state, metadata) of the newest checkpoint that reads back, or (None, None)
+    when there is none; CheckpointError when there are some but none reads."""
     target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-    return restored["state"], restored["meta"]
+    _ignore_closed_event_loop_callbacks()
+    failures = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      where = self.directory / str(step)
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        meta = restored["meta"]
+        if not isinstance(meta, dict):
+          raise ValueError(f"metadata is {type(meta).__name__}, not a JSON object")
+      # Orbax and TensorStore raise many types for unreadable files, the bare
+      # Exception included; a checkpoint that cannot be read is skipped alike.
+      except Exception as error:  # pylint: disable=broad-except
+        if isinstance(error, json.JSONDecodeError):
+          where = where / "meta"
+        failures.append(f"{where}: {_brief(error)}")
+        logging.warning("checkpoint %s cannot be read (%s); trying the one before it", where,
+                        _brief(error))
+        self.damaged.append(step)
+        continue
+      if self.damaged:
+        logging.warning("using the older checkpoint %s instead", self.directory / str(step))
+      return restored["state"], meta
+    if failures:
+      raise errors.CheckpointError(
+          f"no checkpoint in {self.directory} can be read ({'; '.join(failures)}). If the "
+          "model or config changed since they were written, use another --workdir; if they "
+          f"are damaged, delete {self.directory} to train this code length again")
+    return None, None
+
+  def set_aside_damaged(self):
+    """Moves the checkpoints `restore` skipped to ../damaged_checkpoints/, so that
+    the resumed run can save its own under the same step numbers."""
+    if not self.damaged:
+      return
+    if jax.process_index() == 0:
+      aside = self.directory.parent / DAMAGED_DIR
+      aside.mkdir(exist_ok=True)
+      for step in self.damaged:
+        target = aside / str(step)
+        if target.exists():
+          shutil.rmtree(target)
+        shutil.move(self.directory / str(step), target)
+        logging.warning("moved the unreadable checkpoint %s to %s", self.directory / str(step),
+                        target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("schn_jax.set_aside_damaged_checkpoints")
+    self.damaged = []
+    self.manager.reload()
 
   def save(self, iteration, state, meta, force=False):
     if force or iteration % self.every == 0:
@@ -31,5 +129,12 @@ class Checkpoints:
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
   def close(self):
+    """Waits for the checkpoint being written in the background, then closes."""
     self.manager.wait_until_finished()
     self.manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()

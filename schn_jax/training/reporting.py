@@ -1,8 +1,14 @@
-"""Metrics to TensorBoard event files (tensorboardX: no TensorFlow) and the log."""
+"""Metrics to TensorBoard event files (tensorboardX: no TensorFlow), the log and JSON files."""
+
+import json
+import os
+import pathlib
 
 import jax
 import tensorboardX
 import tqdm
+
+from schn_jax import errors
 
 
 class MetricWriter:
@@ -21,3 +27,25 @@ class MetricWriter:
   def close(self):
     if self._writer is not None:
       self._writer.close()
+
+
+def write_json(path, value):
+  """Writes `value` as JSON to a temporary file renamed over `path`, so that a
+  crash or a reader never sees half a file."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+  tmp.write_text(json.dumps(value, indent=2))
+  os.replace(tmp, path)
+
+
+def read_json(path, fix):
+  """The JSON object in `path`; a damaged or non-object file raises a UserError
+  naming it, followed by `fix` (what the user should do)."""
+  path = pathlib.Path(path)
+  try:
+    value = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise errors.UserError(f"{path} is not valid JSON ({e}); {fix}") from None
+  if not isinstance(value, dict):
+    raise errors.UserError(f"{path} holds a JSON {type(value).__name__}, not an object; {fix}")
+  return value

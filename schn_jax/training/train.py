@@ -4,9 +4,11 @@ Sections: configuration checks; model and state; one outer iteration
 (sample, soft similarity, epochs of batches, DCC); evaluation; the run.
 """
 
+import copy
 import functools
 import json
 import logging
+import os
 import pathlib
 import time
 
@@ -17,6 +19,7 @@ import numpy as np
 import tqdm
 
 from schn_jax import data as data_lib
+from schn_jax import errors
 from schn_jax import interop
 from schn_jax.evaluation import codes as codes_lib
 from schn_jax.evaluation import metrics as metrics_lib
@@ -24,13 +27,17 @@ from schn_jax.evaluation import plots
 from schn_jax.models import SCHN, VARIANTS, Discriminator
 from schn_jax.training import dcc, losses, parallel
 from schn_jax.training.checkpoint import Checkpoints
+from schn_jax.training import reporting
 from schn_jax.training.reporting import MetricWriter
 from schn_jax.training.state import create_state, make_optimizers
 from schn_jax.training.step import StepConfig, make_step_functions
 
 
-class ConfigError(ValueError):
-  """A configuration that cannot run; raised before anything is compiled."""
+ConfigError = errors.ConfigError
+
+# Keys a run folder is tied to: its checkpoints and codes mean nothing under others.
+RUN_KEYS = ("variant", "code_lengths", "backbone", "data.name", "data.image_size",
+            "data.num_channels")
 
 
 # ---------------------------------------------------------------- configuration checks
@@ -83,8 +90,35 @@ def check_config(config, database_size, train_size):
     problems.append(f"config.eval.ties={config.eval.ties!r}: one of {metrics_lib.TIE_MODES}")
   if config.eval.topk != -1 and not 0 < config.eval.topk <= database_size:
     problems.append(f"config.eval.topk={config.eval.topk} must be -1 (all) or in [1, {database_size}]")
+  if not isinstance(config.eval.batch_size, int) or config.eval.batch_size <= 0:
+    problems.append(f"config.eval.batch_size={config.eval.batch_size!r} must be a positive integer")
+  if not 0 <= config.dropout_rate < 1:
+    problems.append(f"config.dropout_rate={config.dropout_rate} must be in [0, 1): 1 drops every "
+                    "feature")
   if problems:
-    raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+
+def check_workdir(config, workdir):
+  """Refuses a workdir holding a run of another variant, code lengths or model, by
+  its config.json, before anything there is touched."""
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.is_file():
+    return
+  stored = reporting.read_json(path, "train.py writes it when a run starts: use another "
+                               "--workdir")
+  differing = []
+  for key in RUN_KEYS:
+    ours, theirs = config, stored
+    for part in key.split("."):
+      ours = ours.get(part)
+      theirs = theirs.get(part) if isinstance(theirs, dict) else None
+    ours = list(ours) if isinstance(ours, tuple) else ours  # JSON stores tuples as lists
+    if ours != theirs:
+      differing.append(f"{key}={theirs!r} there, {ours!r} here")
+  if differing:
+    raise ConfigError(f"{path.parent} holds a run with other settings ({', '.join(differing)}): "
+                      "use another --workdir, or that run's settings to resume it")
 
 
 def lr_milestones(config):
@@ -104,10 +138,6 @@ def build(config, bits, image_shape, num_classes, database_size):
   batch = 2
   params = model.init(init_key, jnp.zeros((batch,) + image_shape), jnp.zeros((batch, num_classes)),
                       jnp.ones((batch, batch)))["params"]
-  if config.pretrained_backbone:
-    backbone = interop.load_torchvision_alexnet(config.pretrained_backbone,
-                                                params["visual"]["backbone"])
-    params = {**params, "visual": {**params["visual"], "backbone": backbone}}
   disc_params = {}
   if config.variant == "tomm":
     disc_params = discriminator.init(disc_key, jnp.zeros((batch, bits)), jnp.zeros((batch, bits)))["params"]
@@ -286,9 +316,25 @@ def evaluate(config, model, state, data, output_dir=None):
 
 # ---------------------------------------------------------------- the run
 
-def restore_run(config, data, bits, workdir):
-  """The model pieces and the state of one code length: from its latest checkpoint
-  in workdir/bits_<bits> when there is one, fresh otherwise."""
+def with_pretrained_backbone(config, state):
+  """`state` with the backbone of config.pretrained_backbone (a torchvision AlexNet
+  state dict; needs torch), cast to the state's dtypes."""
+  template = state.params["visual"]["backbone"]
+  backbone = interop.load_torchvision_alexnet(config.pretrained_backbone, template)
+  backbone = jax.tree_util.tree_map(lambda new, old: jnp.asarray(new, old.dtype), backbone,
+                                    template)
+  return state.replace(params={**state.params,
+                               "visual": {**state.params["visual"], "backbone": backbone}})
+
+
+def restore_run(config, data, bits, workdir, read_only=False):
+  """The model pieces and the state of one code length: from its latest readable
+  checkpoint in workdir/bits_<bits> when there is one, fresh otherwise (with the
+  pretrained backbone, if any: a checkpoint holds trained weights, so resuming and
+  evaluating never read the .pth).
+
+  read_only: evaluation; nothing is written, and no checkpoint is a CheckpointError.
+  """
   directory = workdir / f"bits_{bits}"
   size = config.data.image_size
   channels = config.data.num_channels or data.source.image(0).shape[-1]
@@ -298,17 +344,26 @@ def restore_run(config, data, bits, workdir):
   mesh = parallel.make_mesh()
   # Replicated before the restore, so the checkpoint is read into the same layout.
   state = parallel.replicate(state, mesh)
-  checkpoints = Checkpoints((directory / "checkpoints").absolute(), config.checkpoint_every)
+  checkpoints = Checkpoints((directory / "checkpoints").absolute(), config.checkpoint_every,
+                            read_only=read_only)
   meta = {"bits": bits, "variant": config.variant, "dataset": config.data.name,
           "train_seconds": 0.0, "history": []}
   restored, saved_meta = checkpoints.restore(state)
+  if restored is None and read_only:
+    raise errors.CheckpointError(f"{directory / 'checkpoints'}: no checkpoint to evaluate; train "
+                                 "this code length first (train.py with this --workdir)")
+  if restored is None and config.pretrained_backbone:
+    state = parallel.replicate(with_pretrained_backbone(config, state), mesh)
   if restored is not None:
     for key in ("bits", "variant", "dataset"):
       if saved_meta.get(key) != meta[key]:
         raise ConfigError(f"{directory}: the checkpoint was written with {key}="
                           f"{saved_meta.get(key)!r}, this run has {meta[key]!r}; use another --workdir")
     state, meta = restored, saved_meta
-    logging.info("bits %d: resumed from iteration %d", bits, int(state.iteration))
+    logging.info("bits %d: %s iteration %d", bits, "restored" if read_only else "resumed from",
+                 int(state.iteration))
+    if not read_only:
+      checkpoints.set_aside_damaged()
   return model, discriminator, optimizers, step_config, state, mesh, checkpoints, meta
 
 
@@ -321,9 +376,11 @@ def train_code_length(config, data, bits, workdir, writer):
                                config.parallel)
   total = config.max_iter * batches_per_iteration(config)
   final = None
-  with tqdm.tqdm(total=total, initial=int(state.iteration) * batches_per_iteration(config),
-                 desc=f"{config.variant} {bits} bits", unit="batch",
-                 disable=jax.process_index() != 0) as progress:
+  # Leaving the block waits for the checkpoint being written, also on Ctrl-C or an error.
+  with checkpoints, tqdm.tqdm(
+      total=total, initial=int(state.iteration) * batches_per_iteration(config),
+      desc=f"{config.variant} {bits} bits", unit="batch",
+      disable=jax.process_index() != 0) as progress:
     while int(state.iteration) < config.max_iter:
       started = time.perf_counter()
       state, losses_mean, images_seen = run_iteration(config, data, state, batch_step, progress, mesh)
@@ -332,6 +389,9 @@ def train_code_length(config, data, bits, workdir, writer):
       iteration = int(state.iteration)
       scalars = {f"train/{k}": v for k, v in losses_mean.items()}
       scalars.update({"train/iteration_seconds": seconds, "train/images_per_second": images_seen / seconds})
+      # Before evaluating, so that an evaluation that fails loses no training; the
+      # copy keeps the history appended below out of the save in flight.
+      checkpoints.save(iteration, state, copy.deepcopy(meta), force=iteration == config.max_iter)
       if iteration % config.eval_iter == 0 or iteration == config.max_iter:
         last = iteration == config.max_iter
         result = evaluate(config, model, state, data, directory if last else None)
@@ -340,10 +400,11 @@ def train_code_length(config, data, bits, workdir, writer):
         scalars[f"eval/map@{config.eval.topk if config.eval.topk > 0 else 'all'}"] = result["map"]
       writer.write_scalars(iteration, {f"bits_{bits}/{k}": v for k, v in scalars.items()})
       progress.set_postfix(loss=f"{losses_mean['loss_cycle']:.4g}", img_s=f"{images_seen / seconds:.0f}")
-      checkpoints.save(iteration, state, meta, force=iteration == config.max_iter)
-  checkpoints.close()
-  if final is None:  # resumed from a finished run: evaluate its final state
+  if final is None:  # resumed from a finished run, or after its last evaluation failed
     final = evaluate(config, model, state, data, directory)
+    iteration = int(state.iteration)
+    if not meta["history"] or meta["history"][-1]["iteration"] != iteration:
+      meta["history"].append({"iteration": iteration, "map": final["map"]})
   summary = {k: v for k, v in final.items() if k != "curves"}
   summary.update(topk=config.eval.topk, ties=config.eval.ties, variant=config.variant,
                  iterations=int(state.iteration), train_seconds=round(meta["train_seconds"], 2),
@@ -355,51 +416,79 @@ def train_code_length(config, data, bits, workdir, writer):
 
 
 def train_and_evaluate(config, workdir):
-  """Trains every code length of `config` in `workdir`; writes workdir/metrics.json."""
+  """Trains every code length of `config` in `workdir`; writes workdir/metrics.json.
+
+  The workdir's earlier run, the dataset, the split and the config are all
+  checked before anything is written, so a refused command leaves no trace.
+  """
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  data = data_lib.build_dataset(config.data, str(workdir), config.seed)
-  check_config(config, len(data.split.database), len(training_positions(data.split)))
-  if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  writer = MetricWriter(str(workdir / "tensorboard"))
+  check_workdir(config, workdir)
   metrics_path = workdir / "metrics.json"
-  results = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-  for bits in config.code_lengths:
-    results[str(bits)] = train_code_length(config, data, bits, workdir, writer)
-    logging.info("bits %d: mAP %.4f (%s, %s ties, %s database codes)", bits, results[str(bits)]["map"],
-                 "all" if config.eval.topk == -1 else f"top {config.eval.topk}",
-                 config.eval.ties, config.eval.database_codes)
-    if jax.process_index() == 0:
-      metrics_path.write_text(json.dumps(results, indent=2))
-  writer.close()
+  results = {}
+  if metrics_path.exists():
+    results = reporting.read_json(metrics_path, "delete it: it is rebuilt from the checkpoints")
+  data = data_lib.build_dataset(config.data, str(workdir), config.seed, split_mode="defer")
+  check_config(config, len(data.split.database), len(training_positions(data.split)))
+  workdir.mkdir(parents=True, exist_ok=True)
+  data.write_split(workdir)
+  if jax.process_index() == 0:
+    reporting.write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
+  writer = MetricWriter(str(workdir / "tensorboard"))
+  try:
+    for bits in config.code_lengths:
+      results[str(bits)] = train_code_length(config, data, bits, workdir, writer)
+      logging.info("bits %d: mAP %.4f (%s, %s ties, %s database codes)", bits,
+                   results[str(bits)]["map"],
+                   "all" if config.eval.topk == -1 else f"top {config.eval.topk}",
+                   config.eval.ties, config.eval.database_codes)
+      if jax.process_index() == 0:
+        reporting.write_json(metrics_path, results)
+  finally:
+    writer.close()
   return results
 
 
-def evaluate_workdir(workdir, overrides=None):
+def _writable(directory):
+  return os.access(directory, os.W_OK)
+
+
+def evaluate_workdir(workdir, overrides=None, output_dir=None):
   """Re-evaluates the latest checkpoint of every code length of a finished or running
   run in `workdir` (its config.json and split); `overrides` may set eval.* keys.
-  Writes codes.npz, curves.png and metrics.json under workdir/bits_<c>/eval."""
+
+  Writes codes.npz, curves.png and metrics.json to output_dir/bits_<c>/ when
+  `output_dir` is given, else to workdir/bits_<c>/eval/ when the workdir is
+  writable, else nothing (with a warning saying so). Never writes elsewhere in
+  the workdir.
+  """
   workdir = pathlib.Path(workdir)
   path = workdir / "config.json"
   if not path.is_file():
-    raise FileNotFoundError(f"{path} not found: --workdir must be a folder written by train.py")
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    raise errors.CheckpointError(f"{path} not found: --workdir must be a folder written by "
+                                 "train.py")
+  config = ml_collections.ConfigDict(reporting.read_json(
+      path, "train.py writes it when a run starts; without it the run cannot be evaluated"))
   for key, value in (overrides or {}).items():
     config.eval[key] = value
-  data = data_lib.build_dataset(config.data, str(workdir), config.seed)
+  data = data_lib.build_dataset(config.data, str(workdir), config.seed, split_mode="load")
   check_config(config, len(data.split.database), len(training_positions(data.split)))
+  if output_dir is None and not _writable(workdir):
+    logging.warning("%s is not writable: nothing is written; give --output_dir=DIR to keep "
+                    "codes.npz, curves.png and metrics.json", workdir)
   results = {}
   for bits in config.code_lengths:
-    model, _, _, _, state, _, checkpoints, _ = restore_run(config, data, bits, workdir)
-    if checkpoints.latest() is None:
-      raise FileNotFoundError(f"{workdir / f'bits_{bits}'}: no checkpoint to evaluate")
-    output_dir = workdir / f"bits_{bits}" / "eval"
-    output_dir.mkdir(parents=True, exist_ok=True)
-    metrics = evaluate(config, model, state, data, output_dir)
-    metrics.update(iteration=int(state.iteration), variant=config.variant)
-    if jax.process_index() == 0:
-      (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    results[str(bits)] = {k: v for k, v in metrics.items() if k != "curves"}
+    model, _, _, _, state, _, checkpoints, _ = restore_run(config, data, bits, workdir,
+                                                           read_only=True)
     checkpoints.close()
+    if output_dir is not None:
+      out = pathlib.Path(output_dir) / f"bits_{bits}"
+    else:
+      out = workdir / f"bits_{bits}" / "eval" if _writable(workdir) else None
+    if out is not None and jax.process_index() == 0:
+      out.mkdir(parents=True, exist_ok=True)
+    metrics = evaluate(config, model, state, data, out)
+    metrics.update(iteration=int(state.iteration), variant=config.variant)
+    if out is not None and jax.process_index() == 0:
+      reporting.write_json(out / "metrics.json", metrics)
+    results[str(bits)] = {k: v for k, v in metrics.items() if k != "curves"}
   return results
