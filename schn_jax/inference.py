@@ -225,7 +225,8 @@ def restore_params(config, bits, state_dir, whole=False):
   """SCHN parameters of the TrainState saved in `state_dir`, as NumPy arrays:
   {'visual': ...} only, or with whole=True every part ({'visual', 'semantic',
   'cycle'}). Optimizer moments and database codes are not read."""
-  state_dir = pathlib.Path(state_dir)
+  # Orbax reads absolute paths only.
+  state_dir = pathlib.Path(state_dir).absolute()
   # The handler, not a Checkpointer: it reads the one item without looking for
   # step-level metadata, and restores a subtree (partial_restore).
   handler = ocp.PyTreeCheckpointHandler()

@@ -96,6 +96,10 @@ def encode_to_file(model, image_set, out_path, *, batch_size=256,
   interruption encodes only the shards that are missing.
   """
   out_path = pathlib.Path(out_path)
+  if jax.process_count() > 1:
+    # Every process would write the same shards; one process already uses
+    # all of its machine's devices.
+    raise errors.UserError('encoding to a file runs in a single process.')
   if not out_path.parent.is_dir():
     raise errors.UserError(f'{out_path.parent}: no such folder for --out; '
                            'create it first.')

@@ -56,7 +56,8 @@ _NPROBE = flags.DEFINE_integer('nprobe', None, 'IVF indexes: lists visited.')
 _NFLIP = flags.DEFINE_integer('nflip', None, 'Hash indexes: bits flipped.')
 _EF_SEARCH = flags.DEFINE_integer('ef_search', None, 'HNSW indexes: efSearch.')
 _LOAD_INDEX = flags.DEFINE_string('load_index', None, 'Read this index file '
-                                  'instead of building one.')
+                                  '(of --database) instead of building one; '
+                                  '--index is then not used.')
 _SAVE_INDEX = flags.DEFINE_string('save_index', None, 'Write the index here.')
 _OUT = flags.DEFINE_string('out', '-', 'JSON lines file; - for stdout.')
 _GRID = flags.DEFINE_string('grid', None, 'Also draw the results as a PNG here.')

@@ -1,5 +1,8 @@
 """Image sets to encode (folder, list file, arrays, TFDS) and the generic image_list dataset."""
 
+import importlib.util
+import pathlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -107,3 +110,23 @@ def test_generic_image_list_dataset_reads_the_label_count(tmp_path):
   (tmp_path / 'images.txt').write_text('\n'.join(lines[:3] + ['images/3.png 0 1']) + '\n')
   with pytest.raises(errors.UserError, match=r'images\.txt:4: expected an image path and 4'):
     build_dataset(config, str(tmp_path / 'work3'), seed=0)
+
+
+def test_worked_example_config_opens_its_dataset(tmp_path):
+  """docs/examples/image_list.py (the docs/data.md worked example) on a small list."""
+  path = pathlib.Path(__file__).resolve().parents[1] / 'docs' / 'examples' / 'image_list.py'
+  spec = importlib.util.spec_from_file_location('image_list_example', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  lines = []
+  for i in range(50):
+    write_png(tmp_path / f'{i % 10}' / f'{i}.png', i)
+    lines.append(f'{i % 10}/{i}.png ' + ' '.join('1' if j == i % 10 else '0' for j in range(10)))
+  (tmp_path / 'images.txt').write_text('\n'.join(lines) + '\n')
+  config.data.root = str(tmp_path)
+  config.data.query_per_class = 2
+  data = build_dataset(config.data, str(tmp_path / 'work'), config.seed)
+  assert data.source.num_classes == 10 and len(data.split.query) == 20
+  batch = next(data.batches(data.split.query, 20, train=False))
+  assert batch['image'].shape == (20, 28, 28, 3)

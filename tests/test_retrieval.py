@@ -212,8 +212,10 @@ def test_user_errors_are_one_line_exit_2(run, tmp_path):
     retrieval.search_codes(database, database.codes, index_file=tmp_path / 'i24.faiss')
 
 
-def test_trained_model_refuses_what_it_cannot_restore(run, tmp_path):
+def test_trained_model_refuses_what_it_cannot_restore(run, tmp_path, monkeypatch):
   workdir, _, _ = run
+  monkeypatch.chdir(workdir.parent)
+  assert inference.TrainedModel.from_workdir(workdir.name).step == 1  # a relative path
   with pytest.raises(errors.UserError, match=r'bits_32/checkpoints: no checkpoint of '
                      r'32-bit codes; this run has checkpoints for \[16\]'):
     inference.TrainedModel.from_workdir(workdir, bits=32)
