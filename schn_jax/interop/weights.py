@@ -43,7 +43,7 @@ def read_arrays(path):
   suffix = _suffix(path)
   path = pathlib.Path(path)
   if not path.is_file():
-    raise WeightFileError(f'{path}: no such weight file.')
+    raise errors.DataNotFoundError(f'{path}: no such weight file; check the path.')
   if suffix in ('.pth', '.pt'):
     return torch_io.load_state_dict(path), {}
   if suffix == '.npz':
