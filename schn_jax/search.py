@@ -1,8 +1,7 @@
 """Searches a codes file with query codes or query images; JSON lines and a PNG grid.
 
     python -m schn_jax.search --database=db.npz --queries=q.npz --index=flat --topk=10 --out=results.jsonl
-    python -m schn_jax.search --database=db.npz --query_images=FOLDER --topk=10 \
-        --out=results.jsonl --grid=results.png
+    python -m schn_jax.search --database=db.npz --query_images=FOLDER --out=results.jsonl --grid=results.png
 
 The codes files are written by `python -m schn_jax.encode`. --query_images
 encodes the query images on the fly with the run and code length that encoded
