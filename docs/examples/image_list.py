@@ -1,7 +1,6 @@
 """A dataset of your own in the image-list format: the worked example of docs/data.md.
 
-    python train.py --config=docs/examples/image_list.py \
-        --config.data.root=runs/my_dataset --workdir=runs/my_dataset_run
+    python train.py --config=docs/examples/image_list.py --config.data.root=runs/my_dataset --workdir=runs/my_dataset_run
 
 `data.root` holds `images.txt` (one line per image: its path relative to the
 root, then one 0/1 flag per label; the number of labels is read from the
