@@ -59,7 +59,8 @@ def fail(message):
 
 
 def _config_override_error(error, argv):
-  """The message for an unknown key in a `--config.<key>=value` override.
+  """The message for an unknown key in a `--config.<key>=value` override, or
+  None when `error` is not about a key the user typed.
 
   ml_collections raises a bare AttributeError("'key'") while parsing the
   overrides; name the flag the user typed instead.
@@ -67,28 +68,30 @@ def _config_override_error(error, argv):
   key = str(error).strip('"\'')
   typed = [arg.split('=', 1)[0] for arg in argv[1:]
            if arg.startswith('--') and '.' in arg.split('=', 1)[0]]
-  culprit = next((flag for flag in typed if key in flag.split('.')), None)
-  culprit = culprit or f'--<config>.{key}'
+  culprit = next((flag for flag in typed if key in flag.lstrip('-').split('.')[1:]), None)
+  if culprit is None:
+    return None
   return (f'{culprit}: no such config key {key!r}; check the spelling against '
-          'configs/default.py and the config file (keys are listed in README.md)')
+          'configs/default.py and the config file (data.* keys: docs/data.md)')
 
 
 def parse_flags(argv):
   """absl flags parser that reports every flag mistake as `error: ...`, exit 2.
 
   Covers absl's own flag errors (missing required flags, bad values) and the
-  ones ml_collections raises for `--config.<key>` overrides, which absl would
-  otherwise let through as a traceback.
+  unknown keys ml_collections reports for `--config.<key>` overrides, which
+  absl would otherwise let through as a traceback. Errors raised by the code
+  of a config file keep their traceback.
   """
   try:
     return flags.FLAGS(argv)
   except flags.Error as error:
     fail(f'{error} (see --helpshort)')
   except AttributeError as error:
-    fail(_config_override_error(error, argv))
-  except (TypeError, ValueError, KeyError) as error:
-    # A config file or override value ml_collections could not apply.
-    fail(f'invalid flag value: {error} (see --helpshort)')
+    message = _config_override_error(error, argv)
+    if message is None:
+      raise
+    fail(message)
 
 
 def run(main, interrupted=None):
