@@ -66,9 +66,6 @@ class Checkpoints:
         save_interval_steps=0 if read_only else 1)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
-  def latest(self):
-    return self.manager.latest_step()
-
   def restore(self, abstract_state):
     """(state, metadata) of the newest checkpoint that reads back, or (None, None)
     when there is none; CheckpointError when there are some but none reads."""
