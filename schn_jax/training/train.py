@@ -29,7 +29,8 @@ from schn_jax.training import dcc, losses, parallel
 from schn_jax.training.checkpoint import Checkpoints
 from schn_jax.training import reporting
 from schn_jax.training.reporting import MetricWriter
-from schn_jax.training.state import create_state, make_optimizers
+from schn_jax.training.state import OPTIMIZER_SEMANTICS, create_state, make_optimizers
+from schn_jax.training.losses import positive_ratio
 from schn_jax.training.step import StepConfig, make_step_functions
 
 
@@ -73,6 +74,13 @@ def check_config(config, database_size, train_size):
     problems.append(f"the last batch of each epoch holds config.sample_size % config.batch_size = "
                     f"{config.sample_size % config.batch_size} items, not a multiple of the "
                     f"{devices} devices: change sample_size or batch_size")
+  if config.optimizer_semantics not in OPTIMIZER_SEMANTICS:
+    problems.append(f"config.optimizer_semantics={config.optimizer_semantics!r}: one of "
+                    f"{OPTIMIZER_SEMANTICS} (the reference pins torch 1.8: 'torch18')")
+  if config.dtype not in ("float32", "float64"):
+    problems.append(f"config.dtype={config.dtype!r}: 'float32' or 'float64'")
+  elif config.dtype == "float64" and not jax.config.jax_enable_x64:
+    problems.append("config.dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1")
   if config.parallel not in parallel.KINDS:
     problems.append(f"config.parallel={config.parallel!r}: one of {parallel.KINDS}")
   elif config.parallel == "pmap" and jax.process_count() > 1:
@@ -121,12 +129,6 @@ def check_workdir(config, workdir):
                       "use another --workdir, or that run's settings to resume it")
 
 
-def lr_milestones(config):
-  # The reference decays D/G rates after 0-based iterations 5 and 40 when
-  # max_iter == 50, and 5 and 130 otherwise.
-  return (5, 40) if config.max_iter == 50 else (5, 130)
-
-
 # ---------------------------------------------------------------- model and state
 
 def build(config, bits, image_shape, num_classes, database_size):
@@ -141,10 +143,10 @@ def build(config, bits, image_shape, num_classes, database_size):
   disc_params = {}
   if config.variant == "tomm":
     disc_params = discriminator.init(disc_key, jnp.zeros((batch, bits)), jnp.zeros((batch, bits)))["params"]
-  optimizers = make_optimizers(config.weight_decay, params["cycle"])
-  step_config = StepConfig(config.variant, learning_rate=config.learning_rate, gamma=config.gamma,
-                           lr_milestones=lr_milestones(config))
-  state = create_state(params, disc_params, optimizers, database_size, bits, run_key)
+  optimizers = make_optimizers(config.weight_decay, config.optimizer_semantics, params["cycle"])
+  state = create_state(params, disc_params, optimizers, database_size, bits, run_key,
+                       jnp.dtype(config.dtype))
+  step_config = StepConfig.from_config(config)
   return model, discriminator, optimizers, step_config, state
 
 
@@ -160,7 +162,8 @@ def make_batch_step(model, discriminator, optimizers, step_config, data, mesh, k
                                          axis_name=parallel.DATA_AXIS)
 
   def per_device(state, images, labels, rows, rng):
-    batch = {"images": data.normalize(images), "labels": labels,
+    dtype = state.database_codes.dtype
+    batch = {"images": data.normalize(images, dtype), "labels": labels.astype(dtype),
              "database_codes": state.database_codes[rows]}
     return train_step(state, batch, rng)
 
@@ -207,8 +210,38 @@ def sample_database(config, bits, iteration, database_size, rng):
   return np.sort(np.roll(order, -block * config.sample_size)[:config.sample_size])
 
 
-def run_iteration(config, data, state, batch_step, progress, mesh):
-  """Sample, train max_epoch epochs over the sample, DCC-update its database codes.
+def plan_iteration(config, data, bits, iteration):
+  """(sample, epoch_orders): the sorted database positions of outer iteration
+  `iteration` and, for each epoch, the order (positions in the sample) its batches
+  take, as consecutive chunks of batch_size. mmasia reshuffles every epoch; tomm,
+  like the reference, builds its batches once per outer iteration and reuses them."""
+  rng = np.random.default_rng((config.seed, bits, iteration))
+  pool = training_positions(data.split)
+  sample = np.sort(pool[sample_database(config, bits, iteration, len(pool), rng)])
+  epochs = config.max_epoch if config.variant == "mmasia" else 1
+  orders = np.stack([rng.permutation(len(sample)) for _ in range(epochs)])
+  return sample, np.broadcast_to(orders, (config.max_epoch, len(sample)))
+
+
+def augment_seed(config, bits, iteration, epoch):
+  """The train transform's seed: per epoch for mmasia (it re-augments every epoch),
+  per outer iteration for tomm (the same augmented pixels in every epoch)."""
+  if config.variant == "mmasia":
+    return (config.seed, bits, iteration, epoch)
+  return (config.seed, bits, iteration)
+
+
+def epoch_batches(order, batch_size):
+  """Consecutive chunks of `order`, the last one smaller (torch's drop_last=False)."""
+  return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def run_iteration(config, data, state, batch_step, progress, mesh, plan=None):
+  """Trains max_epoch epochs over the iteration's sample and DCC-updates its database codes.
+
+  `plan` is (sample, epoch_orders) as `plan_iteration` returns; parity checks pass
+  the reference's recorded ones. Returns (state, per-step losses {name: (E, nb)},
+  images seen).
 
   Every process runs this loop with the same sample and order; each loads only
   its own rows of each batch. The database codes stay replicated on every
@@ -217,49 +250,54 @@ def run_iteration(config, data, state, batch_step, progress, mesh):
   gather when the next batches read their rows.
   """
   iteration = int(state.iteration)
+  codes_dtype = state.database_codes.dtype
   bits = state.database_codes.shape[1]
-  rng = np.random.default_rng((config.seed, bits, iteration))
+  sample, epoch_orders = plan if plan is not None else plan_iteration(config, data, bits, iteration)
   database = data.split.database
-  pool = training_positions(data.split)
-  sample = np.sort(pool[sample_database(config, bits, iteration, len(pool), rng)])
   labels = data.labels[database]
-  r = np.float32(losses.positive_ratio(labels[sample], labels))
-  sample_codes = {k: np.zeros((len(sample), bits), np.float32)
+  r = positive_ratio(labels[sample], labels)
+  sample_codes = {k: np.zeros((len(sample), bits), codes_dtype)
                   for k in ("U_image", "U_label", "U_latent")}
   iteration_key = jax.random.fold_in(state.rng, iteration)
-  sums, steps, images_seen = {}, 0, 0
-  for epoch in range(config.max_epoch):
-    order = rng.permutation(len(sample))
-    # Full batches, then the remainder as one smaller batch (torch's drop_last=False).
-    cut = len(order) - len(order) % config.batch_size
-    parts = [(order[:cut], config.batch_size)] + ([(order[cut:], len(order) - cut)] if cut < len(order) else [])
-    for part, batch_size in parts:
-      batches = data.batches(database[sample[part]], batch_size, train=True,
-                             seed=(config.seed, bits, iteration, epoch))
-      for start, batch in zip(range(0, len(part), batch_size), batches):
-        positions = part[start:start + batch_size]
+  step_losses, steps, images_seen = {}, 0, 0
+  for epoch, order in enumerate(epoch_orders):
+    chunks = epoch_batches(np.asarray(order), config.batch_size)
+    seed = augment_seed(config, bits, iteration, epoch)
+    losses_of_epoch = {}
+    # Full batches, then the smaller remainder: one loader call per batch size.
+    for size in sorted({len(c) for c in chunks}, reverse=True):
+      group = [c for c in chunks if len(c) == size]
+      batches = data.batches(database[sample[np.concatenate(group)]], size, train=True, seed=seed)
+      for positions, batch in zip(group, batches):
         rng_step = jax.random.fold_in(iteration_key, steps)
         state, codes, metrics = batch_step(state, batch["image"], batch["label"],
                                            sample[positions], rng_step)
-        metrics = {name: parallel.to_host(value) for name, value in metrics.items()}
         for name, value in metrics.items():
+          value = float(parallel.to_host(value))
           if not np.isfinite(value):
             raise FloatingPointError(
                 f"loss term {name} = {value} at iteration {iteration}, epoch {epoch}, "
                 f"step {steps}; the run stops here and keeps the last good checkpoint")
-          sums[name] = sums.get(name, 0.0) + float(value)
+          losses_of_epoch.setdefault(name, []).append(value)
         for name, value in codes.items():
           sample_codes[name][positions] = parallel.to_host(value)
         steps += 1
         images_seen += len(positions)
         progress.update(1)
-  hyper = {"alpha": np.float32(config.alpha), "beta": np.float32(config.beta),
-           "gamma": np.float32(config.gamma)}
+    for name, values in losses_of_epoch.items():
+      step_losses.setdefault(name, []).append(values)
+  step_losses = {name: np.array(values) for name, values in step_losses.items()}
+  hyper = {k: np.asarray(config[k], codes_dtype) for k in ("alpha", "beta", "gamma")}
   database_codes = _dcc_rows(state.database_codes, *parallel.replicate(
-      (sample.astype(np.int32), labels[sample], r,
+      (sample.astype(np.int32), labels[sample].astype(codes_dtype), np.asarray(r, codes_dtype),
        *(sample_codes[k] for k in ("U_image", "U_label", "U_latent")), hyper), mesh))
   state = state.replace(database_codes=database_codes, iteration=state.iteration + 1)
-  return state, {name: total / steps for name, total in sums.items()}, images_seen
+  return state, step_losses, images_seen
+
+
+def should_evaluate(config, iteration):
+  """After `iteration` completed outer iterations: every eval_iter, and at the end."""
+  return iteration % config.eval_iter == 0 or iteration == config.max_iter
 
 
 def batches_per_iteration(config):
@@ -272,7 +310,8 @@ def batches_per_iteration(config):
 def _encode_batch(model, normalize, params, images):
   # Module and normaliser are static (hashable), so every evaluation of a run
   # reuses one compiled function instead of tracing a fresh closure each time.
-  return jnp.sign(model.apply({"params": params}, normalize(images), method=SCHN.encode_images))
+  dtype = jax.tree_util.tree_leaves(params)[0].dtype
+  return jnp.sign(model.apply({"params": params}, normalize(images, dtype), method=SCHN.encode_images))
 
 
 def encode(model, params, data, indices, batch_size):
@@ -383,7 +422,8 @@ def train_code_length(config, data, bits, workdir, writer):
       disable=jax.process_index() != 0) as progress:
     while int(state.iteration) < config.max_iter:
       started = time.perf_counter()
-      state, losses_mean, images_seen = run_iteration(config, data, state, batch_step, progress, mesh)
+      state, step_losses, images_seen = run_iteration(config, data, state, batch_step, progress, mesh)
+      losses_mean = {name: float(np.mean(values)) for name, values in step_losses.items()}
       seconds = time.perf_counter() - started
       meta["train_seconds"] += seconds
       iteration = int(state.iteration)
@@ -392,7 +432,7 @@ def train_code_length(config, data, bits, workdir, writer):
       # Before evaluating, so that an evaluation that fails loses no training; the
       # copy keeps the history appended below out of the save in flight.
       checkpoints.save(iteration, state, copy.deepcopy(meta), force=iteration == config.max_iter)
-      if iteration % config.eval_iter == 0 or iteration == config.max_iter:
+      if should_evaluate(config, iteration):
         last = iteration == config.max_iter
         result = evaluate(config, model, state, data, directory if last else None)
         final = result if last else None
