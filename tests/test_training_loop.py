@@ -163,6 +163,25 @@ def test_generator_adam_treats_the_unreached_head_as_torch_does(semantics):
   assert moved == (semantics == "torch18")
 
 
+def test_adam_matches_torch_in_float32():
+  """Bias corrections to float32 precision (torch computes them in double): with lr 1,
+  so that a relative error of the step shows, five steps stay within float32 rounding."""
+  rng = np.random.default_rng(1)
+  start = rng.normal(size=2000).astype(np.float32)
+  grads = [rng.normal(size=2000).astype(np.float32) for _ in range(5)]
+  adam = make_optimizers(1e-2, "torch2", {}).cycle
+  ours, opt_state = jnp.asarray(start), adam.init(jnp.asarray(start))
+  for g in grads:
+    ours, opt_state = adam_step(adam, jnp.asarray(g), opt_state, ours, 1.0)
+  param = torch.nn.Parameter(torch.tensor(start))
+  torch_adam = torch.optim.Adam([param], lr=1.0, weight_decay=1e-2)
+  for g in grads:
+    param.grad = torch.tensor(g)
+    torch_adam.step()
+  assert ours.dtype == jnp.float32
+  np.testing.assert_allclose(ours, param.detach().numpy(), rtol=1e-6, atol=1e-6)
+
+
 # ---------------------------------------------------------------- initialisation
 
 def _torch_reference(path, leaf, tree):
