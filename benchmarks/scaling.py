@@ -43,9 +43,12 @@ def measure(variant, backbone, image_size, batch_size, bits, classes, steps, pro
   params = model.init(key, jnp.zeros((2,) + shape), jnp.zeros((2, classes)), jnp.ones((2, 2)))["params"]
   disc_params = (discriminator.init(key, jnp.zeros((2, bits)), jnp.zeros((2, bits)))["params"]
                  if variant == "tomm" else {})
-  optimizers = make_optimizers(1e-5, params["cycle"])
-  _, _, train_step = make_step_functions(model, discriminator, optimizers, StepConfig(variant),
-                                         axis_name=parallel.DATA_AXIS)
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.base_config("fashion_mnist")
+  config.variant = variant
+  optimizers = make_optimizers(config.weight_decay, config.optimizer_semantics, params["cycle"])
+  _, _, train_step = make_step_functions(model, discriminator, optimizers,
+                                         StepConfig.from_config(config), axis_name=parallel.DATA_AXIS)
 
   def per_device(state, images, labels, rows, rng):
     batch = {"images": images, "labels": labels, "database_codes": state.database_codes[rows]}

@@ -45,6 +45,11 @@ def base_config(dataset):
   # under jax.jit, the default: pmap is in maintenance mode in current JAX) or
   # "pmap" (one process only). Both give the same numbers.
   config.parallel = "shard_map"
+  # A training pool stored at the served size that needs no augmentation and takes at
+  # most this many MiB (uint8) stays on device: each iteration is then one program.
+  # Otherwise the host streams chunks of stream_chunk batches (docs/performance.md).
+  config.device_pool_mb = 2048
+  config.stream_chunk = 8
   config.eval_iter = 10                # evaluate every this many outer iterations
   config.checkpoint_every = 1          # outer iterations between checkpoints
   config.seed = 999

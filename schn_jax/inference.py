@@ -12,8 +12,10 @@ learned database codes (the checkpoint is read partially). The parameter
 template comes from `jax.eval_shape` of the model's init, so a config that
 does not match the checkpoint is refused with the leaves that differ.
 
-`encode` is the training loop's (`training.train.encode`): sign(U_image) of
-the dataset-normalised images, batches split over every local device.
+`encode` computes what training evaluates with (`encode_split`, on a dataset's
+split): sign(U_image) of the dataset-normalised images, batches split over
+every local device. `evaluate` is the evaluation of a training state, used at
+the end of training and by `eval.py --workdir`.
 """
 
 import functools
@@ -29,6 +31,9 @@ from flax import traverse_util
 
 from schn_jax import errors
 from schn_jax.data import pipeline
+from schn_jax.evaluation import codes as codes_lib
+from schn_jax.evaluation import metrics as metrics_lib
+from schn_jax.evaluation import plots
 from schn_jax.interop import weights
 from schn_jax.models import SCHN
 from schn_jax.training import parallel
@@ -40,9 +45,54 @@ EXPORT_FORMAT = 'schn_jax.TrainedModel/1'
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _hash_batch(model, num_channels, params, images):
   # Module and channel setting are static (hashable): one compiled function per
-  # model and batch shape, however many batches are encoded.
-  inputs = pipeline.normalize(images, num_channels)
+  # model and batch shape, however many batches are encoded. Computed in the
+  # parameters' dtype (float64 in parity checks).
+  dtype = jax.tree_util.tree_leaves(params)[0].dtype
+  inputs = pipeline.normalize(images, num_channels, dtype)
   return model.apply({'params': params}, inputs, method=SCHN.encode_images)
+
+
+def encode_split(model, params, data, indices, batch_size):
+  """sign(U_image) of a dataset's images at `indices` (test transform), as float32
+  {-1, 0, +1}: what training evaluates with and `eval.py --workdir` re-evaluates.
+
+  Batches are split over every device of every host (each host loads its own
+  rows); the codes are gathered so that every host returns all of them.
+  """
+  mesh = parallel.make_mesh()
+  # Batches are padded, so rounding up to a multiple of the devices only adds padding.
+  batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
+  params = parallel.replicate(params, mesh)
+  out = []
+  for start, batch in zip(range(0, len(indices), batch_size),
+                          data.batches(indices, batch_size, train=False)):
+    n = min(batch_size, len(indices) - start)
+    (images,) = parallel.shard_rows(mesh, batch['image'])
+    hashes = _hash_batch(model, data.config.num_channels, params, images)
+    out.append(np.sign(parallel.to_host(hashes)[:n]).astype(np.float32))
+  return np.concatenate(out)
+
+
+def evaluate(config, model, state, data, output_dir=None):
+  """mAP and curves of a training state: query codes from the visual network;
+  database codes learned (the reference) or encoded (config.eval.database_codes).
+  With `output_dir`, process 0 writes codes.npz and curves.png there."""
+  split = data.split
+  batch = config.eval.batch_size
+  query_codes = encode_split(model, state.params, data, split.query, batch)
+  if config.eval.database_codes == 'learned':
+    database_codes = parallel.to_host(state.database_codes)
+  else:
+    database_codes = encode_split(model, state.params, data, split.database, batch)
+  query_labels, database_labels = data.labels[split.query], data.labels[split.database]
+  metrics = metrics_lib.evaluate_codes(query_codes, database_codes, query_labels, database_labels,
+                                       topk=config.eval.topk, ties=config.eval.ties)
+  metrics['database_codes'] = config.eval.database_codes
+  if output_dir is not None and jax.process_index() == 0:
+    codes_lib.save_codes(output_dir / 'codes.npz', query_codes, database_codes, query_labels,
+                         database_labels)
+    plots.plot_curves(metrics, output_dir / 'curves.png')
+  return metrics
 
 
 class TrainedModel:

@@ -29,7 +29,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from configs import default as default_config
 from schn_jax import data as data_lib
@@ -42,7 +41,8 @@ from schn_jax.interop.layout import GROUP_PREFIX
 from schn_jax.models import SCHN, Discriminator
 from schn_jax.evaluation import metrics as metrics_lib
 from schn_jax.training import dcc, losses, parallel
-from schn_jax.training import train as train_lib
+from schn_jax import inference
+from schn_jax.training import loop
 from schn_jax.training.state import create_state, make_optimizers
 from schn_jax.training.step import StepConfig, make_step_functions
 
@@ -230,8 +230,11 @@ def reference_keyed(variant, params=None, disc_params=None):
 
 
 def deltas(after, before):
-  """new - old per key, as the fixtures take it: a float64 difference of float32 values."""
-  return {k: v.astype(np.float64) - before[k].astype(np.float64) for k, v in after.items()}
+  """new - old per key, as the fixtures take it: a float64 difference of float32 values.
+  Parameters of a float64 run are stored as float32 first, as torch's are: a step of
+  ~4e-5 on a weight near 1 is only kept to float32's 6e-8 there (1.5e-3 of the step)."""
+  as_stored = lambda x: x.astype(np.float32).astype(np.float64)
+  return {k: as_stored(v) - as_stored(before[k]) for k, v in after.items()}
 
 
 def compare_deltas(delta, step):
@@ -347,7 +350,8 @@ def trajectory_data(fixture, arrays, config):
 
 
 def replay(fixture, dtype):
-  """Runs the project's outer loop over the recorded samples and batch orders.
+  """Runs the project's outer loop (`loop.Iteration`, the program train.py runs) over
+  the recorded samples and batch orders.
 
   Yields, per recorded iteration t: (t, state, per-step losses, evaluation or
   None), the evaluation being (query codes, {ties mode: mAP}).
@@ -357,29 +361,25 @@ def replay(fixture, dtype):
   data = trajectory_data(fixture, arrays, config)
   bits, size = config.code_lengths[0], config.data.image_size
   model, params, disc_params = build_model(fixture, bits, data.source.num_classes, size)
-  model, discriminator, optimizers, step_config, _ = train_lib.build(
+  model, discriminator, optimizers, step_config, _ = loop.build(
       config, bits, (size, size, 3), data.source.num_classes, len(data.split.database))
   mesh = parallel.make_mesh()
   state = parallel.replicate(create_state(params, disc_params, optimizers, len(data.split.database),
                                           bits, jax.random.key(config.seed), jnp.dtype(dtype)), mesh)
-  batch_step = train_lib.make_batch_step(model, discriminator, optimizers, step_config, data, mesh,
-                                         config.parallel)
+  iteration = loop.Iteration(config, data, model, discriminator, optimizers, step_config, mesh)
   labels = data.labels
-  with tqdm.tqdm(disable=True) as progress:
-    for t in range(int(fixture.meta["iterations_recorded"])):
-      plan = (arrays["samples"][t], arrays["epoch_orders"][t])
-      state, step_losses, _ = train_lib.run_iteration(config, data, state, batch_step, progress,
-                                                      mesh, plan)
-      evaluation = None
-      if train_lib.should_evaluate(config, t + 1):
-        query_codes = train_lib.encode(model, state.params, data, data.split.query,
-                                       config.eval.batch_size)
-        database_codes = parallel.to_host(state.database_codes)
-        maps = {ties: metrics_lib.evaluate_codes(
-            query_codes, database_codes, labels[data.split.query], labels[data.split.database],
-            topk=-1, ties=ties)["map"] for ties in ("stable", "reference")}
-        evaluation = (query_codes, maps)
-      yield t, state, step_losses, evaluation
+  for t in range(int(fixture.meta["iterations_recorded"])):
+    state, step_losses, _ = iteration(state, plan=(arrays["samples"][t], arrays["epoch_orders"][t]))
+    evaluation = None
+    if loop.should_evaluate(config, t + 1):
+      query_codes = inference.encode_split(model, state.params, data, data.split.query,
+                                           config.eval.batch_size)
+      database_codes = parallel.to_host(state.database_codes)
+      maps = {ties: metrics_lib.evaluate_codes(
+          query_codes, database_codes, labels[data.split.query], labels[data.split.database],
+          topk=-1, ties=ties)["map"] for ties in ("stable", "reference")}
+      evaluation = (query_codes, maps)
+    yield t, state, step_losses, evaluation
 
 
 def relative_error(ours, reference):

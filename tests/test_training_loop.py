@@ -2,8 +2,6 @@
 for everything trained from scratch. Whole-run parity is test_reference_check's
 trajectory test; these isolate each behaviour."""
 
-import types
-
 import flax
 import jax
 import jax.numpy as jnp
@@ -13,8 +11,8 @@ import torch
 
 from configs import default as default_config
 from schn_jax.models import SCHN, Discriminator
-from schn_jax.training import parallel
-from schn_jax.training import train as train_lib
+from schn_jax import data as data_lib
+from schn_jax.training import loop, parallel
 from schn_jax.training.state import adam_step, create_state, make_optimizers
 from schn_jax.training.step import StepConfig, adversarial_learning_rate, make_step_functions
 
@@ -76,56 +74,72 @@ def test_tomm_keeps_the_codes_of_the_second_forward():
 
 # ---------------------------------------------------------------- batches per outer iteration
 
-def _record_batches(variant, max_epoch=3):
-  """run_iteration over a stand-in dataset that records what each epoch loads."""
-  config = _config(variant, sample_size=10, batch_size=4, max_epoch=max_epoch, seed=1)
-  database = np.arange(30)
-  calls = []
-
-  def batches(indices, batch_size, *, train, seed):
-    calls.append((np.asarray(indices).copy(), seed, batch_size))
-    for start in range(0, len(indices), batch_size):
-      rows = len(indices[start:start + batch_size])
-      yield {"image": np.zeros((rows, 2, 2, 1), np.uint8), "label": np.zeros((rows, 3), np.float32)}
-
-  labels = np.eye(3, dtype=np.float32)[database % 3]
-  data = types.SimpleNamespace(split=types.SimpleNamespace(database=database, train=database),
-                               labels=labels, batches=batches)
-  bits = 4
-  state = types.SimpleNamespace(iteration=jnp.asarray(0), database_codes=jnp.zeros((30, bits)),
-                                rng=jax.random.key(0), replace=lambda **kw: kw)
-
-  def batch_step(state, images, labels, rows, rng):
-    codes = {k: jnp.full((len(rows), bits), 0.5) for k in ("U_image", "U_label", "U_latent")}
-    return state, codes, {"loss_cycle": jnp.float32(1.0)}
-
-  mesh = parallel.make_mesh()
-  with train_lib.tqdm.tqdm(disable=True) as progress:
-    _, step_losses, seen = train_lib.run_iteration(config, data, state, batch_step, progress, mesh)
-  per_epoch = len(calls) // max_epoch  # a full-batch call and a remainder call per epoch
-  epochs = [calls[e * per_epoch:(e + 1) * per_epoch] for e in range(max_epoch)]
-  assert step_losses["loss_cycle"].shape == (max_epoch, 3) and seen == 10 * max_epoch
-  return epochs
+@pytest.mark.parametrize("variant", ["tomm", "mmasia"])
+def test_batches_per_epoch_follow_the_variant(variant):
+  """tomm builds one set of batches per outer iteration (order and augmentation seed)
+  and replays it every epoch; mmasia reshuffles and re-augments every epoch."""
+  config = _config(variant, sample_size=10, batch_size=4, max_epoch=3, seed=1)
+  pool = np.arange(30)
+  sample, orders = loop.plan_iteration(config, pool, 16, 0)
+  seeds = [loop.augment_seed(config, 16, 0, epoch) for epoch in range(3)]
+  assert len(sample) == 10 and orders.shape == (3, 10)
+  for order in orders:  # every epoch visits the whole sample once
+    np.testing.assert_array_equal(np.sort(order), np.arange(10))
+  if variant == "tomm":
+    assert all(np.array_equal(orders[0], o) for o in orders) and len(set(seeds)) == 1
+  else:
+    assert not any(np.array_equal(orders[0], o) for o in orders[1:]) and len(set(seeds)) == 3
 
 
-def _same(a, b):
-  return all(np.array_equal(x[0], y[0]) and x[1] == y[1] for x, y in zip(a, b))
+def _tiny_data(config, size=40, classes=4):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (size, 28, 28, 1), dtype=np.uint8)
+  labels = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, size)]
+  source = data_lib.sources.ArraySource("tiny", images, labels)
+  split = data_lib.protocols.Split(query=np.arange(30, 40), database=np.arange(30), train=np.arange(30))
+  return data_lib.RetrievalData(config.data, source, split, data_lib.pipeline.Loader(source, config.data))
 
 
-def test_tomm_reuses_one_set_of_batches_in_every_epoch():
-  epochs = _record_batches("tomm")
-  # Same composition, order and augmentation seed in every epoch.
-  assert _same(epochs[0], epochs[1]) and _same(epochs[0], epochs[2])
-
-
-def test_mmasia_reshuffles_and_reaugments_every_epoch():
-  epochs = _record_batches("mmasia")
-  for a, b in ((epochs[0], epochs[1]), (epochs[1], epochs[2])):
-    assert not any(np.array_equal(x[0], y[0]) for x, y in zip(a, b))
-    assert all(x[1] != y[1] for x, y in zip(a, b))
-  # Each epoch still visits the whole sample once.
-  for epoch in epochs:
-    assert sorted(np.concatenate([c[0] for c in epoch])) == sorted(np.concatenate([c[0] for c in epochs[0]]))
+@pytest.mark.parametrize("variant", ["tomm", "mmasia"])
+def test_streamed_iteration_equals_the_on_device_one(variant):
+  """The two ways images reach the step (docs/performance.md) run the same batches;
+  the streamed one loads, for tomm, the same batches with the same seed every epoch."""
+  config = _config(variant, backbone="small_cnn", sample_size=20, batch_size=8, max_epoch=2,
+                   code_lengths=(8,), stream_chunk=2)
+  config.data.image_size, config.data.num_channels = 28, 1
+  config.data.augment, config.data.test_resize = False, None
+  data = _tiny_data(config)
+  results = {}
+  for device_pool_mb in (2048, 0):
+    config.device_pool_mb = device_pool_mb
+    model, discriminator, optimizers, step_config, state = loop.build(config, 8, (28, 28, 1), 4, 30)
+    mesh = parallel.make_mesh()
+    state = parallel.replicate(state, mesh)
+    iteration = loop.Iteration(config, data, model, discriminator, optimizers, step_config, mesh)
+    assert iteration.on_device == (device_pool_mb > 0)
+    loads = []
+    batches = data.batches
+    data.batches = lambda indices, size, **kw: loads.append((np.array(indices), kw["seed"])) or \
+        batches(indices, size, **kw)
+    try:
+      for _ in range(2):
+        state, step_losses, seen = iteration(state)
+    finally:
+      data.batches = batches
+    assert seen == 40 and step_losses["loss_cycle"].shape == (2, 3)
+    results[device_pool_mb] = (parallel.to_host(state.database_codes), step_losses, loads)
+  (on_device, on_losses, no_loads), (streamed, streamed_losses, loads) = results[2048], results[0]
+  assert not no_loads and np.abs(on_device).sum() > 0
+  np.testing.assert_array_equal(streamed, on_device)
+  for name in on_losses:
+    np.testing.assert_allclose(streamed_losses[name], on_losses[name], rtol=1e-5, err_msg=name)
+  first_iteration = loads[:4]  # 2 epochs x (full batches, the rest)
+  if variant == "tomm":
+    assert all(np.array_equal(a[0], b[0]) and a[1] == b[1]
+               for a, b in zip(first_iteration[:2], first_iteration[2:]))
+  else:
+    assert not np.array_equal(first_iteration[0][0], first_iteration[2][0])
+    assert first_iteration[0][1] != first_iteration[2][1]
 
 
 # ---------------------------------------------------------------- optimizer semantics

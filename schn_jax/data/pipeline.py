@@ -136,6 +136,17 @@ class Loader:
     return (isinstance(images, np.ndarray) and images.shape[1:3] == (size, size)
             and not augmenting and self.config.test_resize in (None, size))
 
+  def stored_images(self, indices, *, augment, max_bytes):
+    """The uint8 images at `indices` exactly as batches would serve them, when they
+    can be taken as stored (see above) and take at most `max_bytes`; else None.
+    Training keeps such a pool on device and gathers its batches there."""
+    if not self._stored_as_served(augment):
+      return None
+    images = self.source.images
+    if len(indices) * images[0].nbytes > max_bytes:
+      return None
+    return images[np.asarray(indices, np.int64)]
+
   def _submit(self, indices, seed, batch_number, positions):
     if self._stored_as_served(seed is not None):
       done = concurrent.futures.Future()

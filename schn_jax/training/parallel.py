@@ -20,6 +20,7 @@ global array, and `replicate` turns values that every process holds equally
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
@@ -72,13 +73,23 @@ def to_host(x):
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def map_step(per_device_step, mesh, num_rows, kind="shard_map"):
-  """Maps per_device_step(state, *rows, rng) -> replicated outputs over `mesh`.
+def shard_batches(mesh, local_batches):
+  """This process's rows of a stack of global batches (k, b, ...) -> a global
+  (k, B, ...) array split over 'data' along axis 1."""
+  local_batches = np.asarray(local_batches)
+  global_shape = (local_batches.shape[0], local_batches.shape[1] * jax.process_count(),
+                  *local_batches.shape[2:])
+  return jax.make_array_from_process_local_data(NamedSharding(mesh, P(None, DATA_AXIS)),
+                                                local_batches, global_shape)
 
-  The `num_rows` arguments after the state are global arrays split along their
-  rows (see `shard_rows`); state and rng are replicated. Returns a function with
-  the same signature; every output is replicated (the step makes them equal on
-  every device), and the state is donated.
+
+def map_replicated(per_device, mesh, kind, num_args, sharded=(), axis=1, donate=()):
+  """Maps per_device(*args) over every device of `mesh`.
+
+  Arguments are replicated global arrays, except those whose positions are in
+  `sharded`: split over the devices along `axis` (0: one global batch, see
+  `shard_rows`; 1: a stack of batches, see `shard_batches`). Every output must be
+  equal on every device (the step makes it so) and is returned replicated.
   """
   if kind == "shard_map":
     # check_vma=False: the step follows the explicit-collective convention
@@ -87,23 +98,33 @@ def map_step(per_device_step, mesh, num_rows, kind="shard_map"):
     # transposing their implicit pvary, and the step's psum would count them
     # n times. The outputs are equal on every device by construction (global
     # batch after the all-gather, psum'd gradients), so P() is exact.
-    specs = (P(),) + (P(DATA_AXIS),) * num_rows + (P(),)
-    return jax.jit(jax.shard_map(per_device_step, mesh=mesh, in_specs=specs,
-                                 out_specs=P(), check_vma=False),
-                   donate_argnums=0)
+    split = P(*([None] * axis), DATA_AXIS)
+    specs = tuple(split if i in sharded else P() for i in range(num_args))
+    return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(),
+                                 check_vma=False), donate_argnums=donate)
   if kind == "pmap":
     if jax.process_count() > 1:
       raise ValueError("config.parallel='pmap' runs on one process; use 'shard_map' on several hosts")
     devices = list(mesh.devices.flat)
-    pmapped = jax.pmap(per_device_step, axis_name=DATA_AXIS, devices=devices,
-                       in_axes=(None,) + (0,) * num_rows + (None,), out_axes=None,
-                       donate_argnums=0)
+    pmapped = jax.pmap(per_device, axis_name=DATA_AXIS, devices=devices,
+                       in_axes=tuple(0 if i in sharded else None for i in range(num_args)),
+                       out_axes=None, donate_argnums=donate)
 
-    def mapped(state, *args):
-      *rows, rng = args
-      # pmap maps a leading device axis: (B, ...) -> (devices, B / devices, ...).
-      rows = [x.reshape((len(devices), -1) + x.shape[1:]) for x in rows]
-      return pmapped(state, *rows, rng)
+    def mapped(*args):
+      # pmap maps a leading device axis: split `axis` into (devices, rows per device)
+      # and bring the devices to the front.
+      def split(x):
+        x = x.reshape(x.shape[:axis] + (len(devices), -1) + x.shape[axis + 1:])
+        return jnp.moveaxis(x, axis, 0)
+      return pmapped(*(split(x) if i in sharded else x for i, x in enumerate(args)))
 
     return mapped
   raise ValueError(f"unknown parallel mapping {kind!r}; choose one of {KINDS}")
+
+
+def map_step(per_device_step, mesh, num_rows, kind="shard_map"):
+  """Maps per_device_step(state, *rows, rng) -> replicated outputs over `mesh`: the
+  `num_rows` arguments after the state are global batches split along their rows
+  (see `shard_rows`); the state is donated."""
+  return map_replicated(per_device_step, mesh, kind, num_args=num_rows + 2,
+                        sharded=tuple(range(1, num_rows + 1)), axis=0, donate=(0,))

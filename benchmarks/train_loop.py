@@ -1,0 +1,137 @@
+"""Images/s of the whole training loop: the former per-batch loop beside the compiled one.
+
+    python -m benchmarks.train_loop                       # Fashion-MNIST, small CNN, both variants
+    python -m benchmarks.train_loop --iterations=3 --sample_size=5120
+
+Both loops train the same model on the same Fashion-MNIST batches (configs/
+fashion_mnist.py, one code length) from the same state, for --iterations outer
+iterations after one warm-up iteration that absorbs compilation:
+
+- per-batch: the loop as it was before the compiled iteration (kept here only as
+  the baseline): for every batch the host gathers the images, puts them on the
+  device, runs the jitted step, and brings the losses (for the NaN check) and the
+  sample's codes back to the host; DCC runs at the end of the iteration;
+- compiled: `training.loop.Iteration`, the loop train.py runs (one program per
+  outer iteration, images gathered on device).
+
+Prints one line per (variant, loop) with images/s and the ratio, and the input
+pipeline alone (host gather of the same batches) for scale. Run it on a quiet
+machine: the figures are wall-clock.
+"""
+
+import argparse
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from configs import fashion_mnist
+from schn_jax import data as data_lib
+from schn_jax.training import loop, parallel
+from schn_jax.training.losses import positive_ratio
+from schn_jax.training.step import make_step_functions
+
+
+def per_batch_iteration(config, data, state, step, mesh, dcc):
+  """The former loop: one dispatch and two host round trips per batch."""
+  pool = loop.training_positions(data.split)
+  iteration = int(state.iteration)
+  bits = state.database_codes.shape[1]
+  sample, orders = loop.plan_iteration(config, pool, bits, iteration)
+  database = data.split.database
+  labels = data.labels[database]
+  codes = {k: np.zeros((len(sample), bits), np.float32) for k in loop.CODE_NAMES}
+  key = jax.random.fold_in(state.rng, iteration)
+  steps = 0
+  for order in orders:
+    for start in range(0, len(order), config.batch_size):
+      positions = order[start:start + config.batch_size]
+      (batch,) = data.batches(database[sample[positions]], len(positions), train=True, seed=0)
+      state, batch_codes, metrics = step(state, batch["image"], batch["label"],
+                                         sample[positions].astype(np.int32),
+                                         jax.random.fold_in(key, steps))
+      for name, value in metrics.items():
+        if not np.isfinite(parallel.to_host(value)):
+          raise FloatingPointError(name)
+      for name, value in batch_codes.items():
+        codes[name][positions] = parallel.to_host(value)
+      steps += 1
+  r = np.float32(positive_ratio(labels[sample], labels))
+  database_codes = dcc(state.database_codes, *parallel.replicate(
+      (sample.astype(np.int32), labels, r, codes,
+       {k: np.float32(config[k]) for k in ("alpha", "beta", "gamma")}), mesh))
+  return state.replace(database_codes=database_codes, iteration=state.iteration + 1)
+
+
+def make_per_batch_step(config, data, pieces, mesh):
+  model, discriminator, optimizers, step_config = pieces
+  _, _, train_step = make_step_functions(model, discriminator, optimizers, step_config,
+                                         axis_name=parallel.DATA_AXIS)
+
+  def per_device(state, images, labels, rows, rng):
+    batch = {"images": data.normalize(images), "labels": labels,
+             "database_codes": state.database_codes[rows]}
+    return train_step(state, batch, rng)
+
+  mapped = parallel.map_step(per_device, mesh, num_rows=3, kind=config.parallel)
+  return lambda state, images, labels, rows, rng: mapped(
+      state, *parallel.shard_rows(mesh, images, labels, rows), parallel.replicate(rng, mesh))
+
+
+def measure(config, data, kind, iterations):
+  bits = config.code_lengths[0]
+  model, discriminator, optimizers, step_config, state = loop.build(
+      config, bits, (28, 28, 1), data.source.num_classes, len(data.split.database))
+  mesh = parallel.make_mesh()
+  state = parallel.replicate(state, mesh)
+  if kind == "compiled":
+    program = loop.Iteration(config, data, model, discriminator, optimizers, step_config, mesh)
+    run = lambda state: program(state)[0]
+  else:
+    step = make_per_batch_step(config, data, (model, discriminator, optimizers, step_config), mesh)
+    dcc = jax.jit(loop._dcc_rows)  # pylint: disable=protected-access
+    run = lambda state: per_batch_iteration(config, data, state, step, mesh, dcc)
+  state = run(state)  # warm-up: compilation
+  jax.block_until_ready(state.database_codes)
+  started = time.perf_counter()
+  for _ in range(iterations):
+    state = run(state)
+  jax.block_until_ready(state.database_codes)
+  return iterations * config.sample_size * config.max_epoch / (time.perf_counter() - started)
+
+
+def input_pipeline(config, data):
+  """Host-side gather of one iteration's batches, without training."""
+  database = data.split.database
+  started = time.perf_counter()
+  for _ in data.batches(database[:config.sample_size], config.batch_size, train=True, seed=0):
+    pass
+  return config.sample_size / (time.perf_counter() - started)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--iterations", type=int, default=2)
+  parser.add_argument("--sample_size", type=int, default=5120)
+  parser.add_argument("--bits", type=int, default=32)
+  parser.add_argument("--variants", default="mmasia,tomm")
+  args = parser.parse_args()
+  config = fashion_mnist.get_config()
+  config.code_lengths = (args.bits,)
+  config.sample_size = args.sample_size
+  data = data_lib.build_dataset(config.data, tempfile.mkdtemp(), config.seed, split_mode="defer")
+  print(f"Fashion-MNIST, small CNN, {args.bits} bits, batch {config.batch_size}, sample "
+        f"{config.sample_size} x {config.max_epoch} epoch(s), {args.iterations} timed iteration(s) "
+        f"after one warm-up, {jax.device_count()} {jax.devices()[0].platform} device(s)")
+  print(f"input pipeline alone (host gather): {input_pipeline(config, data):,.0f} images/s")
+  for variant in args.variants.split(","):
+    config.variant = variant
+    rates = {kind: measure(config, data, kind, args.iterations) for kind in ("per-batch", "compiled")}
+    for kind, rate in rates.items():
+      print(f"{variant:7s} {kind:10s} {rate:8,.0f} images/s")
+    print(f"{variant:7s} compiled / per-batch: {rates['compiled'] / rates['per-batch']:.2f}x")
+
+
+if __name__ == "__main__":
+  main()
