@@ -90,7 +90,7 @@ def measure(config, data, kind, iterations):
     run = lambda state: program(state)[0]
   else:
     step = make_per_batch_step(config, data, (model, discriminator, optimizers, step_config), mesh)
-    dcc = jax.jit(loop._dcc_rows)  # pylint: disable=protected-access
+    dcc = jax.jit(loop.dcc_rows)
     run = lambda state: per_batch_iteration(config, data, state, step, mesh, dcc)
   state = run(state)  # warm-up: compilation
   jax.block_until_ready(state.database_codes)

@@ -38,6 +38,9 @@ def base_config(dataset):
   # iteration) or "cover" (blocks of a database permutation; full coverage of the
   # learned database codes after N / sample_size iterations).
   config.sampling = "uniform"
+  # Database codes before the first iteration: "zeros" (the reference) or
+  # "label_codes" (one seeded random code per label pattern; training/loop.py).
+  config.database_init = "zeros"
   config.max_iter = 50                 # outer iterations
   config.max_epoch = 3                 # epochs over the sample per outer iteration
   config.batch_size = 64               # global batch, split across devices

@@ -13,7 +13,7 @@ the recipe and converted to our parameter tree. Then:
   resolve as in exact arithmetic; the well-conditioned quantities (forward,
   losses, DCC) are checked again with our side in float32.
 - a trajectory fixture (../shared/fixtures/trajectory/): the project's own outer
-  loop (`training.train.run_iteration`, `should_evaluate`, `encode`), with only
+  loop (`training.loop.Iteration`, `should_evaluate`, `inference.encode_split`), with only
   the sample and batch order replaced by the recorded ones, replays the run
   in float64 against the reference's float64 run (codes identical, losses to
   1e-6 relative, mAP to 1e-9) and in float32 against its float32 run, within 3x

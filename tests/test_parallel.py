@@ -104,7 +104,7 @@ def _worker(variant):
   from schn_jax.training import parallel  # pylint: disable=g-import-not-at-top
   from schn_jax.training.state import create_state, make_optimizers  # pylint: disable=g-import-not-at-top
   from schn_jax.training.step import StepConfig, make_step_functions  # pylint: disable=g-import-not-at-top
-  from schn_jax.training.train import _dcc_rows  # pylint: disable=g-import-not-at-top
+  from schn_jax.training.loop import dcc_rows  # pylint: disable=g-import-not-at-top
 
   assert jax.device_count() == 8, jax.devices()
   bits, classes, batch_size, database_size = 16, 10, 64, 200
@@ -146,8 +146,9 @@ def _worker(variant):
   def dcc(database_codes, codes):
     # r = 0: the soft similarity is the plain +-1 one, enough to compare devices.
     hyper = {"alpha": np.float64(2), "beta": np.float64(0.1), "gamma": np.float64(10)}
-    return np.asarray(_dcc_rows(database_codes, rows, labels, np.float64(0), codes["U_image"],
-                                codes["U_label"], codes["U_latent"], hyper))
+    database_labels = np.zeros((database_size, classes))
+    database_labels[rows] = labels
+    return np.asarray(dcc_rows(database_codes, rows, database_labels, np.float64(0), codes, hyper))
 
   single = jax.jit(make_per_device(None))(state, images, labels, rows, rng)
   single_codes = dcc(state.database_codes, single[1])

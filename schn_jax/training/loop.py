@@ -51,6 +51,24 @@ def build(config, bits, image_shape, num_classes, database_size):
   return model, discriminator, optimizers, StepConfig.from_config(config), state
 
 
+DATABASE_INITS = ("zeros", "label_codes")
+
+
+def initial_database_codes(config, labels, bits, dtype):
+  """The (N, c) database codes before the first iteration.
+
+  'zeros' (the reference): a row has no code until it is first sampled, so the
+  hash term gives its pairs no gradient. 'label_codes' (an option of ours): each
+  row starts from sign(labels @ R), R a seeded random {-1, +1} (K, c) matrix: one
+  random code per label pattern (ties to +1), so even the first iteration trains
+  toward codes that separate the labels.
+  """
+  if config.database_init == "zeros":
+    return np.zeros((len(labels), bits), dtype)
+  codebook = np.random.default_rng((config.seed, bits, 2)).choice([-1.0, 1.0], (labels.shape[1], bits))
+  return np.where(labels @ codebook >= 0, 1.0, -1.0).astype(dtype)
+
+
 # ---------------------------------------------------------------- the plan of an iteration
 
 def training_positions(split):
@@ -189,7 +207,7 @@ class Iteration:
     else:
       self._chunk = parallel.map_replicated(self._per_device_chunk, mesh, kind, num_args=8,
                                             sharded=(7,), donate=(0, 1))
-      self._dcc = jax.jit(_dcc_rows)
+      self._dcc = jax.jit(dcc_rows)
 
   # ---- per-device programs
 
@@ -238,7 +256,7 @@ class Iteration:
     (state, buffers), (full, rest) = jax.lax.scan(
         epoch, (state, buffers),
         (full_rows, full_positions, full_steps, rest_rows, rest_positions, rest_steps))
-    state = state.replace(database_codes=_dcc_rows(state.database_codes, sample, labels, r, buffers,
+    state = state.replace(database_codes=dcc_rows(state.database_codes, sample, labels, r, buffers,
                                                    self._dcc_hyper(state)))
     return state, full, rest
 
@@ -309,7 +327,7 @@ class Iteration:
     return state.replace(database_codes=codes), step_losses
 
 
-def _dcc_rows(database_codes, sample, labels, r, buffers, hyper):
+def dcc_rows(database_codes, sample, labels, r, buffers, hyper):
   """DCC on the sampled rows (labels: the whole database's); the (ns, ns) soft
   similarity is built here, inside the program."""
   sample_labels = labels[sample].astype(database_codes.dtype)

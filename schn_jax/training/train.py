@@ -5,11 +5,13 @@ Sections: configuration checks; model and state; one outer iteration
 """
 
 import copy
+import dataclasses
 import json
 import logging
 import os
 import pathlib
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +28,8 @@ from schn_jax.evaluation import plots
 from schn_jax.models import SCHN, VARIANTS, Discriminator
 from schn_jax.training import parallel
 from schn_jax.training.checkpoint import Checkpoints
-from schn_jax.training.loop import (Iteration, batches_per_iteration, build, should_evaluate,
+from schn_jax.training.loop import (DATABASE_INITS, Iteration, batches_per_iteration, build,
+                                    initial_database_codes, should_evaluate,
                                     training_positions)
 from schn_jax.training import reporting
 from schn_jax.training.reporting import MetricWriter
@@ -76,6 +79,9 @@ def check_config(config, database_size, train_size):
   for key in ("max_iter", "max_epoch", "eval_iter", "checkpoint_every"):
     if config[key] <= 0:
       problems.append(f"config.{key}={config[key]} must be positive")
+  if config.database_init not in DATABASE_INITS:
+    problems.append(f"config.database_init={config.database_init!r}: one of {DATABASE_INITS} "
+                    "('zeros' is the reference)")
   if config.sampling not in ("uniform", "cover"):
     problems.append(f"config.sampling={config.sampling!r}: 'uniform' (the reference) or 'cover'")
   if config.eval.database_codes not in ("learned", "encoded"):
@@ -129,10 +135,24 @@ def with_pretrained_backbone(config, state):
                                "visual": {**state.params["visual"], "backbone": backbone}})
 
 
+@dataclasses.dataclass
+class Run:
+  """One code length of a run: its model pieces, its state (replicated over `mesh`),
+  its checkpoints and what they record beside the state (`meta`)."""
+  model: Any
+  discriminator: Any
+  optimizers: Any
+  step_config: Any
+  state: Any
+  mesh: Any
+  checkpoints: Checkpoints
+  meta: dict
+
+
 def restore_run(config, data, bits, workdir, read_only=False):
-  """The model pieces and the state of one code length: from its latest readable
-  checkpoint in workdir/bits_<bits> when there is one, fresh otherwise (with the
-  pretrained backbone, if any: a checkpoint holds trained weights, so resuming and
+  """One code length's Run: from its latest readable checkpoint in
+  workdir/bits_<bits> when there is one, fresh otherwise (with the pretrained
+  backbone, if any: a checkpoint holds trained weights, so resuming and
   evaluating never read the .pth).
 
   read_only: evaluation; nothing is written, and no checkpoint is a CheckpointError.
@@ -154,6 +174,10 @@ def restore_run(config, data, bits, workdir, read_only=False):
   if restored is None and read_only:
     raise errors.CheckpointError(f"{directory / 'checkpoints'}: no checkpoint to evaluate; train "
                                  "this code length first (train.py with this --workdir)")
+  if restored is None:
+    codes = initial_database_codes(config, data.labels[data.split.database], bits,
+                                   state.database_codes.dtype)
+    state = state.replace(database_codes=parallel.replicate(codes, mesh))
   if restored is None and config.pretrained_backbone:
     state = parallel.replicate(with_pretrained_backbone(config, state), mesh)
   if restored is not None:
@@ -166,15 +190,16 @@ def restore_run(config, data, bits, workdir, read_only=False):
                  int(state.iteration))
     if not read_only:
       checkpoints.set_aside_damaged()
-  return model, discriminator, optimizers, step_config, state, mesh, checkpoints, meta
+  return Run(model, discriminator, optimizers, step_config, state, mesh, checkpoints, meta)
 
 
 def train_code_length(config, data, bits, workdir, writer):
   """Trains (or resumes) one code length; returns its final metrics."""
   directory = workdir / f"bits_{bits}"
-  model, discriminator, optimizers, step_config, state, mesh, checkpoints, meta = restore_run(
-      config, data, bits, workdir)
-  iteration_program = Iteration(config, data, model, discriminator, optimizers, step_config, mesh)
+  run = restore_run(config, data, bits, workdir)
+  model, state, checkpoints, meta = run.model, run.state, run.checkpoints, run.meta
+  iteration_program = Iteration(config, data, run.model, run.discriminator, run.optimizers,
+                                run.step_config, run.mesh)
   total = config.max_iter * batches_per_iteration(config)
   final = None
   # Leaving the block waits for the checkpoint being written, also on Ctrl-C or an error.
@@ -280,17 +305,16 @@ def evaluate_workdir(workdir, overrides=None, output_dir=None):
                     "codes.npz, curves.png and metrics.json", workdir)
   results = {}
   for bits in config.code_lengths:
-    model, _, _, _, state, _, checkpoints, _ = restore_run(config, data, bits, workdir,
-                                                           read_only=True)
-    checkpoints.close()
+    run = restore_run(config, data, bits, workdir, read_only=True)
+    run.checkpoints.close()
     if output_dir is not None:
       out = pathlib.Path(output_dir) / f"bits_{bits}"
     else:
       out = workdir / f"bits_{bits}" / "eval" if _writable(workdir) else None
     if out is not None and jax.process_index() == 0:
       out.mkdir(parents=True, exist_ok=True)
-    metrics = inference.evaluate(config, model, state, data, out)
-    metrics.update(iteration=int(state.iteration), variant=config.variant)
+    metrics = inference.evaluate(config, run.model, run.state, data, out)
+    metrics.update(iteration=int(run.state.iteration), variant=config.variant)
     if out is not None and jax.process_index() == 0:
       reporting.write_json(out / "metrics.json", metrics)
     results[str(bits)] = {k: v for k, v in metrics.items() if k != "curves"}
