@@ -11,8 +11,10 @@ iterations after one warm-up iteration that absorbs compilation:
   the baseline): for every batch the host gathers the images, puts them on the
   device, runs the jitted step, and brings the losses (for the NaN check) and the
   sample's codes back to the host; DCC runs at the end of the iteration;
-- compiled: `training.loop.Iteration`, the loop train.py runs (one program per
-  outer iteration, images gathered on device).
+- per_batch / scan: `training.loop.Iteration`, the loop train.py runs, with its
+  two kinds of program (config.loop_programs): a program per batch, dispatched
+  without waiting, or the whole iteration in one program (lax.scan); images are
+  gathered on device and the host syncs once per iteration in both.
 
 Prints one line per (variant, loop) with images/s and the ratio, and the input
 pipeline alone (host gather of the same batches) for scale. Run it on a quiet
@@ -80,12 +82,14 @@ def make_per_batch_step(config, data, pieces, mesh):
 
 
 def measure(config, data, kind, iterations):
+  """Images/s of `kind`: 'old per-batch', or the compiled loop's 'per_batch' or 'scan'."""
   bits = config.code_lengths[0]
   model, discriminator, optimizers, step_config, state = loop.build(
       config, bits, (28, 28, 1), data.source.num_classes, len(data.split.database))
   mesh = parallel.make_mesh()
   state = parallel.replicate(state, mesh)
-  if kind == "compiled":
+  if kind != "old per-batch":
+    config.loop_programs = kind
     program = loop.Iteration(config, data, model, discriminator, optimizers, step_config, mesh)
     run = lambda state: program(state)[0]
   else:
@@ -116,6 +120,7 @@ def main():
   parser.add_argument("--sample_size", type=int, default=5120)
   parser.add_argument("--bits", type=int, default=32)
   parser.add_argument("--variants", default="mmasia,tomm")
+  parser.add_argument("--loops", default="old per-batch,per_batch,scan")
   args = parser.parse_args()
   config = fashion_mnist.get_config()
   config.code_lengths = (args.bits,)
@@ -127,10 +132,11 @@ def main():
   print(f"input pipeline alone (host gather): {input_pipeline(config, data):,.0f} images/s")
   for variant in args.variants.split(","):
     config.variant = variant
-    rates = {kind: measure(config, data, kind, args.iterations) for kind in ("per-batch", "compiled")}
+    rates = {kind: measure(config, data, kind, args.iterations)
+             for kind in args.loops.split(",")}
     for kind, rate in rates.items():
-      print(f"{variant:7s} {kind:10s} {rate:8,.0f} images/s")
-    print(f"{variant:7s} compiled / per-batch: {rates['compiled'] / rates['per-batch']:.2f}x")
+      print(f"{variant:7s} {kind:14s} {rate:8,.0f} images/s  "
+            f"{rate / rates['old per-batch']:.2f}x the old loop")
 
 
 if __name__ == "__main__":

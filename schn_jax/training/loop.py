@@ -13,7 +13,13 @@ Images reach the step in one of two ways:
 - **streamed**: otherwise the host loader decodes (and augments) chunks of
   `config.stream_chunk` batches in its threads while the device trains on the
   previous chunk (dispatch is asynchronous), and DCC runs on the result.
-Both run the same per-batch body, so they give the same numbers.
+
+`config.loop_programs` = "per_batch" runs a program per batch instead of loops
+over batches inside one, still dispatched without waiting and synced once per
+iteration: XLA:CPU runs the step about 6x slower inside a while loop than as
+straight-line code (benchmarks/train_loop.py), so "auto" picks it on CPUs and
+the loops on GPUs and TPUs. All of these run the same per-batch body, so they
+give the same numbers.
 """
 
 import dataclasses
@@ -196,18 +202,25 @@ class Iteration:
     images = data.loader.stored_images(split.database[self.pool], augment=config.data.augment,
                                        max_bytes=config.device_pool_mb * 2**20)
     self.on_device = images is not None
+    self.per_batch = config.loop_programs == "per_batch" or (
+        config.loop_programs == "auto" and jax.default_backend() == "cpu")
     kind = config.parallel
+    self._pool = ()
     if self.on_device:
       # pool_index maps a database position to its row of the uploaded pool.
       pool_index = np.full(len(split.database), -1, np.int32)
       pool_index[self.pool] = np.arange(len(self.pool), dtype=np.int32)
       self._pool = parallel.replicate((images, pool_index), mesh)
+    if self.on_device and not self.per_batch:
       self._program = parallel.map_replicated(self._per_device_iteration, mesh, kind, num_args=13,
                                               donate=(0,))
+    elif self.on_device:
+      self._chunk = parallel.map_replicated(self._per_device_pool_chunk, mesh, kind, num_args=9,
+                                            donate=(0, 1))
     else:
       self._chunk = parallel.map_replicated(self._per_device_chunk, mesh, kind, num_args=8,
                                             sharded=(7,), donate=(0, 1))
-      self._dcc = jax.jit(dcc_rows)
+    self._dcc = jax.jit(dcc_rows)
 
   # ---- per-device programs
 
@@ -234,7 +247,13 @@ class Iteration:
       buffers = {k: buffers[k].at[positions].set(codes[k]) for k in CODE_NAMES}
       return (state, buffers), metrics
 
-    return jax.lax.scan(body, (state, buffers), (rows, positions, steps, images))
+    xs = (rows, positions, steps, images)
+    if self.per_batch:
+      # One batch, no loop: XLA:CPU runs the step several times slower inside a
+      # while loop than as straight-line code.
+      carry, metrics = body((state, buffers), jax.tree_util.tree_map(lambda x: x[0], xs))
+      return carry, jax.tree_util.tree_map(lambda x: x[None], metrics)
+    return jax.lax.scan(body, (state, buffers), xs)
 
   def _per_device_iteration(self, state, pool_images, pool_index, labels, full_rows, full_positions,
                             full_steps, rest_rows, rest_positions, rest_steps, sample, r, key):
@@ -259,6 +278,12 @@ class Iteration:
     state = state.replace(database_codes=dcc_rows(state.database_codes, sample, labels, r, buffers,
                                                    self._dcc_hyper(state)))
     return state, full, rest
+
+  def _per_device_pool_chunk(self, state, buffers, pool_images, pool_index, labels, rows, positions,
+                             steps, key):
+    (state, buffers), metrics = self._run_batches(state, buffers, labels, rows, positions, steps,
+                                                  key, pool=(pool_images, pool_index))
+    return state, buffers, metrics
 
   def _per_device_chunk(self, state, buffers, labels, rows, positions, steps, key, images):
     (state, buffers), metrics = self._run_batches(state, buffers, labels, rows, positions, steps,
@@ -287,19 +312,21 @@ class Iteration:
                    state.database_codes.dtype)
     batches = Batches.of(sample, epoch_orders, config.batch_size)
     key = parallel.replicate(jax.random.fold_in(state.rng, iteration), mesh)
-    if self.on_device:
+    if self.on_device and not self.per_batch:
       state, full, rest = self._program(state, *self._pool, self._labels,
                                         *parallel.replicate(batches.arrays() + (sample, r), mesh), key)
       step_losses = {k: np.concatenate([parallel.to_host(full[k])]
                                        + ([parallel.to_host(rest[k])] if rest else []), axis=1)
                      for k in full}
     else:
-      state, step_losses = self._streamed(state, sample, batches, r, key, iteration)
+      state, step_losses = self._chunked(state, sample, batches, r, key, iteration)
     check_finite(step_losses, iteration)
     return state.replace(iteration=state.iteration + 1), step_losses, batches.full_rows.size + batches.rest_rows.size
 
-  def _streamed(self, state, sample, batches, r, key, iteration):
-    """The host loads each chunk of batches while the device trains on the last one."""
+  def _chunked(self, state, sample, batches, r, key, iteration):
+    """A program per chunk of batches (per batch with per_batch), dispatched without
+    waiting: the host loads the next chunk (when streaming) while the device trains
+    on the last one, and syncs once, on the losses, after DCC."""
     config, mesh = self.config, self.mesh
     bits, dtype = state.database_codes.shape[1], state.database_codes.dtype
     buffers = parallel.replicate({k: np.zeros((len(sample), bits), dtype) for k in CODE_NAMES}, mesh)
@@ -309,15 +336,20 @@ class Iteration:
       outputs = []
       for rows, positions, steps in batches.of_epoch(epoch):
         size = rows.shape[1]
-        loaded = self.data.batches(self.data.split.database[rows.reshape(-1)], size, train=True,
-                                   seed=(*seed, size))
-        for start in range(0, len(rows), config.stream_chunk):
-          chunk = slice(start, start + config.stream_chunk)
-          images = np.stack([next(loaded)["image"] for _ in range(len(rows[chunk]))])
-          state, buffers, metrics = self._chunk(
-              state, buffers, self._labels,
-              *parallel.replicate((rows[chunk], positions[chunk], steps[chunk]), mesh), key,
-              parallel.shard_batches(mesh, images))
+        if not self.on_device:
+          loaded = self.data.batches(self.data.split.database[rows.reshape(-1)], size, train=True,
+                                     seed=(*seed, size))
+        chunk_size = 1 if self.per_batch else config.stream_chunk
+        for start in range(0, len(rows), chunk_size):
+          chunk = slice(start, start + chunk_size)
+          indices = parallel.replicate((rows[chunk], positions[chunk], steps[chunk]), mesh)
+          if self.on_device:
+            state, buffers, metrics = self._chunk(state, buffers, *self._pool, self._labels,
+                                                  *indices, key)
+          else:
+            images = np.stack([next(loaded)["image"] for _ in range(len(rows[chunk]))])
+            state, buffers, metrics = self._chunk(state, buffers, self._labels, *indices, key,
+                                                  parallel.shard_batches(mesh, images))
           outputs.append(metrics)
       per_epoch.append({k: np.concatenate([parallel.to_host(m[k]) for m in outputs])
                         for k in outputs[0]})
