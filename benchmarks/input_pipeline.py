@@ -16,17 +16,13 @@ import pathlib
 import tempfile
 import time
 
-from absl import app
-from absl import flags
 import grain
 import jax
 import numpy as np
+from absl import app, flags
 from PIL import Image
 
-from schn_jax.data import default_data_config
-from schn_jax.data import image_list
-from schn_jax.data import pipeline
-from schn_jax.data import sources
+from schn_jax.data import default_data_config, image_list, pipeline, sources
 
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 1024, 'Images per run.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Global batch size.')

@@ -32,10 +32,17 @@ def measure(variant, backbone, image_size, batch_size, bits, classes, steps, pro
     jax.distributed.initialize(*process)
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from schn_jax.models import SCHN, Discriminator  # pylint: disable=g-import-not-at-top
   from schn_jax.training import parallel  # pylint: disable=g-import-not-at-top
-  from schn_jax.training.state import create_state, make_optimizers  # pylint: disable=g-import-not-at-top
-  from schn_jax.training.step import StepConfig, make_step_functions  # pylint: disable=g-import-not-at-top
+  from schn_jax.training.state import (  # pylint: disable=g-import-not-at-top
+    create_state,
+    make_optimizers,
+  )
+  from schn_jax.training.step import (  # pylint: disable=g-import-not-at-top
+    StepConfig,
+    make_step_functions,
+  )
 
   model, discriminator = SCHN(variant, bits, backbone=backbone), Discriminator()
   key = jax.random.key(0)

@@ -22,8 +22,7 @@ import time
 
 import faiss
 import numpy as np
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from schn_jax.evaluation import search
 

@@ -19,9 +19,7 @@ import logging
 
 from absl import flags
 
-from schn_jax import errors
-from schn_jax import inference
-from schn_jax import retrieval
+from schn_jax import errors, inference, retrieval
 from schn_jax.data import image_sets
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run folder written by train.py.')

@@ -13,8 +13,7 @@ The subclasses also derive from the built-in type callers used to catch
 
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 EXIT_USER_ERROR = 2
 # What a shell reports for a process ended by SIGINT (128 + 2).

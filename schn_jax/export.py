@@ -16,8 +16,7 @@ import logging
 
 from absl import flags
 
-from schn_jax import errors
-from schn_jax import inference
+from schn_jax import errors, inference
 from schn_jax.interop import weights
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run folder written by train.py.')

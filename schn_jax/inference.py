@@ -38,7 +38,6 @@ from schn_jax.interop import weights
 from schn_jax.models import SCHN
 from schn_jax.training import parallel
 
-
 EXPORT_FORMAT = 'schn_jax.TrainedModel/1'
 
 

@@ -32,17 +32,14 @@ import numpy as np
 
 from configs import default as default_config
 from schn_jax import data as data_lib
-from schn_jax import errors
-from schn_jax import interop
-from schn_jax.interop.fixtures import Fixture, FixtureFormatError, find_fixture_dirs
+from schn_jax import errors, inference, interop
+from schn_jax.evaluation import metrics as metrics_lib
 from schn_jax.interop import layout
 from schn_jax.interop.convert import params_to_state_dict
+from schn_jax.interop.fixtures import Fixture, FixtureFormatError, find_fixture_dirs
 from schn_jax.interop.layout import GROUP_PREFIX
 from schn_jax.models import SCHN, Discriminator
-from schn_jax.evaluation import metrics as metrics_lib
-from schn_jax.training import dcc, losses, parallel
-from schn_jax import inference
-from schn_jax.training import loop
+from schn_jax.training import dcc, loop, losses, parallel
 from schn_jax.training.state import create_state, make_optimizers
 from schn_jax.training.step import StepConfig, make_step_functions
 

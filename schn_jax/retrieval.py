@@ -20,11 +20,9 @@ import numpy as np
 import tqdm
 
 from schn_jax import errors
-from schn_jax.data import image_sets
-from schn_jax.data import pipeline
+from schn_jax.data import image_sets, pipeline
 from schn_jax.evaluation import codes as codes_lib
-from schn_jax.evaluation import plots
-from schn_jax.evaluation import search
+from schn_jax.evaluation import plots, search
 
 SHARD_SIZE = 4096
 

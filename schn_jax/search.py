@@ -24,9 +24,7 @@ import sys
 
 from absl import flags
 
-from schn_jax import errors
-from schn_jax import inference
-from schn_jax import retrieval
+from schn_jax import errors, inference, retrieval
 from schn_jax.data import image_sets
 from schn_jax.evaluation import codes as codes_lib
 from schn_jax.evaluation import search as search_lib

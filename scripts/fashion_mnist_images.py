@@ -13,8 +13,7 @@ line per image: `<class>/<number>.png` and ten 0/1 label flags.
 
 import pathlib
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from PIL import Image
 
 from schn_jax.data import sources

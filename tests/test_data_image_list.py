@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from schn_jax.data import build_dataset
-from schn_jax.data import default_data_config
-from schn_jax.data import image_list
+from schn_jax.data import build_dataset, default_data_config, image_list
 
 NUM_CLASSES = 21
 

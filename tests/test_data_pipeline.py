@@ -6,9 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from schn_jax.data import default_data_config
-from schn_jax.data import pipeline
-from schn_jax.data import sources
+from schn_jax.data import default_data_config, pipeline, sources
 
 
 def config(**overrides):
@@ -151,7 +149,7 @@ def test_each_host_gets_its_slice_of_the_global_batch():
       assert pipeline.host_slice(8) == slice(4 * host, 4 * host + 4)
       local = list(pipeline.Loader(source, config()).batches(
           indices, 8, train=True, seed=4))
-    for w, l in zip(whole, local):
+    for w, mine in zip(whole, local):
       # Same augmentation as on one host: rows are keyed by global position.
-      np.testing.assert_array_equal(l['image'], w['image'][4 * host:][:4])
-      np.testing.assert_array_equal(l['label'], w['label'][4 * host:][:4])
+      np.testing.assert_array_equal(mine['image'], w['image'][4 * host:][:4])
+      np.testing.assert_array_equal(mine['label'], w['label'][4 * host:][:4])

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from schn_jax.data import default_data_config
-from schn_jax.data import protocols
+from schn_jax.data import default_data_config, protocols
 
 
 def single_label(per_class, num_classes=10):

@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from schn_jax.data import build_dataset
-from schn_jax.data import default_data_config
-from schn_jax.data import sources
+from schn_jax.data import build_dataset, default_data_config, sources
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

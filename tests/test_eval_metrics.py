@@ -5,8 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from schn_jax.evaluation import hamming
-from schn_jax.evaluation import metrics
+from schn_jax.evaluation import hamming, metrics
 
 FIXTURE_SETS = ('mmasia', 'tomm', 'multilabel/mmasia', 'multilabel/tomm')
 

@@ -8,9 +8,7 @@ import pytest
 from PIL import Image
 
 from schn_jax import errors
-from schn_jax.data import build_dataset
-from schn_jax.data import default_data_config
-from schn_jax.data import image_sets
+from schn_jax.data import build_dataset, default_data_config, image_sets
 
 
 def write_png(path, value, size=(12, 10), mode='L'):

@@ -109,7 +109,7 @@ def randomize(model, seed):
   # any 1e-4 tolerance trivially met; unit-variance weights keep fc7 of order one.
   generator = torch.Generator().manual_seed(seed)
   with torch.no_grad():
-    for name, p in model.named_parameters():
+    for _, p in model.named_parameters():
       std = 1.0 / math.sqrt(p[0].numel()) if p.ndim > 1 else 0.1
       p.copy_(torch.randn(p.shape, generator=generator) * std)
   return model

@@ -100,11 +100,18 @@ def _worker(variant):
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_enable_x64", True)
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from schn_jax.models import SCHN, Discriminator  # pylint: disable=g-import-not-at-top
   from schn_jax.training import parallel  # pylint: disable=g-import-not-at-top
-  from schn_jax.training.state import create_state, make_optimizers  # pylint: disable=g-import-not-at-top
-  from schn_jax.training.step import StepConfig, make_step_functions  # pylint: disable=g-import-not-at-top
   from schn_jax.training.loop import dcc_rows  # pylint: disable=g-import-not-at-top
+  from schn_jax.training.state import (  # pylint: disable=g-import-not-at-top
+    create_state,
+    make_optimizers,
+  )
+  from schn_jax.training.step import (  # pylint: disable=g-import-not-at-top
+    StepConfig,
+    make_step_functions,
+  )
 
   assert jax.device_count() == 8, jax.devices()
   bits, classes, batch_size, database_size = 16, 10, 64, 200

@@ -10,15 +10,10 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from schn_jax import errors
-from schn_jax import inference
-from schn_jax import retrieval
-from schn_jax.data import image_sets
-from schn_jax.data import sources
+from schn_jax import errors, inference, retrieval
+from schn_jax.data import image_sets, sources
 from schn_jax.evaluation import codes as codes_lib
-from schn_jax.evaluation import hamming
-from schn_jax.evaluation import plots
-from schn_jax.evaluation import search
+from schn_jax.evaluation import hamming, plots, search
 from schn_jax.interop import weights
 from schn_jax.training import train
 
@@ -136,7 +131,7 @@ def test_encode_index_and_search_by_image(run, tmp_path):
   # The saved index, loaded, gives the same results.
   reloaded = retrieval.search_codes(database, queries.codes, k=5,
                                     index_file=tmp_path / 'ivf.faiss', nprobe=4)
-  for record, (ids, distances) in zip(ivf, reloaded):
+  for record, (ids, _) in zip(ivf, reloaded):
     assert [n['path'] for n in record['neighbors']] == database.paths[ids].tolist()
 
 

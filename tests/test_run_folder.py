@@ -20,8 +20,7 @@ import pytest
 
 from configs import tiny
 from schn_jax import errors
-from schn_jax.training import checkpoint
-from schn_jax.training import train
+from schn_jax.training import checkpoint, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")

@@ -5,8 +5,7 @@ import pytest
 
 from schn_jax import errors
 from schn_jax.evaluation import codes as codes_lib
-from schn_jax.evaluation import hamming
-from schn_jax.evaluation import search
+from schn_jax.evaluation import hamming, search
 
 
 def random_codes(num, bits, seed):

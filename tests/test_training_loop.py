@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from configs import default as default_config
-from schn_jax.models import SCHN, Discriminator
 from schn_jax import data as data_lib
+from schn_jax.models import SCHN, Discriminator
 from schn_jax.training import loop, parallel
 from schn_jax.training.state import adam_step, create_state, make_optimizers
 from schn_jax.training.step import StepConfig, adversarial_learning_rate, make_step_functions
@@ -140,6 +140,18 @@ def test_streamed_iteration_equals_the_on_device_one(variant):
   else:
     assert not np.array_equal(first_iteration[0][0], first_iteration[2][0])
     assert first_iteration[0][1] != first_iteration[2][1]
+
+
+def test_initial_database_codes():
+  labels = np.eye(4, dtype=np.float32)[[0, 1, 1, 3, 0]]
+  config = _config()
+  np.testing.assert_array_equal(loop.initial_database_codes(config, labels, 16, np.float32), 0.0)
+  config.database_init = "label_codes"
+  codes = loop.initial_database_codes(config, labels, 16, np.float32)
+  assert set(np.unique(codes)) <= {-1.0, 1.0}
+  np.testing.assert_array_equal(codes[1], codes[2])  # the same label, the same code
+  np.testing.assert_array_equal(codes[0], codes[4])
+  assert (codes[0] != codes[1]).any() and (codes[1] != codes[3]).any()
 
 
 # ---------------------------------------------------------------- optimizer semantics

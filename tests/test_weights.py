@@ -7,10 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from schn_jax import errors
-from schn_jax import interop
-from schn_jax.interop import layout
-from schn_jax.interop import weights
+from schn_jax import errors, interop
+from schn_jax.interop import layout, weights
 
 
 def small_tree(seed=0):

@@ -10,10 +10,7 @@ import numpy as np
 
 from schn_jax import errors
 from schn_jax.data import config as config_lib
-from schn_jax.data import image_list
-from schn_jax.data import pipeline
-from schn_jax.data import protocols
-from schn_jax.data import sources
+from schn_jax.data import image_list, pipeline, protocols, sources
 
 
 def open_source(config):

@@ -26,8 +26,7 @@ import numpy as np
 from PIL import Image
 
 from schn_jax import errors
-from schn_jax.data import image_list
-from schn_jax.data import sources
+from schn_jax.data import image_list, sources
 
 IMAGE_SUFFIXES = ('.bmp', '.gif', '.jpeg', '.jpg', '.png', '.ppm', '.tif',
                   '.tiff', '.webp')

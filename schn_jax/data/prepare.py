@@ -28,7 +28,7 @@ def main(argv):
     raise errors.UserError(f'unexpected arguments {argv[1:]}: give every '
                            'setting as --flag=value')
   try:
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+    import tensorflow  # noqa: F401  (only whether it is installed)
   except ImportError:
     raise errors.MissingDependencyError(
         f'preparing TFDS dataset {_DATASET.value!r} needs TensorFlow, which '

@@ -92,10 +92,10 @@ def fashion_mnist_source(root: str | None = None,
   absent, TFDS's prepared `fashion_mnist`.
   """
   root = pathlib.Path(root or FASHION_MNIST_ROOT)
-  paths = [(root / i, root / l) for i, l in FASHION_MNIST_FILES]
-  if all(i.is_file() and l.is_file() for i, l in paths):
-    images = np.concatenate([read_idx(i) for i, _ in paths])[..., None]
-    class_ids = np.concatenate([read_idx(l) for _, l in paths])
+  paths = [(root / images, root / labels) for images, labels in FASHION_MNIST_FILES]
+  if all(images.is_file() and labels.is_file() for images, labels in paths):
+    images = np.concatenate([read_idx(images) for images, _ in paths])[..., None]
+    class_ids = np.concatenate([read_idx(labels) for _, labels in paths])
     return ArraySource('fashion_mnist', images, one_hot(class_ids, 10))
   try:
     source = TfdsSource('fashion_mnist', data_dir=tfds_data_dir)

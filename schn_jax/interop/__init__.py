@@ -4,10 +4,8 @@ only by `torch_io`, and only when a .pth file is read or written."""
 
 import jax
 
-from schn_jax.interop import layout
-from schn_jax.interop import weights
-from schn_jax.interop.convert import (WeightImportError, params_to_state_dict,
-                                      state_dict_to_params)
+from schn_jax.interop import layout, weights
+from schn_jax.interop.convert import WeightImportError, params_to_state_dict, state_dict_to_params
 
 # The ImageNet classifier of a torchvision AlexNet checkpoint: present, never used.
 TORCHVISION_CLASSIFIER = ("classifier.6.",)

@@ -1,7 +1,6 @@
 """Move weights between torch state dicts (numpy arrays by key) and Flax parameter trees."""
 
 import numpy as np
-
 from flax import traverse_util
 
 from schn_jax import errors

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+
 def feature_loss(codes, database_codes, similarity):
   """Returns (hash term, quantisation term) for codes (B,c) against database codes (B,c).
 

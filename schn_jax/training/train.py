@@ -20,21 +20,22 @@ import numpy as np
 import tqdm
 
 from schn_jax import data as data_lib
-from schn_jax import errors
-from schn_jax import inference
-from schn_jax import interop
+from schn_jax import errors, inference, interop
 from schn_jax.evaluation import metrics as metrics_lib
-from schn_jax.evaluation import plots
-from schn_jax.models import SCHN, VARIANTS, Discriminator
-from schn_jax.training import parallel
+from schn_jax.models import VARIANTS
+from schn_jax.training import parallel, reporting
 from schn_jax.training.checkpoint import Checkpoints
-from schn_jax.training.loop import (DATABASE_INITS, Iteration, batches_per_iteration, build,
-                                    initial_database_codes, should_evaluate,
-                                    training_positions)
-from schn_jax.training import reporting
+from schn_jax.training.loop import (
+  DATABASE_INITS,
+  Iteration,
+  batches_per_iteration,
+  build,
+  initial_database_codes,
+  should_evaluate,
+  training_positions,
+)
 from schn_jax.training.reporting import MetricWriter
 from schn_jax.training.state import OPTIMIZER_SEMANTICS
-
 
 ConfigError = errors.ConfigError
 
