@@ -21,14 +21,19 @@ from ml_collections import config_flags
 from schn_jax import errors
 from schn_jax.training.train import train_and_evaluate
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Path to a configs/*.py file.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and metrics go.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Join a multi-process run; the coordinator, process count and id come "
-    "from the flags below, or from the environment where they are absent (TPU pods, SLURM, MPI).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0; implies --distributed.")
+  "distributed",
+  False,
+  "Join a multi-process run; the coordinator, process count and id come "
+  "from the flags below, or from the environment where they are absent (TPU pods, SLURM, MPI).",
+)
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "host:port of process 0; implies --distributed."
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -46,8 +51,9 @@ def main(argv):
   try:
     config.get("variant")  # ml_collections reports a config file it could not load on first use
   except OSError as error:
-    raise errors.UserError(f"--config: cannot load the config file: "
-                           f"{str(error).splitlines()[-1].strip()}") from None
+    raise errors.UserError(
+      f"--config: cannot load the config file: {str(error).splitlines()[-1].strip()}"
+    ) from None
   if _DISTRIBUTED.value or _COORDINATOR.value:
     # Before any other JAX call: it decides which devices this process sees.
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -55,5 +61,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  errors.run(main, interrupted="the last finished iteration's checkpoint is kept; "
-             "run the same command again to resume")
+  errors.run(
+    main,
+    interrupted="the last finished iteration's checkpoint is kept; "
+    "run the same command again to resume",
+  )

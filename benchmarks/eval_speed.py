@@ -29,11 +29,9 @@ def clustered_set(num_queries, num_database, bits, classes, seed=0):
   rng = np.random.default_rng(seed)
   labels = rng.integers(0, classes, num_queries + num_database)
   centers = np.where(rng.random((classes, bits)) < 0.5, -1, 1)
-  codes = (centers[labels] * np.where(
-      rng.random((len(labels), bits)) < 0.2, -1, 1)).astype(np.int8)
+  codes = (centers[labels] * np.where(rng.random((len(labels), bits)) < 0.2, -1, 1)).astype(np.int8)
   onehot = np.eye(classes, dtype=np.uint8)[labels]
-  return (codes[:num_queries], codes[num_queries:], onehot[:num_queries],
-          onehot[num_queries:])
+  return (codes[:num_queries], codes[num_queries:], onehot[:num_queries], onehot[num_queries:])
 
 
 def numpy_map(query_codes, database_codes, query_labels, database_labels):
@@ -42,7 +40,7 @@ def numpy_map(query_codes, database_codes, query_labels, database_labels):
   database = database_codes.astype(np.float32)
   total = 0.0
   for code, labels in zip(query_codes.astype(np.float32), query_labels):
-    relevant = (database_labels @ labels > 0)
+    relevant = database_labels @ labels > 0
     order = np.argsort(0.5 * (bits - database @ code))
     hits = np.nonzero(relevant[order])[0] + 1.0
     if len(hits):
@@ -56,26 +54,28 @@ def measure(task, num_queries):
     # Numba reads this at import, which has not happened in this process.
     with tempfile.TemporaryDirectory() as cache:
       os.environ['NUMBA_CACHE_DIR'] = cache
-      return measure(task[:-len('_uncached')], num_queries)
+      return measure(task[: -len('_uncached')], num_queries)
   if task.startswith('map'):
     arrays = clustered_set(num_queries, 59_000, 32, 10)
   else:
     rng = np.random.default_rng(1)
-    database = np.where(rng.random((1_000_000, 64)) < 0.5, -1, 1).astype(
-        np.int8)
+    database = np.where(rng.random((1_000_000, 64)) < 0.5, -1, 1).astype(np.int8)
     arrays = (database[rng.integers(0, len(database), num_queries)], database)
   setup_rss = psutil.Process().memory_info().rss / 2**20
   if task == 'map_numpy':
     run = lambda: numpy_map(*arrays)
   elif task.startswith('map_'):
     from schn_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
-    ties = task[len('map_'):]
+
+    ties = task[len('map_') :]
     run = lambda: metrics.evaluate_codes(*arrays, ties=ties)['map']
   elif task == 'topk_ours':
     from schn_jax.evaluation import hamming  # pylint: disable=g-import-not-at-top
+
     run = lambda: hamming.hamming_topk(*arrays, 100)[1].mean()
   else:
     from schn_jax.evaluation import search  # pylint: disable=g-import-not-at-top
+
     index = search.build_index(arrays[1])
     run = lambda: np.mean([d.mean() for _, d in search.knn(index, arrays[0], 100)])
   times = []
@@ -95,26 +95,34 @@ def main():
   context = multiprocessing.get_context('spawn')
   print(f'{psutil.cpu_count()} CPUs, load average {psutil.getloadavg()}')
   sections = [
-      ('(1) mAP@all, 59,000 x 32-bit database', int(1000 * args.scale),
-       ['map_numpy', 'map_stable', 'map_reference', 'map_tie_aware',
-        'map_stable_uncached']),
-      ('(2) top-100, 1,000,000 x 64-bit database', int(10_000 * args.scale),
-       ['topk_faiss', 'topk_ours']),
+    (
+      '(1) mAP@all, 59,000 x 32-bit database',
+      int(1000 * args.scale),
+      ['map_numpy', 'map_stable', 'map_reference', 'map_tie_aware', 'map_stable_uncached'],
+    ),
+    (
+      '(2) top-100, 1,000,000 x 64-bit database',
+      int(10_000 * args.scale),
+      ['topk_faiss', 'topk_ours'],
+    ),
   ]
   for title, num_queries, tasks in sections:
     if args.part != 'all' and not tasks[0].startswith(args.part):
       continue
     print(f'\n{title}, {num_queries} queries')
-    print(f'{"method":20s} {"value":>10s} {"first s":>9s} {"second s":>9s} '
-          f'{"peak RSS MiB":>13s} {"setup RSS":>10s} {"speed-up":>9s}')
+    print(
+      f'{"method":20s} {"value":>10s} {"first s":>9s} {"second s":>9s} '
+      f'{"peak RSS MiB":>13s} {"setup RSS":>10s} {"speed-up":>9s}'
+    )
     baseline = None
     for task in tasks:
       with context.Pool(1) as pool:
-        value, first, second, peak, setup = pool.apply(measure,
-                                                       (task, num_queries))
+        value, first, second, peak, setup = pool.apply(measure, (task, num_queries))
       baseline = baseline or second
-      print(f'{task:20s} {value:10.6f} {first:9.3f} {second:9.3f} '
-            f'{peak:13.0f} {setup:10.0f} {baseline / second:8.1f}x')
+      print(
+        f'{task:20s} {value:10.6f} {first:9.3f} {second:9.3f} '
+        f'{peak:13.0f} {setup:10.0f} {baseline / second:8.1f}x'
+      )
 
 
 if __name__ == '__main__':

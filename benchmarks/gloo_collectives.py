@@ -43,13 +43,18 @@ def child(coordinator, process_id, megabytes):
   def program(first):
     def per_device(big, x):
       n = jax.lax.axis_size("data")
-      small = {"all_gather": lambda: jax.lax.all_gather(x, "data", tiled=True),
-               "psum": lambda: jax.lax.psum(x, "data"),
-               "psum_scatter": lambda: jax.lax.psum_scatter(jax.numpy.tile(x, (n, 1)), "data",
-                                                            tiled=True)}[first]()
+      small = {
+        "all_gather": lambda: jax.lax.all_gather(x, "data", tiled=True),
+        "psum": lambda: jax.lax.psum(x, "data"),
+        "psum_scatter": lambda: jax.lax.psum_scatter(jax.numpy.tile(x, (n, 1)), "data", tiled=True),
+      }[first]()
       return jax.lax.psum(big * small.sum(), "data")
-    return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("data")), out_specs=P(),
-                                 check_vma=False))
+
+    return jax.jit(
+      jax.shard_map(
+        per_device, mesh=mesh, in_specs=(P(), P("data")), out_specs=P(), check_vma=False
+      )
+    )
 
   for first in PROGRAMS:
     step = program(first)
@@ -75,12 +80,24 @@ def main():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     coordinator = f"127.0.0.1:{s.getsockname()[1]}"
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={args.devices_per_process}")
-  print(f"2 processes x {args.devices_per_process} devices, psum of {args.megabytes} MB", flush=True)
-  children = [subprocess.Popen([sys.executable, __file__, f"--megabytes={args.megabytes}",
-                                "--child", coordinator, str(i)], env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for i in range(2)]
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={args.devices_per_process}",
+  )
+  print(
+    f"2 processes x {args.devices_per_process} devices, psum of {args.megabytes} MB", flush=True
+  )
+  children = [
+    subprocess.Popen(
+      [sys.executable, __file__, f"--megabytes={args.megabytes}", "--child", coordinator, str(i)],
+      env=env,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.DEVNULL,
+    )
+    for i in range(2)
+  ]
   outputs = [c.communicate()[0] for c in children]
   for i, c in enumerate(children):
     if c.returncode:

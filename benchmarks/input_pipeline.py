@@ -36,11 +36,9 @@ def write_jpegs(root: pathlib.Path, count: int) -> None:
     width, height = (320, 256) if i % 2 else (400, 300)
     y, x = np.mgrid[:height, :width] / max(width, height)
     phase = rng.uniform(0, 6, 3)
-    pixels = np.stack([np.sin(7 * x + 5 * y * c + p)
-                       for c, p in zip((1, 2, 3), phase)], -1)
+    pixels = np.stack([np.sin(7 * x + 5 * y * c + p) for c, p in zip((1, 2, 3), phase)], -1)
     pixels = 127 * (pixels + 1) + rng.normal(0, 8, pixels.shape)
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
-        root / f'{i}.jpg', quality=90)
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / f'{i}.jpg', quality=90)
     lines.append(f'{i}.jpg 1 0')
   (root / 'images.txt').write_text('\n'.join(lines) + '\n')
 
@@ -68,13 +66,14 @@ class _Transform(grain.transforms.Map):
 
 
 def grain_rate(source, config, indices, batch_size, num_workers):
-  dataset = (grain.MapDataset.source(list(enumerate(indices)))
-             .map(_Transform(source, config))
-             .batch(batch_size)
-             .to_iter_dataset())
+  dataset = (
+    grain.MapDataset.source(list(enumerate(indices)))
+    .map(_Transform(source, config))
+    .batch(batch_size)
+    .to_iter_dataset()
+  )
   if num_workers:
-    dataset = dataset.mp_prefetch(
-        grain.MultiprocessingOptions(num_workers=num_workers))
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   # Start-up counts: the trainer opens a new iterator for every database
   # sample (every outer iteration).
   start = time.perf_counter()
@@ -88,21 +87,22 @@ def main(argv):
   config = default_data_config('nuswide')
   indices = np.random.default_rng(0).permutation(num_images)
   print(f'{os.cpu_count()} CPUs, JAX devices: {jax.devices()}')
-  print(f'train mode, {config.image_size}x{config.image_size}, batch '
-        f'{batch_size}, {num_images} images per run (images/s):')
+  print(
+    f'train mode, {config.image_size}x{config.image_size}, batch '
+    f'{batch_size}, {num_images} images per run (images/s):'
+  )
   with tempfile.TemporaryDirectory() as tmp:
     write_jpegs(pathlib.Path(tmp), num_images)
-    jpegs = image_list.ImageListSource('bench', tmp, ['images.txt'], 2,
-                                       unlabeled='fail')
+    jpegs = image_list.ImageListSource('bench', tmp, ['images.txt'], 2, unlabeled='fail')
     rng = np.random.default_rng(0)
     arrays = {
-        'arrays 256x256x3': rng.integers(0, 256, (num_images, 256, 256, 3)),
-        'arrays 32x32x3': rng.integers(0, 256, (num_images, 32, 32, 3)),
+      'arrays 256x256x3': rng.integers(0, 256, (num_images, 256, 256, 3)),
+      'arrays 32x32x3': rng.integers(0, 256, (num_images, 32, 32, 3)),
     }
     runs = [('JPEG files', jpegs)] + [
-        (name, sources.ArraySource(name, a.astype(np.uint8),
-                                   jpegs.labels))
-        for name, a in arrays.items()]
+      (name, sources.ArraySource(name, a.astype(np.uint8), jpegs.labels))
+      for name, a in arrays.items()
+    ]
     for name, source in runs:
       for workers in (1, 2, 4):
         config.num_workers = workers
@@ -113,8 +113,7 @@ def main(argv):
         print(f'  {name:18s} grain workers={workers}: {rate:8.0f}')
 
   normalize = jax.jit(pipeline.normalize)
-  batch = np.zeros((batch_size, config.image_size, config.image_size, 3),
-                   np.uint8)
+  batch = np.zeros((batch_size, config.image_size, config.image_size, 3), np.uint8)
   normalize(batch).block_until_ready()
   start, repeats = time.perf_counter(), 20
   for _ in range(repeats):

@@ -33,11 +33,11 @@ _K = 10
 
 # (description, [search-time settings]) measured in this order.
 INDEXES = (
-    ('flat', [{}]),
-    ('BHash16', [{'nflip': 0}, {'nflip': 2}, {'nflip': 4}]),
-    ('BHash4x16', [{'nflip': 0}, {'nflip': 1}, {'nflip': 2}]),
-    ('BIVF1024', [{'nprobe': 1}, {'nprobe': 16}, {'nprobe': 64}]),
-    ('BHNSW32', [{'ef_search': 16}, {'ef_search': 64}, {'ef_search': 256}]),
+  ('flat', [{}]),
+  ('BHash16', [{'nflip': 0}, {'nflip': 2}, {'nflip': 4}]),
+  ('BHash4x16', [{'nflip': 0}, {'nflip': 1}, {'nflip': 2}]),
+  ('BIVF1024', [{'nprobe': 1}, {'nprobe': 16}, {'nprobe': 64}]),
+  ('BHNSW32', [{'ef_search': 16}, {'ef_search': 64}, {'ef_search': 256}]),
 )
 
 
@@ -47,11 +47,10 @@ def random_codes(rng, num, bits):
 
 def recalls(results, exact_ids, exact_distances):
   id_recall, distance_recall = [], []
-  for (ids, distances), true_ids, true_distances in zip(results, exact_ids,
-                                                        exact_distances):
+  for (ids, distances), true_ids, true_distances in zip(results, exact_ids, exact_distances):
     id_recall.append(len(set(ids.tolist()) & set(true_ids.tolist())) / _K)
     padded = np.full(_K, -1)
-    padded[:len(distances)] = distances
+    padded[: len(distances)] = distances
     distance_recall.append(np.mean(padded == true_distances))
   return float(np.mean(id_recall)), float(np.mean(distance_recall))
 
@@ -61,12 +60,13 @@ def main(argv):
   rng = np.random.default_rng(0)
   database = random_codes(rng, _NUM_DATABASE.value, _BITS.value)
   queries = random_codes(rng, _NUM_QUERIES.value, _BITS.value)
-  print(f'{_NUM_DATABASE.value:,} database x {_NUM_QUERIES.value:,} queries, '
-        f'{_BITS.value}-bit random codes, k={_K}; {os.cpu_count()} CPUs, FAISS '
-        f'{faiss.__version__} with {faiss.omp_get_max_threads()} threads, load '
-        f'average {os.getloadavg()[0]:.1f}')
-  print(f'| index | setting | build s | queries/s | recall@{_K} | '
-        f'dist-recall@{_K} |')
+  print(
+    f'{_NUM_DATABASE.value:,} database x {_NUM_QUERIES.value:,} queries, '
+    f'{_BITS.value}-bit random codes, k={_K}; {os.cpu_count()} CPUs, FAISS '
+    f'{faiss.__version__} with {faiss.omp_get_max_threads()} threads, load '
+    f'average {os.getloadavg()[0]:.1f}'
+  )
+  print(f'| index | setting | build s | queries/s | recall@{_K} | dist-recall@{_K} |')
   print('|---|---|---|---|---|---|')
   exact = None
   for description, settings in INDEXES:
@@ -80,13 +80,18 @@ def main(argv):
       results = search.knn(index, queries, _K)
       seconds = time.perf_counter() - started
       if exact is None:
-        exact = (np.stack([ids for ids, _ in results]),
-                 np.stack([distances for _, distances in results]))
+        exact = (
+          np.stack([ids for ids, _ in results]),
+          np.stack([distances for _, distances in results]),
+        )
       id_recall, distance_recall = recalls(results, *exact)
       name = ', '.join(f'{k}={v}' for k, v in setting.items()) or '-'
-      print(f'| {description} | {name} | {build_seconds:.1f} | '
-            f'{len(queries) / seconds:,.0f} | {id_recall:.3f} | '
-            f'{distance_recall:.3f} |', flush=True)
+      print(
+        f'| {description} | {name} | {build_seconds:.1f} | '
+        f'{len(queries) / seconds:,.0f} | {id_recall:.3f} | '
+        f'{distance_recall:.3f} |',
+        flush=True,
+      )
     del index
 
 

@@ -48,11 +48,15 @@ def per_batch_iteration(config, data, state, step, mesh, dcc):
   steps = 0
   for order in orders:
     for start in range(0, len(order), config.batch_size):
-      positions = order[start:start + config.batch_size]
+      positions = order[start : start + config.batch_size]
       (batch,) = data.batches(database[sample[positions]], len(positions), train=True, seed=0)
-      state, batch_codes, metrics = step(state, batch["image"], batch["label"],
-                                         sample[positions].astype(np.int32),
-                                         jax.random.fold_in(key, steps))
+      state, batch_codes, metrics = step(
+        state,
+        batch["image"],
+        batch["label"],
+        sample[positions].astype(np.int32),
+        jax.random.fold_in(key, steps),
+      )
       for name, value in metrics.items():
         if not np.isfinite(parallel.to_host(value)):
           raise FloatingPointError(name)
@@ -60,32 +64,48 @@ def per_batch_iteration(config, data, state, step, mesh, dcc):
         codes[name][positions] = parallel.to_host(value)
       steps += 1
   r = np.float32(positive_ratio(labels[sample], labels))
-  database_codes = dcc(state.database_codes, *parallel.replicate(
-      (sample.astype(np.int32), labels, r, codes,
-       {k: np.float32(config[k]) for k in ("alpha", "beta", "gamma")}), mesh))
+  database_codes = dcc(
+    state.database_codes,
+    *parallel.replicate(
+      (
+        sample.astype(np.int32),
+        labels,
+        r,
+        codes,
+        {k: np.float32(config[k]) for k in ("alpha", "beta", "gamma")},
+      ),
+      mesh,
+    ),
+  )
   return state.replace(database_codes=database_codes, iteration=state.iteration + 1)
 
 
 def make_per_batch_step(config, data, pieces, mesh):
   model, discriminator, optimizers, step_config = pieces
-  _, _, train_step = make_step_functions(model, discriminator, optimizers, step_config,
-                                         axis_name=parallel.DATA_AXIS)
+  _, _, train_step = make_step_functions(
+    model, discriminator, optimizers, step_config, axis_name=parallel.DATA_AXIS
+  )
 
   def per_device(state, images, labels, rows, rng):
-    batch = {"images": data.normalize(images), "labels": labels,
-             "database_codes": state.database_codes[rows]}
+    batch = {
+      "images": data.normalize(images),
+      "labels": labels,
+      "database_codes": state.database_codes[rows],
+    }
     return train_step(state, batch, rng)
 
   mapped = parallel.map_step(per_device, mesh, num_rows=3, kind=config.parallel)
   return lambda state, images, labels, rows, rng: mapped(
-      state, *parallel.shard_rows(mesh, images, labels, rows), parallel.replicate(rng, mesh))
+    state, *parallel.shard_rows(mesh, images, labels, rows), parallel.replicate(rng, mesh)
+  )
 
 
 def measure(config, data, kind, iterations):
   """Images/s of `kind`: 'old per-batch', or the compiled loop's 'per_batch' or 'scan'."""
   bits = config.code_lengths[0]
   model, discriminator, optimizers, step_config, state = loop.build(
-      config, bits, (28, 28, 1), data.source.num_classes, len(data.split.database))
+    config, bits, (28, 28, 1), data.source.num_classes, len(data.split.database)
+  )
   mesh = parallel.make_mesh()
   state = parallel.replicate(state, mesh)
   if kind != "old per-batch":
@@ -109,7 +129,7 @@ def input_pipeline(config, data):
   """Host-side gather of one iteration's batches, without training."""
   database = data.split.database
   started = time.perf_counter()
-  for _ in data.batches(database[:config.sample_size], config.batch_size, train=True, seed=0):
+  for _ in data.batches(database[: config.sample_size], config.batch_size, train=True, seed=0):
     pass
   return config.sample_size / (time.perf_counter() - started)
 
@@ -126,17 +146,20 @@ def main():
   config.code_lengths = (args.bits,)
   config.sample_size = args.sample_size
   data = data_lib.build_dataset(config.data, tempfile.mkdtemp(), config.seed, split_mode="defer")
-  print(f"Fashion-MNIST, small CNN, {args.bits} bits, batch {config.batch_size}, sample "
-        f"{config.sample_size} x {config.max_epoch} epoch(s), {args.iterations} timed iteration(s) "
-        f"after one warm-up, {jax.device_count()} {jax.devices()[0].platform} device(s)")
+  print(
+    f"Fashion-MNIST, small CNN, {args.bits} bits, batch {config.batch_size}, sample "
+    f"{config.sample_size} x {config.max_epoch} epoch(s), {args.iterations} timed iteration(s) "
+    f"after one warm-up, {jax.device_count()} {jax.devices()[0].platform} device(s)"
+  )
   print(f"input pipeline alone (host gather): {input_pipeline(config, data):,.0f} images/s")
   for variant in args.variants.split(","):
     config.variant = variant
-    rates = {kind: measure(config, data, kind, args.iterations)
-             for kind in args.loops.split(",")}
+    rates = {kind: measure(config, data, kind, args.iterations) for kind in args.loops.split(",")}
     for kind, rate in rates.items():
-      print(f"{variant:7s} {kind:14s} {rate:8,.0f} images/s  "
-            f"{rate / rates['old per-batch']:.2f}x the old loop")
+      print(
+        f"{variant:7s} {kind:14s} {rate:8,.0f} images/s  "
+        f"{rate / rates['old per-batch']:.2f}x the old loop"
+      )
 
 
 if __name__ == "__main__":

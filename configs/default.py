@@ -11,29 +11,30 @@ from schn_jax.data import default_data_config
 
 def base_config(dataset):
   config = ml_collections.ConfigDict()
-  config.variant = "tomm"              # "mmasia" (no discriminator) or "tomm"
+  config.variant = "tomm"  # "mmasia" (no discriminator) or "tomm"
   config.code_lengths = (12, 24, 32, 48)
-  config.backbone = "alexnet"          # "alexnet" or "small_cnn"
+  config.backbone = "alexnet"  # "alexnet" or "small_cnn"
   # A torchvision AlexNet state dict (alexnet-owt-*.pth) to start the backbone from.
   config.pretrained_backbone = config_dict.placeholder(str)
   config.dropout_rate = 0.5
-  config.learning_rate = 4e-5          # all three Adam optimizers
-  config.weight_decay = 1e-5           # L2 added to the gradient, as torch's Adam
+  config.learning_rate = 4e-5  # all three Adam optimizers
+  config.weight_decay = 1e-5  # L2 added to the gradient, as torch's Adam
   # TOMM: the D and G rates are divided by `factor` at the end of the listed 0-based
   # outer iterations; the cycle rate never changes. The reference's rule: (5, 40)
   # when max_iter == 50, (130,) for any other max_iter.
-  config.adversarial_lr_decay = ml_collections.ConfigDict(dict(
-      factor=5.0, milestones_if_max_iter_50=(5, 40), milestones=(130,)))
+  config.adversarial_lr_decay = ml_collections.ConfigDict(
+    dict(factor=5.0, milestones_if_max_iter_50=(5, 40), milestones=(130,))
+  )
   # What the G step does to a cycle parameter its loss does not reach (the latent
   # hash head): "torch18" (the version the reference pins: zero_grad() leaves zero
   # gradients, so Adam still steps it with weight decay alone) or "torch2"
   # (gradients set to None: Adam skips it).
   config.optimizer_semantics = "torch18"
-  config.dtype = "float32"             # "float64" (parity checks) needs jax_enable_x64
-  config.alpha = 2.0                   # DCC weight of U_label
-  config.beta = 0.1                    # DCC weight of U_latent
-  config.gamma = 10.0                  # quantisation weight (loss and DCC)
-  config.sample_size = 5000            # ns: database points sampled per outer iteration
+  config.dtype = "float32"  # "float64" (parity checks) needs jax_enable_x64
+  config.alpha = 2.0  # DCC weight of U_label
+  config.beta = 0.1  # DCC weight of U_latent
+  config.gamma = 10.0  # quantisation weight (loss and DCC)
+  config.sample_size = 5000  # ns: database points sampled per outer iteration
   # How each iteration's sample is drawn: "uniform" (the reference: anew each
   # iteration) or "cover" (blocks of a database permutation; full coverage of the
   # learned database codes after N / sample_size iterations).
@@ -41,9 +42,9 @@ def base_config(dataset):
   # Database codes before the first iteration: "zeros" (the reference) or
   # "label_codes" (one seeded random code per label pattern; training/loop.py).
   config.database_init = "zeros"
-  config.max_iter = 50                 # outer iterations
-  config.max_epoch = 3                 # epochs over the sample per outer iteration
-  config.batch_size = 64               # global batch, split across devices
+  config.max_iter = 50  # outer iterations
+  config.max_epoch = 3  # epochs over the sample per outer iteration
+  config.batch_size = 64  # global batch, split across devices
   # How the per-device step is mapped over all devices: "shard_map" (jax.shard_map
   # under jax.jit, the default: pmap is in maintenance mode in current JAX) or
   # "pmap" (one process only). Both give the same numbers.
@@ -57,13 +58,16 @@ def base_config(dataset):
   # program per batch, dispatched without waiting; "auto": per_batch on CPUs, where
   # XLA runs a step inside a loop several times slower, scan elsewhere.
   config.loop_programs = "auto"
-  config.eval_iter = 10                # evaluate every this many outer iterations
-  config.checkpoint_every = 1          # outer iterations between checkpoints
+  config.eval_iter = 10  # evaluate every this many outer iterations
+  config.checkpoint_every = 1  # outer iterations between checkpoints
   config.seed = 999
   config.data = default_data_config(dataset)
-  config.eval = ml_collections.ConfigDict(dict(
-      topk=-1,                         # mAP@K; -1 = all
-      ties="stable",                   # "stable", "reference" or "tie_aware"
-      database_codes="learned",        # "learned" (asymmetric, the reference) or "encoded"
-      batch_size=256))
+  config.eval = ml_collections.ConfigDict(
+    dict(
+      topk=-1,  # mAP@K; -1 = all
+      ties="stable",  # "stable", "reference" or "tie_aware"
+      database_codes="learned",  # "learned" (asymmetric, the reference) or "encoded"
+      batch_size=256,
+    )
+  )
   return config

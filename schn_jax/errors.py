@@ -65,13 +65,16 @@ def _config_override_error(error, argv):
   overrides; name the flag the user typed instead.
   """
   key = str(error).strip('"\'')
-  typed = [arg.split('=', 1)[0] for arg in argv[1:]
-           if arg.startswith('--') and '.' in arg.split('=', 1)[0]]
+  typed = [
+    arg.split('=', 1)[0] for arg in argv[1:] if arg.startswith('--') and '.' in arg.split('=', 1)[0]
+  ]
   culprit = next((flag for flag in typed if key in flag.lstrip('-').split('.')[1:]), None)
   if culprit is None:
     return None
-  return (f'{culprit}: no such config key {key!r}; check the spelling against '
-          'configs/default.py and the config file (data.* keys: docs/data.md)')
+  return (
+    f'{culprit}: no such config key {key!r}; check the spelling against '
+    'configs/default.py and the config file (data.* keys: docs/data.md)'
+  )
 
 
 def parse_flags(argv):

@@ -22,16 +22,16 @@ from schn_jax.interop import weights
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run folder written by train.py.')
 _BITS = flags.DEFINE_integer('bits', None, "Code length; default: the run's only one.")
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint to export; default: the latest.')
-_PART = flags.DEFINE_enum('part', 'visual', ('visual', 'all'),
-                          'visual: an inference model; all: every SCHN parameter.')
+_PART = flags.DEFINE_enum(
+  'part', 'visual', ('visual', 'all'), 'visual: an inference model; all: every SCHN parameter.'
+)
 _OUT = flags.DEFINE_string('out', None, 'The .safetensors or .npz file to write.')
 flags.mark_flags_as_required(['workdir', 'out'])
 
 
 def main(argv):
   if len(argv) > 1:
-    raise errors.UserError(f'unexpected arguments {argv[1:]}: give every '
-                           'setting as --flag=value')
+    raise errors.UserError(f'unexpected arguments {argv[1:]}: give every setting as --flag=value')
   for name in ('absl', 'jax'):
     logging.getLogger(name).setLevel(logging.WARNING)
   if not _OUT.value.endswith(('.safetensors', '.npz')):
@@ -42,11 +42,19 @@ def main(argv):
     step, bits = model.step, model.bits
   else:
     config, bits, step, state_dir = inference.find_checkpoint(
-        _WORKDIR.value, _BITS.value, _STEP.value)
+      _WORKDIR.value, _BITS.value, _STEP.value
+    )
     params = inference.restore_params(config, bits, state_dir, whole=True)
-    weights.save_params(params, _OUT.value, {
-        'format': 'schn_jax.params/1', 'config': config.to_json_best_effort(),
-        'bits': str(bits), 'step': str(step)})
+    weights.save_params(
+      params,
+      _OUT.value,
+      {
+        'format': 'schn_jax.params/1',
+        'config': config.to_json_best_effort(),
+        'bits': str(bits),
+        'step': str(step),
+      },
+    )
   print(f'{_OUT.value}: {_PART.value} weights of {bits} bits, checkpoint {step}')
 
 

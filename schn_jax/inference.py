@@ -63,8 +63,9 @@ def encode_split(model, params, data, indices, batch_size):
   batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
   params = parallel.replicate(params, mesh)
   out = []
-  for start, batch in zip(range(0, len(indices), batch_size),
-                          data.batches(indices, batch_size, train=False)):
+  for start, batch in zip(
+    range(0, len(indices), batch_size), data.batches(indices, batch_size, train=False)
+  ):
     n = min(batch_size, len(indices) - start)
     (images,) = parallel.shard_rows(mesh, batch['image'])
     hashes = _hash_batch(model, data.config.num_channels, params, images)
@@ -84,12 +85,19 @@ def evaluate(config, model, state, data, output_dir=None):
   else:
     database_codes = encode_split(model, state.params, data, split.database, batch)
   query_labels, database_labels = data.labels[split.query], data.labels[split.database]
-  metrics = metrics_lib.evaluate_codes(query_codes, database_codes, query_labels, database_labels,
-                                       topk=config.eval.topk, ties=config.eval.ties)
+  metrics = metrics_lib.evaluate_codes(
+    query_codes,
+    database_codes,
+    query_labels,
+    database_labels,
+    topk=config.eval.topk,
+    ties=config.eval.ties,
+  )
   metrics['database_codes'] = config.eval.database_codes
   if output_dir is not None and jax.process_index() == 0:
-    codes_lib.save_codes(output_dir / 'codes.npz', query_codes, database_codes, query_labels,
-                         database_labels)
+    codes_lib.save_codes(
+      output_dir / 'codes.npz', query_codes, database_codes, query_labels, database_labels
+    )
     plots.plot_curves(metrics, output_dir / 'curves.png')
   return metrics
 
@@ -108,20 +116,18 @@ class TrainedModel:
     channels: channels of the images `encode` takes (1 or 3).
   """
 
-  def __init__(self, config, bits, params, *, step=None, workdir=None,
-               weights_file=None):
+  def __init__(self, config, bits, params, *, step=None, workdir=None, weights_file=None):
     self.config = config
     self.bits = bits
-    self.params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32),
-                                         params)
+    self.params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
     self.step = step
     self.workdir = workdir
     self.weights_file = weights_file
-    self.model = SCHN(config.variant, bits, backbone=config.backbone,
-                      dropout_rate=config.dropout_rate)
+    self.model = SCHN(
+      config.variant, bits, backbone=config.backbone, dropout_rate=config.dropout_rate
+    )
     self.image_size = config.data.image_size
-    self.channels = int(self.params['visual']['backbone']['features_0']
-                        ['kernel'].shape[2])
+    self.channels = int(self.params['visual']['backbone']['features_0']['kernel'].shape[2])
     self._mesh = parallel.make_mesh()
     self._device_params = parallel.replicate(self.params, self._mesh)
 
@@ -131,8 +137,7 @@ class TrainedModel:
     (default: the latest checkpoint) from a folder written by train.py."""
     config, bits, step, state_dir = find_checkpoint(workdir, bits, step)
     params = restore_params(config, bits, state_dir)
-    return cls(config, bits, params, step=step,
-               workdir=pathlib.Path(workdir).absolute())
+    return cls(config, bits, params, step=step, workdir=pathlib.Path(workdir).absolute())
 
   @classmethod
   def from_weights(cls, path):
@@ -140,31 +145,42 @@ class TrainedModel:
     arrays, metadata = weights.read_arrays(path)
     if metadata.get('format') != EXPORT_FORMAT:
       raise errors.CheckpointError(
-          f'{path}: not a model file written by TrainedModel.export (its '
-          f'metadata has format={metadata.get("format")!r}).')
+        f'{path}: not a model file written by TrainedModel.export (its '
+        f'metadata has format={metadata.get("format")!r}).'
+      )
     config = ml_collections.ConfigDict(json.loads(metadata['config']))
     bits = int(metadata['bits'])
     channels = np.shape(arrays.get('visual/backbone/features_0/kernel', ()))
     template = params_template(config, bits, channels[2] if len(channels) == 4 else 3)
     params = weights.arrays_to_params(arrays, template, str(path))
     step = int(metadata['step']) if metadata.get('step', 'None') != 'None' else None
-    return cls(config, bits, params, step=step,
-               weights_file=pathlib.Path(path).absolute())
+    return cls(config, bits, params, step=step, weights_file=pathlib.Path(path).absolute())
 
   def export(self, path):
     """Writes the visual network, its config and code length as one .safetensors
     or .npz file, for `from_weights` (or any safetensors reader: Flax layout,
     names like visual/backbone/features_0/kernel)."""
-    weights.save_params(self.params, path, {
-        'format': EXPORT_FORMAT, 'config': self.config.to_json_best_effort(),
-        'bits': str(self.bits), 'step': str(self.step)})
+    weights.save_params(
+      self.params,
+      path,
+      {
+        'format': EXPORT_FORMAT,
+        'config': self.config.to_json_best_effort(),
+        'bits': str(self.bits),
+        'step': str(self.step),
+      },
+    )
 
   def identity(self):
     """What produced these codes, as JSON-able values (kept in codes files)."""
-    return {'workdir': str(self.workdir) if self.workdir else None,
-            'weights': str(self.weights_file) if self.weights_file else None,
-            'bits': self.bits, 'step': self.step, 'variant': self.config.variant,
-            'dataset': self.config.data.name}
+    return {
+      'workdir': str(self.workdir) if self.workdir else None,
+      'weights': str(self.weights_file) if self.weights_file else None,
+      'bits': self.bits,
+      'step': self.step,
+      'variant': self.config.variant,
+      'dataset': self.config.data.name,
+    }
 
   def preprocess(self, image):
     """One uint8 (H, W, channels) image -> (image_size, image_size, channels):
@@ -177,24 +193,26 @@ class TrainedModel:
     images = np.asarray(images, np.uint8)
     expected = (self.image_size, self.image_size, self.channels)
     if images.ndim != 4 or images.shape[1:] != expected:
-      raise ValueError(f'images must be uint8 (n, {", ".join(map(str, expected))}),'
-                       f' got {images.shape}; see TrainedModel.preprocess.')
+      raise ValueError(
+        f'images must be uint8 (n, {", ".join(map(str, expected))}),'
+        f' got {images.shape}; see TrainedModel.preprocess.'
+      )
     devices = jax.device_count()
     pad = -len(images) % devices
     if pad:
       images = np.concatenate([images, np.zeros((pad,) + expected, np.uint8)])
     (sharded,) = parallel.shard_rows(self._mesh, images)
-    out = _hash_batch(self.model, self.config.data.num_channels,
-                      self._device_params, sharded)
-    return parallel.to_host(out)[:len(images) - pad]
+    out = _hash_batch(self.model, self.config.data.num_channels, self._device_params, sharded)
+    return parallel.to_host(out)[: len(images) - pad]
 
   def encode(self, images, batch_size=256):
     """sign(U_image) as float32 (n, bits) in {-1, 0, +1}; 0 only where U_image
     is exactly 0. Images as for `hash`, encoded batch_size at a time."""
     batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
     images = np.asarray(images, np.uint8)
-    out = [np.sign(self.hash(images[i:i + batch_size]))
-           for i in range(0, len(images), batch_size)]
+    out = [
+      np.sign(self.hash(images[i : i + batch_size])) for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(out) if out else np.zeros((0, self.bits), np.float32)
 
 
@@ -205,8 +223,9 @@ def load(location, bits=None, step=None):
     model = TrainedModel.from_weights(location)
     for name, wanted, found in (('bits', bits, model.bits), ('step', step, model.step)):
       if wanted is not None and wanted != found:
-        raise errors.CheckpointError(f'{location} holds the {name}={found} model, '
-                                     f'not {name}={wanted}.')
+        raise errors.CheckpointError(
+          f'{location} holds the {name}={found} model, not {name}={wanted}.'
+        )
     return model
   return TrainedModel.from_workdir(location, bits, step)
 
@@ -220,22 +239,27 @@ def find_checkpoint(workdir, bits=None, step=None):
   if bits is None:
     if len(lengths) != 1:
       raise errors.CheckpointError(
-          f'{workdir} trained code lengths {lengths}: choose one with --bits.')
+        f'{workdir} trained code lengths {lengths}: choose one with --bits.'
+      )
     bits = lengths[0]
   directory = workdir / f'bits_{bits}' / 'checkpoints'
   steps = sorted(ocp.utils.checkpoint_steps(directory)) if directory.is_dir() else []
   if not steps:
-    trained = [b for b in lengths if (workdir / f'bits_{b}' / 'checkpoints').is_dir()
-               and ocp.utils.checkpoint_steps(workdir / f'bits_{b}' / 'checkpoints')]
+    trained = [
+      b
+      for b in lengths
+      if (workdir / f'bits_{b}' / 'checkpoints').is_dir()
+      and ocp.utils.checkpoint_steps(workdir / f'bits_{b}' / 'checkpoints')
+    ]
     raise errors.CheckpointError(
-        f'{directory}: no checkpoint of {bits}-bit codes; this run has '
-        f'checkpoints for {trained or "no code length yet"}: choose one with '
-        '--bits, or train it first.')
+      f'{directory}: no checkpoint of {bits}-bit codes; this run has '
+      f'checkpoints for {trained or "no code length yet"}: choose one with '
+      '--bits, or train it first.'
+    )
   if step is None:
     step = steps[-1]
   elif step not in steps:
-    raise errors.CheckpointError(f'{directory}: no checkpoint {step}; '
-                                 f'there are {steps}.')
+    raise errors.CheckpointError(f'{directory}: no checkpoint {step}; there are {steps}.')
   return config, bits, step, directory / str(step) / 'state'
 
 
@@ -244,7 +268,8 @@ def read_config(workdir):
   path = pathlib.Path(workdir) / 'config.json'
   if not path.is_file():
     raise errors.CheckpointError(
-        f'{path} not found: --workdir must be a folder written by train.py.')
+      f'{path} not found: --workdir must be a folder written by train.py.'
+    )
   try:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
   except json.JSONDecodeError as error:
@@ -255,8 +280,7 @@ def params_template(config, bits, channels, num_classes=None):
   """Shapes and dtypes of SCHN's parameters, computed without computing them:
   the visual network's only ({'visual': ...}) when num_classes is None, else
   the whole model's."""
-  model = SCHN(config.variant, bits, backbone=config.backbone,
-               dropout_rate=config.dropout_rate)
+  model = SCHN(config.variant, bits, backbone=config.backbone, dropout_rate=config.dropout_rate)
   size = config.data.image_size
   key = jax.random.PRNGKey(0)
   if num_classes is None:
@@ -265,8 +289,7 @@ def params_template(config, bits, channels, num_classes=None):
     init = lambda: model.init(key, images, method=SCHN.encode_images)
   else:
     images = jnp.zeros((2, size, size, channels), jnp.float32)
-    init = lambda: model.init(key, images, jnp.zeros((2, num_classes)),
-                              jnp.ones((2, 2)))
+    init = lambda: model.init(key, images, jnp.zeros((2, num_classes)), jnp.ones((2, 2)))
   return jax.eval_shape(init)['params']
 
 
@@ -284,35 +307,41 @@ def restore_params(config, bits, state_dir, whole=False):
     if not whole:
       saved = {'visual': saved['visual']}
     channels = saved['visual']['backbone']['features_0']['kernel'].shape[2]
-    num_classes = (saved['semantic']['mlp']['net_0']['kernel'].shape[0]
-                   if whole else None)
+    num_classes = saved['semantic']['mlp']['net_0']['kernel'].shape[0] if whole else None
   except (KeyError, TypeError, FileNotFoundError, ValueError) as error:
     handler.close()
     raise errors.CheckpointError(
-        f'{state_dir}: not a training checkpoint with SCHN parameters '
-        f'({type(error).__name__}: {error}).') from None
+      f'{state_dir}: not a training checkpoint with SCHN parameters '
+      f'({type(error).__name__}: {error}).'
+    ) from None
   template = params_template(config, bits, channels, num_classes)
   flat_template = traverse_util.flatten_dict(template, sep='/')
   flat_saved = traverse_util.flatten_dict(saved, sep='/')
   shape = lambda flat, key: tuple(flat[key].shape) if key in flat else None
   differ = sorted(
-      f'{key} (config {shape(flat_template, key)}, checkpoint '
-      f'{shape(flat_saved, key)})'
-      for key in flat_template.keys() | flat_saved.keys()
-      if shape(flat_template, key) != shape(flat_saved, key))
+    f'{key} (config {shape(flat_template, key)}, checkpoint {shape(flat_saved, key)})'
+    for key in flat_template.keys() | flat_saved.keys()
+    if shape(flat_template, key) != shape(flat_saved, key)
+  )
   if differ:
     handler.close()
     raise errors.CheckpointError(
-        f"{state_dir}: the checkpoint does not fit the run's config.json: "
-        + ', '.join(differ[:5]) + (' ...' if len(differ) > 5 else ''))
+      f"{state_dir}: the checkpoint does not fit the run's config.json: "
+      + ', '.join(differ[:5])
+      + (' ...' if len(differ) > 5 else '')
+    )
   # The saved dtypes (float64 runs exist); TrainedModel casts to float32.
-  target = {'params': jax.tree_util.tree_map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)}
+  target = {
+    'params': jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)
+  }
   restore_args = jax.tree_util.tree_map(
-      lambda _: ocp.ArrayRestoreArgs(restore_type=np.ndarray), target)
+    lambda _: ocp.ArrayRestoreArgs(restore_type=np.ndarray), target
+  )
   try:
-    restored = handler.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args, partial_restore=True))
+    restored = handler.restore(
+      state_dir,
+      args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
+    )
   finally:
     handler.close()
   return restored['params']

@@ -45,8 +45,7 @@ from schn_jax.training.step import StepConfig, make_step_functions
 
 # Absolute tolerance, or relative to the reference array's largest magnitude,
 # whichever is looser (the issue's parity bar: 1e-4 absolute, 1e-5 relative).
-TOLERANCES = {"forward": (1e-4, 1e-5), "loss": (1e-4, 1e-5), "r": (1e-6, 0.0),
-              "grad": (0.0, 1e-4)}
+TOLERANCES = {"forward": (1e-4, 1e-5), "loss": (1e-4, 1e-5), "r": (1e-6, 0.0), "grad": (0.0, 1e-4)}
 # Parameter changes after a step: Adam's first step moves each element by about
 # +-lr whatever the gradient's size, so elements whose gradient is ~0 can flip
 # (fixtures README). All but DELTA_FRACTION of the elements must be within DELTA_ABS.
@@ -65,8 +64,11 @@ TINY, TINY_LOOSENING = 1e-3, 10.0
 # and feeds nothing else, so all its G gradients pass the softmax derivative.
 SCORES_ONLY = {"gradG": ("cycle/self_attention_lat.", "cycle/gcn.")}
 
-ATTENTION_BLOCKS = {"att_lat": ("latent",), "att_image_rec": ("image_rec",),
-                    "att_label_rec": ("label_rec",)}
+ATTENTION_BLOCKS = {
+  "att_lat": ("latent",),
+  "att_image_rec": ("image_rec",),
+  "att_label_rec": ("label_rec",),
+}
 
 
 @dataclasses.dataclass
@@ -108,8 +110,13 @@ def fixture_config(fixture, dtype):
   config.backbone = "alexnet"
   config.dropout_rate = 0.0
   config.dtype = dtype
-  for key, meta_key in (("learning_rate", "lr"), ("weight_decay", "weight_decay"),
-                        ("alpha", "alpha"), ("beta", "beta"), ("gamma", "gamma")):
+  for key, meta_key in (
+    ("learning_rate", "lr"),
+    ("weight_decay", "weight_decay"),
+    ("alpha", "alpha"),
+    ("beta", "beta"),
+    ("gamma", "gamma"),
+  ):
     if meta_key not in meta:
       raise FixtureFormatError(f"{fixture.dir / 'meta.json'}: missing {meta_key!r}")
     config[key] = float(meta[meta_key])
@@ -117,9 +124,13 @@ def fixture_config(fixture, dtype):
   config.optimizer_semantics = meta.get("zero_grad", "torch2")
   if fixture.kind == "trajectory":
     config.code_lengths = (int(meta["code_length"]),)
-    for key, meta_key in (("sample_size", "samples"), ("batch_size", "batch"),
-                          ("max_epoch", "max_epoch"), ("max_iter", "max_iter"),
-                          ("eval_iter", "eval_iter")):
+    for key, meta_key in (
+      ("sample_size", "samples"),
+      ("batch_size", "batch"),
+      ("max_epoch", "max_epoch"),
+      ("max_iter", "max_iter"),
+      ("eval_iter", "eval_iter"),
+    ):
       config[key] = int(meta[meta_key])
     config.data.image_size = int(meta["image_size"])
     config.data.augment = False
@@ -131,15 +142,22 @@ def fixture_config(fixture, dtype):
 def build_model(fixture, bits, classes, size):
   """The SCHN module and our parameters (float32) converted from the recipe weights."""
   model = SCHN(fixture.variant, bits, backbone="alexnet", dropout_rate=0.0)
-  template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2, size, size, 3)),
-                            jnp.zeros((2, classes)), jnp.zeros((2, 2)))["params"]
+  template = jax.eval_shape(
+    model.init,
+    jax.random.key(0),
+    jnp.zeros((2, size, size, 3)),
+    jnp.zeros((2, classes)),
+    jnp.zeros((2, 2)),
+  )["params"]
   schn_state, disc_state = fixture.state_dicts()
-  params = interop.schn_from_reference(schn_state, template, fixture.variant,
-                                       source=f"{fixture.dir} recipe")
+  params = interop.schn_from_reference(
+    schn_state, template, fixture.variant, source=f"{fixture.dir} recipe"
+  )
   disc_params = {}
   if disc_state is not None:
-    template = jax.eval_shape(Discriminator().init, jax.random.key(0), jnp.zeros((1, bits)),
-                              jnp.zeros((1, bits)))["params"]
+    template = jax.eval_shape(
+      Discriminator().init, jax.random.key(0), jnp.zeros((1, bits)), jnp.zeros((1, bits))
+    )["params"]
     disc_params = interop.discriminator_from_reference(disc_state, template)
   return model, params, disc_params
 
@@ -151,20 +169,33 @@ def cast(tree, dtype):
 def fixture_batch(fixture, dtype):
   """(images NHWC, labels, batch_sim, batch database codes) from inputs.npz, in `dtype`."""
   images = np.transpose(fixture.get("inputs", "images"), (0, 2, 3, 1))
-  return tuple(np.asarray(x, dtype) for x in (
-      images, fixture.get("inputs", "labels"), fixture.get("inputs", "batch_sim"),
-      fixture.get("inputs", "B_codes")))
+  return tuple(
+    np.asarray(x, dtype)
+    for x in (
+      images,
+      fixture.get("inputs", "labels"),
+      fixture.get("inputs", "batch_sim"),
+      fixture.get("inputs", "B_codes"),
+    )
+  )
 
 
 def forward_with_intermediates(model, params, images, labels, adjacency):
   """Deterministic forward; returns the outputs plus the captured attention and conv
   intermediates under the fixtures' forward.npz names."""
-  outputs, state = model.apply({"params": params}, images, labels, adjacency,
-                               capture_intermediates=True, mutable=["intermediates"])
+  outputs, state = model.apply(
+    {"params": params},
+    images,
+    labels,
+    adjacency,
+    capture_intermediates=True,
+    mutable=["intermediates"],
+  )
   inter = state["intermediates"]
   outputs = dict(outputs)
   outputs["conv_features"] = jnp.transpose(
-      inter["visual"]["backbone"]["conv_features"][0], (0, 3, 1, 2))
+    inter["visual"]["backbone"]["conv_features"][0], (0, 3, 1, 2)
+  )
   for name, block in ATTENTION_BLOCKS.items():
     attention = inter["cycle"][block[0]]["attention"]
     outputs[f"{name}_out"] = attention["__call__"][0]
@@ -175,8 +206,10 @@ def forward_with_intermediates(model, params, images, labels, adjacency):
 def check_forward_and_loss(fixture, config, model, params):
   images, labels, batch_sim, batch_codes = fixture_batch(fixture, config.dtype)
   outputs = forward_with_intermediates(model, cast(params, config.dtype), images, labels, batch_sim)
-  results = [compare(f"forward/{k}", outputs[k], v, "forward")
-             for k, v in sorted(fixture.npz("forward").items())]
+  results = [
+    compare(f"forward/{k}", outputs[k], v, "forward")
+    for k, v in sorted(fixture.npz("forward").items())
+  ]
   _, terms = losses.cycle_loss(outputs, batch_codes, batch_sim, config.gamma)
   results += [compare(f"loss/{k}", terms[k], fixture.get("loss", k), "loss") for k in sorted(terms)]
   return results
@@ -193,8 +226,10 @@ def check_dcc(fixture, config):
   hyper = {k: float(fixture.get("dcc", k)) for k in ("alpha", "beta", "gamma")}
   u, u_label, u_latent = get("U"), get("U_label"), get("U_latent")
   soft, r = soft_similarity(get("labels"), get("labels"), config.dtype)
-  results = [compare("dcc/r", r, fixture.get("dcc", "r"), "r"),
-             compare("dcc/S_soft", soft, fixture.get("dcc", "S_soft"), "r")]
+  results = [
+    compare("dcc/r", r, fixture.get("dcc", "r"), "r"),
+    compare("dcc/S_soft", soft, fixture.get("dcc", "S_soft"), "r"),
+  ]
   for case in ("zero", "rand"):
     codes = dcc.dcc_update(get(f"B_init_{case}"), u, u_label, u_latent, soft, **hyper)
     results.append(compare_exact(f"dcc/B_out_{case}", codes, fixture.get("dcc", f"B_out_{case}")))
@@ -205,9 +240,16 @@ def check_dcc(fixture, config):
   results.append(compare("dcc/subset_r", r, fixture.get("dcc", "subset_r"), "r"))
   all_codes = get("subset_B_all_init")
   sample_codes = dcc.dcc_update(all_codes[index], u, u_label, u_latent, soft[:, index], **hyper)
-  results.append(compare_exact("dcc/subset_B_out", sample_codes, fixture.get("dcc", "subset_B_out")))
-  results.append(compare_exact("dcc/subset_B_all_after", all_codes.at[index].set(sample_codes),
-                               fixture.get("dcc", "subset_B_all_after")))
+  results.append(
+    compare_exact("dcc/subset_B_out", sample_codes, fixture.get("dcc", "subset_B_out"))
+  )
+  results.append(
+    compare_exact(
+      "dcc/subset_B_all_after",
+      all_codes.at[index].set(sample_codes),
+      fixture.get("dcc", "subset_B_all_after"),
+    )
+  )
   return results
 
 
@@ -240,17 +282,24 @@ def compare_deltas(delta, step):
   diffs = [np.abs(delta[k] - step[f"delta__{k.replace('/', '__')}"]).ravel() for k in keys]
   over = [int(np.sum(d > DELTA_ABS)) for d in diffs]
   worst = keys[int(np.argmax(over))] if any(over) else None
-  return Comparison(f"step/delta_full ({sum(d.size for d in diffs)} elements"
-                    + (f"; most in {worst}" if worst else "") + ")",
-                    sum(over) / sum(d.size for d in diffs), DELTA_FRACTION,
-                    measure=f"fraction >{DELTA_ABS:g}")
+  return Comparison(
+    f"step/delta_full ({sum(d.size for d in diffs)} elements"
+    + (f"; most in {worst}" if worst else "")
+    + ")",
+    sum(over) / sum(d.size for d in diffs),
+    DELTA_FRACTION,
+    measure=f"fraction >{DELTA_ABS:g}",
+  )
 
 
 def compare_statistics(fixture, stat_prefix, tensors, kind):
   """Per-tensor sum / sumsq / maxabs against `<stat_prefix>_*` of step.npz, worst key reported."""
   keys = [str(k) for k in fixture.get("step", "param_keys")]
-  present = fixture.get("step", f"{stat_prefix}_present") if (
-      f"{stat_prefix}_present" in fixture.npz("step")) else np.ones(len(keys), bool)
+  present = (
+    fixture.get("step", f"{stat_prefix}_present")
+    if (f"{stat_prefix}_present" in fixture.npz("step"))
+    else np.ones(len(keys), bool)
+  )
   maxabs = fixture.get("step", f"{stat_prefix}_maxabs")
   tiny = maxabs < TINY * np.nanmax(np.where(present, maxabs, np.nan))
   tiny |= np.array([k.startswith(SCORES_ONLY.get(stat_prefix, ())) for k in keys])
@@ -269,8 +318,14 @@ def compare_statistics(fixture, stat_prefix, tensors, kind):
       error = abs(ours - reference[i]) / max(scale, 1e-30)
       if error / tolerance > worst / limit:
         worst, worst_key, limit = error, key, tolerance
-    results.append(Comparison(f"step/{stat_prefix}_{stat}" + (f" [{worst_key}]" if worst_key else ""),
-                              worst, limit, measure="max rel"))
+    results.append(
+      Comparison(
+        f"step/{stat_prefix}_{stat}" + (f" [{worst_key}]" if worst_key else ""),
+        worst,
+        limit,
+        measure="max rel",
+      )
+    )
   return results
 
 
@@ -281,38 +336,60 @@ def check_step(fixture, config, model, params, disc_params):
   variant = fixture.variant
   optimizers = make_optimizers(config.weight_decay, config.optimizer_semantics, params["cycle"])
   discriminator = Discriminator()
-  state = create_state(params, disc_params, optimizers, 1, batch_codes.shape[1], jax.random.key(0),
-                       jnp.dtype(config.dtype))
+  state = create_state(
+    params,
+    disc_params,
+    optimizers,
+    1,
+    batch_codes.shape[1],
+    jax.random.key(0),
+    jnp.dtype(config.dtype),
+  )
   step_config = StepConfig.from_config(config)
-  cycle_update, adversarial_update, train_step = make_step_functions(model, discriminator, optimizers,
-                                                                     step_config)
+  cycle_update, adversarial_update, train_step = make_step_functions(
+    model, discriminator, optimizers, step_config
+  )
   rng = jax.random.key(0)
   step = fixture.npz("step")
   before = reference_keyed(variant, state.params, state.disc_params)
 
   after_cycle, _, terms, grads = jax.jit(cycle_update, static_argnames="train")(
-      state, batch, rng, train=False)
+    state, batch, rng, train=False
+  )
   results = [compare("step/loss_cycle", terms["loss_cycle"], step["loss_cycle"], "loss")]
   grads = reference_keyed(variant, grads)
-  results += [compare(f"step/grad/{k}", grads[k], step[f"grad__{k.replace('/', '__')}"], "grad")
-              for k in map(str, step["full_grad_keys"])]
+  results += [
+    compare(f"step/grad/{k}", grads[k], step[f"grad__{k.replace('/', '__')}"], "grad")
+    for k in map(str, step["full_grad_keys"])
+  ]
   results += compare_statistics(fixture, "grad", grads, "grad")
   if step_config.adversarial:
     _, metrics, probes = jax.jit(adversarial_update, static_argnames="train")(
-        after_cycle, batch, rng, train=False)
-    delta_cycle = deltas(reference_keyed(variant, after_cycle.params, after_cycle.disc_params), before)
+      after_cycle, batch, rng, train=False
+    )
+    delta_cycle = deltas(
+      reference_keyed(variant, after_cycle.params, after_cycle.disc_params), before
+    )
     results += compare_statistics(fixture, "delta_after_cycle", delta_cycle, "delta")
     del delta_cycle
-    results += [compare(f"step/{k}", metrics[k], step[k], "loss")
-                for k in ("lossD_real", "lossD_fake", "lossD", "lossG")]
-    results += [compare(f"step/{k}", probes[k], step[k], "forward")
-                for k in ("D_real_probs", "D_fake_probs", "G_probs")]
-    results += [compare(f"step/reforward_{k}", probes["reforward"][k], step[f"reforward_{k}"], "forward")
-                for k in ("U_image", "U_label", "U_latent", "U_image_rec", "U_label_rec")]
-    results += compare_statistics(fixture, "gradD", reference_keyed(variant, None, probes["gradD"]),
-                                  "grad")
-    results += compare_statistics(fixture, "gradG", reference_keyed(variant, {"cycle": probes["gradG"]}),
-                                  "grad")
+    results += [
+      compare(f"step/{k}", metrics[k], step[k], "loss")
+      for k in ("lossD_real", "lossD_fake", "lossD", "lossG")
+    ]
+    results += [
+      compare(f"step/{k}", probes[k], step[k], "forward")
+      for k in ("D_real_probs", "D_fake_probs", "G_probs")
+    ]
+    results += [
+      compare(f"step/reforward_{k}", probes["reforward"][k], step[f"reforward_{k}"], "forward")
+      for k in ("U_image", "U_label", "U_latent", "U_image_rec", "U_label_rec")
+    ]
+    results += compare_statistics(
+      fixture, "gradD", reference_keyed(variant, None, probes["gradD"]), "grad"
+    )
+    results += compare_statistics(
+      fixture, "gradG", reference_keyed(variant, {"cycle": probes["gradG"]}), "grad"
+    )
   del after_cycle
   # Parameter changes come from the composed step the trainer runs, not the sub-steps.
   final, _, _ = jax.jit(train_step, static_argnames="train")(state, batch, rng, train=False)
@@ -330,8 +407,10 @@ TRAJECTORY_FLOAT64 = {"loss": 1e-6, "map": 1e-9}
 # spread of each iteration, plus these floors.
 SPREAD_FACTOR = 3.0
 TRAJECTORY_FLOAT32 = {"fraction": 0.005, "loss": 1e-4}
-TRAJECTORY_LOSSES = {"mmasia": ("loss_cycle",), "tomm": ("loss_cycle", "lossD_real", "lossD_fake",
-                                                         "lossG")}
+TRAJECTORY_LOSSES = {
+  "mmasia": ("loss_cycle",),
+  "tomm": ("loss_cycle", "lossD_real", "lossD_fake", "lossG"),
+}
 
 
 def trajectory_data(fixture, arrays, config):
@@ -340,10 +419,14 @@ def trajectory_data(fixture, arrays, config):
   labels = np.concatenate([arrays["database_labels"], arrays["query_labels"]])
   source = data_lib.sources.ArraySource(fixture.dir.name, images, labels)
   database, queries = len(arrays["database_images"]), len(arrays["query_images"])
-  split = data_lib.protocols.Split(query=np.arange(database, database + queries),
-                                   database=np.arange(database), train=np.arange(database))
-  return data_lib.RetrievalData(config.data, source, split,
-                                data_lib.pipeline.Loader(source, config.data))
+  split = data_lib.protocols.Split(
+    query=np.arange(database, database + queries),
+    database=np.arange(database),
+    train=np.arange(database),
+  )
+  return data_lib.RetrievalData(
+    config.data, source, split, data_lib.pipeline.Loader(source, config.data)
+  )
 
 
 def replay(fixture, dtype):
@@ -359,22 +442,42 @@ def replay(fixture, dtype):
   bits, size = config.code_lengths[0], config.data.image_size
   model, params, disc_params = build_model(fixture, bits, data.source.num_classes, size)
   model, discriminator, optimizers, step_config, _ = loop.build(
-      config, bits, (size, size, 3), data.source.num_classes, len(data.split.database))
+    config, bits, (size, size, 3), data.source.num_classes, len(data.split.database)
+  )
   mesh = parallel.make_mesh()
-  state = parallel.replicate(create_state(params, disc_params, optimizers, len(data.split.database),
-                                          bits, jax.random.key(config.seed), jnp.dtype(dtype)), mesh)
+  state = parallel.replicate(
+    create_state(
+      params,
+      disc_params,
+      optimizers,
+      len(data.split.database),
+      bits,
+      jax.random.key(config.seed),
+      jnp.dtype(dtype),
+    ),
+    mesh,
+  )
   iteration = loop.Iteration(config, data, model, discriminator, optimizers, step_config, mesh)
   labels = data.labels
   for t in range(int(fixture.meta["iterations_recorded"])):
     state, step_losses, _ = iteration(state, plan=(arrays["samples"][t], arrays["epoch_orders"][t]))
     evaluation = None
     if loop.should_evaluate(config, t + 1):
-      query_codes = inference.encode_split(model, state.params, data, data.split.query,
-                                           config.eval.batch_size)
+      query_codes = inference.encode_split(
+        model, state.params, data, data.split.query, config.eval.batch_size
+      )
       database_codes = parallel.to_host(state.database_codes)
-      maps = {ties: metrics_lib.evaluate_codes(
-          query_codes, database_codes, labels[data.split.query], labels[data.split.database],
-          topk=-1, ties=ties)["map"] for ties in ("stable", "reference")}
+      maps = {
+        ties: metrics_lib.evaluate_codes(
+          query_codes,
+          database_codes,
+          labels[data.split.query],
+          labels[data.split.database],
+          topk=-1,
+          ties=ties,
+        )["map"]
+        for ties in ("stable", "reference")
+      }
       evaluation = (query_codes, maps)
     yield t, state, step_losses, evaluation
 
@@ -404,13 +507,24 @@ def check_trajectory(fixture, dtype):
     if dtype == "float64":
       results.append(compare_exact(f"iteration {t}/B_after", codes, arrays["B_after"][t]))
     else:
-      limit = SPREAD_FACTOR * spread["B_after_fraction_differing"][t] + TRAJECTORY_FLOAT32["fraction"]
-      results.append(Comparison(f"iteration {t}/B_after", fraction_differing(codes, arrays["B_after"][t]),
-                                limit, measure="fraction differing"))
+      limit = (
+        SPREAD_FACTOR * spread["B_after_fraction_differing"][t] + TRAJECTORY_FLOAT32["fraction"]
+      )
+      results.append(
+        Comparison(
+          f"iteration {t}/B_after",
+          fraction_differing(codes, arrays["B_after"][t]),
+          limit,
+          measure="fraction differing",
+        )
+      )
     for name in TRAJECTORY_LOSSES[fixture.variant]:
       error = relative_error(step_losses[name], arrays[name][t])
-      limit = (TRAJECTORY_FLOAT64["loss"] if dtype == "float64" else
-               SPREAD_FACTOR * spread[f"{name}_max_relative"][t] + TRAJECTORY_FLOAT32["loss"])
+      limit = (
+        TRAJECTORY_FLOAT64["loss"]
+        if dtype == "float64"
+        else SPREAD_FACTOR * spread[f"{name}_max_relative"][t] + TRAJECTORY_FLOAT32["loss"]
+      )
       results.append(Comparison(f"iteration {t}/{name}", error, limit, measure="max rel"))
     if evaluation is None:
       continue
@@ -420,23 +534,45 @@ def check_trajectory(fixture, dtype):
     v = eval_iterations.index(t + 1)
     query_codes, maps = evaluation
     if dtype == "float64":
-      results.append(compare_exact(f"eval {t + 1}/query_codes", query_codes, arrays["eval_query_codes"][v]))
+      results.append(
+        compare_exact(f"eval {t + 1}/query_codes", query_codes, arrays["eval_query_codes"][v])
+      )
       for ties, key in (("stable", "eval_map_stable"), ("reference", "eval_map_stable_refslice")):
-        results.append(Comparison(f"eval {t + 1}/map ({ties} ties)", abs(maps[ties] - arrays[key][v]),
-                                  TRAJECTORY_FLOAT64["map"], measure="|diff|"))
+        results.append(
+          Comparison(
+            f"eval {t + 1}/map ({ties} ties)",
+            abs(maps[ties] - arrays[key][v]),
+            TRAJECTORY_FLOAT64["map"],
+            measure="|diff|",
+          )
+        )
     else:
-      limit = (SPREAD_FACTOR * spread["eval_query_codes_fraction_differing"][v]
-               + TRAJECTORY_FLOAT32["fraction"])
-      results.append(Comparison(f"eval {t + 1}/query_codes",
-                                fraction_differing(query_codes, arrays["eval_query_codes"][v]),
-                                limit, measure="fraction differing"))
+      limit = (
+        SPREAD_FACTOR * spread["eval_query_codes_fraction_differing"][v]
+        + TRAJECTORY_FLOAT32["fraction"]
+      )
+      results.append(
+        Comparison(
+          f"eval {t + 1}/query_codes",
+          fraction_differing(query_codes, arrays["eval_query_codes"][v]),
+          limit,
+          measure="fraction differing",
+        )
+      )
   recorded = [i for i in eval_iterations if i <= len(arrays["samples"])]
-  results.append(Comparison(f"evaluated after iterations {evaluated} (reference {recorded})",
-                            float(evaluated != recorded), 0.0, exact=True))
+  results.append(
+    Comparison(
+      f"evaluated after iterations {evaluated} (reference {recorded})",
+      float(evaluated != recorded),
+      0.0,
+      exact=True,
+    )
+  )
   return [dataclasses.replace(c, quantity=f"{dtype} {c.quantity}") for c in results]
 
 
 # ---------------------------------------------------------------- all checks
+
 
 def precision(dtype):
   """64-bit JAX for a float64 run, the default for float32 (restored afterwards)."""
@@ -476,8 +612,11 @@ def report(directory, results, out=None):
   print(f"== {directory}", file=out)
   for c in results:
     status = "ok" if c.ok else "MISMATCH"
-    measure = (f"{int(c.error)} differing" if c.exact
-               else f"{c.measure} {c.error:.3e}  (tol {c.tolerance:.1e})")
+    measure = (
+      f"{int(c.error)} differing"
+      if c.exact
+      else f"{c.measure} {c.error:.3e}  (tol {c.tolerance:.1e})"
+    )
     print(f"  {status:8s} {c.quantity:40s} {measure}", file=out)
 
 
@@ -497,8 +636,10 @@ def main(argv):
   except errors.UserError as e:
     print(f"error: {errors.one_line(e)}", file=sys.stderr)
     return errors.EXIT_USER_ERROR
-  print(f"{len(directories)} fixture folder(s) checked: "
-        + ("all quantities within tolerance" if not failed else f"{failed} mismatch(es)"))
+  print(
+    f"{len(directories)} fixture folder(s) checked: "
+    + ("all quantities within tolerance" if not failed else f"{failed} mismatch(es)")
+  )
   return 1 if failed else 0
 
 

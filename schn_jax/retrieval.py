@@ -29,14 +29,16 @@ SHARD_SIZE = 4096
 
 # ---------------------------------------------------------------- encoding
 
+
 def binarize(signs):
   """sign(U) in {-1, 0, +1} -> {-1, +1}: a bit at exactly 0 becomes +1, since
   FAISS and the packed codes have no unset bit."""
   return np.where(signs < 0, -1.0, 1.0).astype(np.float32)
 
 
-def encode_set(model, image_set, *, batch_size=256, progress=False,
-               shard_size=None, parts_dir=None):
+def encode_set(
+  model, image_set, *, batch_size=256, progress=False, shard_size=None, parts_dir=None
+):
   """Codes of every image of `image_set` as an ItemCodes.
 
   The images go through the run's test transform, `batch_size` at a time
@@ -46,8 +48,9 @@ def encode_set(model, image_set, *, batch_size=256, progress=False,
   same inputs) are not encoded again.
   """
   if image_set.channels != model.channels:
-    raise ValueError(f'image set has {image_set.channels} channels, the '
-                     f'model reads {model.channels}')
+    raise ValueError(
+      f'image set has {image_set.channels} channels, the model reads {model.channels}'
+    )
   batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
   shard_size = shard_size or SHARD_SIZE
   num_items = len(image_set)
@@ -57,8 +60,9 @@ def encode_set(model, image_set, *, batch_size=256, progress=False,
   loader = pipeline.Loader(image_set, model.config.data)
   out = []
   try:
-    with tqdm.tqdm(total=num_items, unit='image', desc=f'encode {model.bits} bits',
-                   disable=not progress) as bar:
+    with tqdm.tqdm(
+      total=num_items, unit='image', desc=f'encode {model.bits} bits', disable=not progress
+    ) as bar:
       for number, start in enumerate(shards):
         stop = min(start + shard_size, num_items)
         shard_path = parts_dir / f'shard_{number:06d}.npy' if parts_dir else None
@@ -79,13 +83,17 @@ def encode_set(model, image_set, *, batch_size=256, progress=False,
     loader.close()
   labels = image_set.labels.astype(np.uint8) if image_set.num_classes else None
   return codes_lib.ItemCodes(
-      np.concatenate(out), codes_lib.pack_signs(np.concatenate(out)),
-      image_set.paths, labels, image_set.label_names, image_set.spec,
-      model.identity())
+    np.concatenate(out),
+    codes_lib.pack_signs(np.concatenate(out)),
+    image_set.paths,
+    labels,
+    image_set.label_names,
+    image_set.spec,
+    model.identity(),
+  )
 
 
-def encode_to_file(model, image_set, out_path, *, batch_size=256,
-                   shard_size=None, progress=True):
+def encode_to_file(model, image_set, out_path, *, batch_size=256, shard_size=None, progress=True):
   """Encodes `image_set` into the codes file `out_path`, restartably.
 
   Shards go to `<out_path>.parts/` while the work is under way; the file is
@@ -99,12 +107,16 @@ def encode_to_file(model, image_set, out_path, *, batch_size=256,
     # all of its machine's devices.
     raise errors.UserError('encoding to a file runs in a single process.')
   if not out_path.parent.is_dir():
-    raise errors.UserError(f'{out_path.parent}: no such folder for --out; '
-                           'create it first.')
+    raise errors.UserError(f'{out_path.parent}: no such folder for --out; create it first.')
   parts_dir = out_path.with_name(out_path.name + '.parts')
-  item_codes = encode_set(model, image_set, batch_size=batch_size,
-                          progress=progress, shard_size=shard_size,
-                          parts_dir=parts_dir)
+  item_codes = encode_set(
+    model,
+    image_set,
+    batch_size=batch_size,
+    progress=progress,
+    shard_size=shard_size,
+    parts_dir=parts_dir,
+  )
   codes_lib.save_item_codes(out_path, item_codes)
   shutil.rmtree(parts_dir)
   return item_codes
@@ -114,9 +126,13 @@ def _prepare_parts(parts_dir, model, image_set, shard_size):
   """Creates parts_dir with a manifest of the inputs; shards left by another
   set of inputs (other images, model or shard size) are removed first."""
   parts_dir = pathlib.Path(parts_dir)
-  manifest = {'model': model.identity(), 'source': image_set.spec,
-              'num_items': len(image_set), 'shard_size': shard_size,
-              'paths_sha1': hashlib.sha1('\n'.join(image_set.paths).encode()).hexdigest()}
+  manifest = {
+    'model': model.identity(),
+    'source': image_set.spec,
+    'num_items': len(image_set),
+    'shard_size': shard_size,
+    'paths_sha1': hashlib.sha1('\n'.join(image_set.paths).encode()).hexdigest(),
+  }
   manifest_path = parts_dir / 'manifest.json'
   if parts_dir.is_dir():
     try:
@@ -143,9 +159,20 @@ def _save_atomically(path, array):
 
 # ---------------------------------------------------------------- search
 
-def search_codes(database, query_codes, *, index='flat', k=10, radius=None,
-                 index_file=None, save_index_to=None, nprobe=None, nflip=None,
-                 ef_search=None):
+
+def search_codes(
+  database,
+  query_codes,
+  *,
+  index='flat',
+  k=10,
+  radius=None,
+  index_file=None,
+  save_index_to=None,
+  nprobe=None,
+  nflip=None,
+  ef_search=None,
+):
   """Neighbours of each query among `database` (an ItemCodes).
 
   Args:
@@ -163,18 +190,17 @@ def search_codes(database, query_codes, *, index='flat', k=10, radius=None,
   query_codes = np.asarray(query_codes)
   if query_codes.shape[1] != database.bits:
     raise search.SearchError(
-        f'the queries have {query_codes.shape[1]}-bit codes, the database '
-        f'{database.bits}-bit codes: encode both with the same --bits.')
+      f'the queries have {query_codes.shape[1]}-bit codes, the database '
+      f'{database.bits}-bit codes: encode both with the same --bits.'
+    )
   if index_file is not None:
     faiss_index = search.load_index(index_file)
-    search.check_index(faiss_index, len(database), database.bits,
-                       f'index {index_file}')
+    search.check_index(faiss_index, len(database), database.bits, f'index {index_file}')
   else:
     faiss_index = search.build_index(database.codes, index)
   if save_index_to is not None:
     search.save_index(faiss_index, save_index_to)
-  search.set_search_parameters(faiss_index, nprobe=nprobe, nflip=nflip,
-                               ef_search=ef_search)
+  search.set_search_parameters(faiss_index, nprobe=nprobe, nflip=nflip, ef_search=ef_search)
   if radius is None:
     return search.knn(faiss_index, query_codes, k)
   results = search.range_search(faiss_index, query_codes, radius)
@@ -189,8 +215,9 @@ def _label_lists(labels, names):
   """Each row's positive labels, by name where names are known."""
   if labels is None:
     return None
-  return [[str(names[j]) if names is not None else int(j)
-           for j in np.flatnonzero(row)] for row in labels]
+  return [
+    [str(names[j]) if names is not None else int(j) for j in np.flatnonzero(row)] for row in labels
+  ]
 
 
 def relevance(query_labels, database_labels):
@@ -207,8 +234,7 @@ def relevance(query_labels, database_labels):
     vocabulary = np.union1d(q_names, d_names)
     q_labels = _to_vocabulary(q_labels, q_names, vocabulary)
     d_labels = _to_vocabulary(d_labels, d_names, vocabulary)
-  elif (q_names is None) != (d_names is None) or (
-      q_labels.shape[1] != d_labels.shape[1]):
+  elif (q_names is None) != (d_names is None) or (q_labels.shape[1] != d_labels.shape[1]):
     return None
   return (np.asarray(q_labels, np.int32) @ np.asarray(d_labels, np.int32).T) > 0
 
@@ -261,8 +287,10 @@ def write_jsonl(records, out):
 
 # ---------------------------------------------------------------- grid
 
-def draw_grid(records, query_set, database_set, path, *, max_queries=8,
-              max_neighbors=8, thumbnail=96):
+
+def draw_grid(
+  records, query_set, database_set, path, *, max_queries=8, max_neighbors=8, thumbnail=96
+):
   """The PNG grid of `plots.retrieval_grid` for the first `max_queries`
   records, images read from the two image sets (see `image_sets.open_spec`)."""
   rows = []
@@ -270,19 +298,22 @@ def draw_grid(records, query_set, database_set, path, *, max_queries=8,
   query_position = {p: i for i, p in enumerate(query_set.paths)}
   for record in records[:max_queries]:
     query_image = query_set.image(query_position[record['query']])
-    cells = [(database_set.image(position[n['path']]), f"d={n['distance']}",
-              n.get('correct')) for n in record['neighbors'][:max_neighbors]]
+    cells = [
+      (database_set.image(position[n['path']]), f"d={n['distance']}", n.get('correct'))
+      for n in record['neighbors'][:max_neighbors]
+    ]
     rows.append((query_image, _short(record['query']), cells))
   return plots.retrieval_grid(rows, path, thumbnail=thumbnail)
 
 
 def _short(path, width=18):
-  return path if len(path) <= width else '...' + path[-(width - 3):]
+  return path if len(path) <= width else '...' + path[-(width - 3) :]
 
 
 def open_set_of(item_codes, channels=3, what='codes file'):
   """The image set behind a codes file, to draw its images."""
   if not item_codes.source:
-    raise errors.UserError(f'the {what} does not say where its images are; '
-                           'write it with python -m schn_jax.encode.')
+    raise errors.UserError(
+      f'the {what} does not say where its images are; write it with python -m schn_jax.encode.'
+    )
   return image_sets.open_spec(item_codes.source, channels)

@@ -18,8 +18,18 @@ from PIL import Image
 
 from schn_jax.data import sources
 
-CLASSES = ('tshirt', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt',
-           'sneaker', 'bag', 'boot')
+CLASSES = (
+  'tshirt',
+  'trouser',
+  'pullover',
+  'dress',
+  'coat',
+  'sandal',
+  'shirt',
+  'sneaker',
+  'bag',
+  'boot',
+)
 
 _OUT = flags.DEFINE_string('out', None, 'Folder to write into.')
 _FIRST = flags.DEFINE_integer('first', 0, 'First image number (0-69,999).')

@@ -18,6 +18,7 @@ def pytest_generate_tests(metafunc):
   """Tests that take `fixture_dir` (`trajectory_dir`) run once per step (trajectory)
   fixture folder."""
   from schn_jax.interop.fixtures import find_fixture_dirs  # pylint: disable=g-import-not-at-top
+
   for name, root in (("fixture_dir", FIXTURES), ("trajectory_dir", TRAJECTORIES)):
     if name in metafunc.fixturenames:
       dirs = find_fixture_dirs(root) if root.is_dir() else []

@@ -16,8 +16,9 @@ from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
-needs_fashion_mnist = pytest.mark.skipif(not FASHION_MNIST.is_dir(),
-                                         reason="needs Debian's dataset-fashion-mnist")
+needs_fashion_mnist = pytest.mark.skipif(
+  not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist"
+)
 
 
 @pytest.fixture
@@ -36,8 +37,12 @@ def other_run(tmp_path):
   """A workdir holding (the config.json of) an mmasia run."""
   workdir = tmp_path / "run"
   workdir.mkdir()
-  config = {"variant": "mmasia", "code_lengths": [16], "backbone": "small_cnn",
-            "data": {"name": "fashion_mnist", "image_size": 28, "num_channels": 1}}
+  config = {
+    "variant": "mmasia",
+    "code_lengths": [16],
+    "backbone": "small_cnn",
+    "data": {"name": "fashion_mnist", "image_size": 28, "num_channels": 1},
+  }
   (workdir / "config.json").write_text(json.dumps(config))
   return workdir
 
@@ -49,31 +54,52 @@ def train(*args):
 # (id, command after `python`, what the message must name; {tmp}, {root} and
 # {run} stand for the test's folders). The workdir {tmp}/out must not appear.
 CASES = [
-    ("unknown-key", train("--workdir={tmp}/out", "--config.no_such_key=1"),
-     "--config.no_such_key"),
-    ("bad-variant", train("--workdir={tmp}/out", "--config.variant=bogus"),
-     "config.variant='bogus'"),
-    ("sample-larger-than-database", train("--workdir={tmp}/out", "--config.sample_size=5000"),
-     "config.sample_size=5000"),
-    ("dropout-and-eval-batch", train("--workdir={tmp}/out", "--config.dropout_rate=1.0",
-                                     "--config.eval.batch_size=0"),
-     "config.dropout_rate=1.0"),
-    ("missing-config-file", ("train.py", "--config=configs/no_such.py", "--workdir={tmp}/out"),
-     "configs/no_such.py"),
-    ("missing-dataset-root", ("train.py", "--config=configs/nuswide.py",
-                              "--config.data.root=/nonexistent/nus", "--workdir={tmp}/out"),
-     "/nonexistent/nus"),
-    ("malformed-list-line", ("train.py", "--config=configs/nuswide.py",
-                             "--config.data.root={root}", "--workdir={tmp}/out"),
-     "images.txt:3"),
-    ("workdir-of-another-run", train("--workdir={run}"), "variant='mmasia' there"),
-    ("codes-not-npz", ("eval.py", "--codes={root}/images.txt"), "images.txt: not an .npz"),
-    ("eval-empty-workdir", ("eval.py", "--workdir={tmp}"), "config.json not found"),
-    ("eval-workdir-and-codes", ("eval.py", "--workdir={run}", "--codes={root}/images.txt"),
-     "--codes"),
-    ("prepare-without-dataset", ("-m", "schn_jax.data.prepare"), "--dataset"),
-    ("reference-check-missing-folder", ("-m", "schn_jax.reference_check", "{tmp}/no_fixtures"),
-     "no_fixtures: not a directory"),
+  ("unknown-key", train("--workdir={tmp}/out", "--config.no_such_key=1"), "--config.no_such_key"),
+  ("bad-variant", train("--workdir={tmp}/out", "--config.variant=bogus"), "config.variant='bogus'"),
+  (
+    "sample-larger-than-database",
+    train("--workdir={tmp}/out", "--config.sample_size=5000"),
+    "config.sample_size=5000",
+  ),
+  (
+    "dropout-and-eval-batch",
+    train("--workdir={tmp}/out", "--config.dropout_rate=1.0", "--config.eval.batch_size=0"),
+    "config.dropout_rate=1.0",
+  ),
+  (
+    "missing-config-file",
+    ("train.py", "--config=configs/no_such.py", "--workdir={tmp}/out"),
+    "configs/no_such.py",
+  ),
+  (
+    "missing-dataset-root",
+    (
+      "train.py",
+      "--config=configs/nuswide.py",
+      "--config.data.root=/nonexistent/nus",
+      "--workdir={tmp}/out",
+    ),
+    "/nonexistent/nus",
+  ),
+  (
+    "malformed-list-line",
+    ("train.py", "--config=configs/nuswide.py", "--config.data.root={root}", "--workdir={tmp}/out"),
+    "images.txt:3",
+  ),
+  ("workdir-of-another-run", train("--workdir={run}"), "variant='mmasia' there"),
+  ("codes-not-npz", ("eval.py", "--codes={root}/images.txt"), "images.txt: not an .npz"),
+  ("eval-empty-workdir", ("eval.py", "--workdir={tmp}"), "config.json not found"),
+  (
+    "eval-workdir-and-codes",
+    ("eval.py", "--workdir={run}", "--codes={root}/images.txt"),
+    "--codes",
+  ),
+  ("prepare-without-dataset", ("-m", "schn_jax.data.prepare"), "--dataset"),
+  (
+    "reference-check-missing-folder",
+    ("-m", "schn_jax.reference_check", "{tmp}/no_fixtures"),
+    "no_fixtures: not a directory",
+  ),
 ]
 
 
@@ -82,8 +108,13 @@ CASES = [
 def test_bad_input_gives_one_error_line(tmp_path, image_list_root, other_run, command, culprit):
   where = {"tmp": tmp_path, "root": image_list_root, "run": other_run}
   before = (other_run / "config.json").read_text()
-  proc = subprocess.run([sys.executable, *(a.format(**where) for a in command)], cwd=REPO,
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, *(a.format(**where) for a in command)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   output = proc.stdout + proc.stderr
   assert proc.returncode == 2, output
   assert "Traceback" not in output, output

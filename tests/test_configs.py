@@ -7,13 +7,17 @@ import pytest
 
 from schn_jax.models import VARIANTS
 
-CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py")
-                 if p.stem not in ("__init__", "default"))
+CONFIGS = sorted(
+  p.stem
+  for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py")
+  if p.stem not in ("__init__", "default")
+)
 
 
 def test_every_dataset_has_a_config():
-  assert {"fashion_mnist", "cifar", "nuswide", "flickr25k", "coco", "imagenet100",
-          "tiny"} <= set(CONFIGS)
+  assert {"fashion_mnist", "cifar", "nuswide", "flickr25k", "coco", "imagenet100", "tiny"} <= set(
+    CONFIGS
+  )
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -35,8 +35,7 @@ def root(tmp_path):
 
 def open_nuswide(root, **kwargs):
   kwargs.setdefault('unlabeled', 'fail')
-  return image_list.ImageListSource('nuswide', str(root), ['images.txt'],
-                                    NUM_CLASSES, **kwargs)
+  return image_list.ImageListSource('nuswide', str(root), ['images.txt'], NUM_CLASSES, **kwargs)
 
 
 def append_line(root, line, name='images.txt'):
@@ -76,8 +75,11 @@ def test_missing_image_is_named(root):
 
 def test_wrong_number_of_flags_names_file_and_line(root):
   append_line(root, 'images/0.jpg 0 1 0')
-  with pytest.raises(ValueError, match=r'images\.txt:25: expected an image '
-                     r'path and 21 label flags, found 3'):
+  with pytest.raises(
+    ValueError,
+    match=r'images\.txt:25: expected an image '
+    r'path and 21 label flags, found 3',
+  ):
     open_nuswide(root)
 
 
@@ -90,8 +92,11 @@ def test_flags_must_be_binary(root):
 def test_unlabeled_fail_drop_keep(root, caplog):
   write_jpeg(root / 'images' / 'x.jpg', seed=99)
   append_line(root, f'images/x.jpg {flags(set())}')
-  with pytest.raises(ValueError, match=r'images\.txt:25: image has no '
-                     'positive label'):
+  with pytest.raises(
+    ValueError,
+    match=r'images\.txt:25: image has no '
+    'positive label',
+  ):
     open_nuswide(root, unlabeled='fail')
   with caplog.at_level(logging.WARNING):
     dropped = open_nuswide(root, unlabeled='drop')
@@ -103,14 +108,17 @@ def test_unlabeled_fail_drop_keep(root, caplog):
 
 def test_same_image_with_different_labels(root):
   append_line(root, f'images/0.jpg {flags({5})}')
-  with pytest.raises(ValueError, match=r'images\.txt:25: labels of '
-                     r'images/0\.jpg differ from those at .*images\.txt:1'):
+  with pytest.raises(
+    ValueError,
+    match=r'images\.txt:25: labels of '
+    r'images/0\.jpg differ from those at .*images\.txt:1',
+  ):
     open_nuswide(root)
 
 
 def truncate(path):
   data = path.read_bytes()
-  path.write_bytes(data[:len(data) // 3])
+  path.write_bytes(data[: len(data) // 3])
 
 
 def test_corrupt_jpeg_fail_names_file(root):
@@ -124,9 +132,18 @@ def test_corrupt_images_are_left_out_of_the_split(root, tmp_path, caplog):
   truncate(root / 'images' / '7.jpg')
   (root / 'images' / '8.jpg').write_bytes(b'not a jpeg at all')
   config = default_data_config('nuswide')
-  config.update(dict(root=str(root), on_corrupt='skip', protocol='random',
-                     num_query=4, query_per_class=None, train_per_class=None,
-                     image_size=16, test_resize=16))
+  config.update(
+    dict(
+      root=str(root),
+      on_corrupt='skip',
+      protocol='random',
+      num_query=4,
+      query_per_class=None,
+      train_per_class=None,
+      image_size=16,
+      test_resize=16,
+    )
+  )
   with caplog.at_level(logging.WARNING):
     data = build_dataset(config, str(tmp_path / 'work'), seed=0)
   assert '2 of 24 images cannot be decoded and are left out' in caplog.text
@@ -154,12 +171,14 @@ def test_two_spellings_of_one_path_are_one_image(root):
   assert source.paths[0] == 'images/0.jpg'
 
 
-@pytest.mark.parametrize('path', ['../outside.jpg', 'images/../../x.jpg',
-                                  '/etc/passwd'])
+@pytest.mark.parametrize('path', ['../outside.jpg', 'images/../../x.jpg', '/etc/passwd'])
 def test_paths_outside_the_root_are_refused(root, path):
   append_line(root, f'{path} {flags({2})}')
-  with pytest.raises(ValueError, match=r'images\.txt:25: image path .* '
-                     'leads outside the dataset root'):
+  with pytest.raises(
+    ValueError,
+    match=r'images\.txt:25: image path .* '
+    'leads outside the dataset root',
+  ):
     open_nuswide(root)
 
 
@@ -174,15 +193,12 @@ def test_sixteen_bit_png_is_scaled_not_clipped(root):
 
 
 def write_hashnet_lists(root, test, database, train):
-  for name, ids in (('test.txt', test), ('database.txt', database),
-                    ('train.txt', train)):
-    (root / name).write_text(''.join(
-        f'images/{i}.jpg {flags({i % NUM_CLASSES})}\n' for i in ids))
+  for name, ids in (('test.txt', test), ('database.txt', database), ('train.txt', train)):
+    (root / name).write_text(''.join(f'images/{i}.jpg {flags({i % NUM_CLASSES})}\n' for i in ids))
 
 
 def test_list_protocol_sees_overlap_through_path_spellings(root, tmp_path):
-  write_hashnet_lists(root, test=range(4), database=range(4, 24),
-                      train=range(10, 16))
+  write_hashnet_lists(root, test=range(4), database=range(4, 24), train=range(10, 16))
   append_line(root, f'./images/0.jpg {flags({0})}', name='database.txt')
   config = default_data_config('nuswide')
   config.update(dict(root=str(root), protocol='lists'))
@@ -191,26 +207,28 @@ def test_list_protocol_sees_overlap_through_path_spellings(root, tmp_path):
 
 
 def test_list_protocol(root, tmp_path):
-  write_hashnet_lists(root, test=range(4), database=range(4, 24),
-                      train=range(10, 16))
+  write_hashnet_lists(root, test=range(4), database=range(4, 24), train=range(10, 16))
   config = default_data_config('nuswide')
   config.update(dict(root=str(root), protocol='lists'))
   data = build_dataset(config, str(tmp_path / 'work'), seed=0)
   paths = np.array(data.source.paths)
-  assert sorted(paths[data.split.query]) == sorted(
-      f'images/{i}.jpg' for i in range(4))
+  assert sorted(paths[data.split.query]) == sorted(f'images/{i}.jpg' for i in range(4))
   assert len(data.split.database) == 20
   # Train images are database images: one source item each.
   assert len(data.source) == 24
   assert set(data.split.train) <= set(data.split.database)
 
 
-@pytest.mark.parametrize('lists, message', [
-    (dict(test=range(5), database=range(4, 24), train=range(10, 16)),
-     'query and database share 1 images'),
-    (dict(test=range(4), database=range(4, 24), train=range(2, 6)),
-     'queries would be trained on'),
-])
+@pytest.mark.parametrize(
+  'lists, message',
+  [
+    (
+      dict(test=range(5), database=range(4, 24), train=range(10, 16)),
+      'query and database share 1 images',
+    ),
+    (dict(test=range(4), database=range(4, 24), train=range(2, 6)), 'queries would be trained on'),
+  ],
+)
 def test_list_protocol_overlap_raises(root, tmp_path, lists, message):
   write_hashnet_lists(root, **lists)
   config = default_data_config('nuswide')

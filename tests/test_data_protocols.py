@@ -8,8 +8,8 @@ from schn_jax.data import default_data_config, protocols
 
 def single_label(per_class, num_classes=10):
   return np.eye(num_classes, dtype=np.float32)[
-      np.random.default_rng(0).permutation(
-          np.repeat(np.arange(num_classes), per_class))]
+    np.random.default_rng(0).permutation(np.repeat(np.arange(num_classes), per_class))
+  ]
 
 
 def multi_label(n, num_classes, seed=0):
@@ -73,8 +73,7 @@ def test_per_class_draws_label_by_label():
 def test_flickr_standard_sizes():
   labels = multi_label(25_000, 38)
   split = protocols.make_split(default_data_config('flickr25k'), labels, 999)
-  assert (len(split.query), len(split.database), len(split.train)) == (
-      1000, 24_000, 5000)
+  assert (len(split.query), len(split.database), len(split.train)) == (1000, 24_000, 5000)
   assert_valid(split, labels)
 
 
@@ -83,8 +82,7 @@ def test_configurable_tiny_sizes_and_database_subset():
   config = default_data_config('cifar10')
   config.update(dict(query_per_class=2, num_database=50, num_train=30))
   split = protocols.make_split(config, labels, seed=0)
-  assert (len(split.query), len(split.database), len(split.train)) == (
-      20, 50, 30)
+  assert (len(split.query), len(split.database), len(split.train)) == (20, 50, 30)
   np.testing.assert_array_equal(labels[split.query].sum(0), np.full(10, 2))
   assert_valid(split, labels)
 
@@ -111,8 +109,7 @@ def test_seed_fixes_the_split():
 
 
 def test_check_split_rejects_overlap():
-  split = protocols.Split(np.array([1, 2]), np.array([2, 3, 4]),
-                          np.array([3]))
+  split = protocols.Split(np.array([1, 2]), np.array([2, 3, 4]), np.array([3]))
   with pytest.raises(ValueError, match='query and database share 1 images'):
     protocols.check_split(split, 5, train_in_database=True)
   split = protocols.Split(np.array([1]), np.array([2, 3]), np.array([4]))
@@ -129,8 +126,8 @@ def test_saved_split_round_trip(tmp_path):
   # A saved split wins over recomputation: plant a different valid split.
   planted = protocols.Split(np.arange(3), np.arange(3, 200), np.arange(3, 9))
   protocols.save_split(
-      tmp_path / protocols.SPLIT_FILE, planted,
-      protocols.split_identity(config, labels, 5, 'cifar10'))
+    tmp_path / protocols.SPLIT_FILE, planted, protocols.split_identity(config, labels, 5, 'cifar10')
+  )
   loaded = protocols.load_or_make_split(tmp_path, config, labels, 5, 'cifar10')
   np.testing.assert_array_equal(loaded.query, planted.query)
   np.testing.assert_array_equal(loaded.train, planted.train)

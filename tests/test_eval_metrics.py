@@ -10,22 +10,23 @@ from schn_jax.evaluation import hamming, metrics
 FIXTURE_SETS = ('mmasia', 'tomm', 'multilabel/mmasia', 'multilabel/tomm')
 
 
-def random_set(seed, num_queries, num_database, bits, classes=4, flip=0.3,
-               zero_rows=0):
+def random_set(seed, num_queries, num_database, bits, classes=4, flip=0.3, zero_rows=0):
   """Codes clustered by class, so that distances tie a lot."""
   rng = np.random.default_rng(seed)
-  labels = (rng.random((num_queries + num_database, classes)) < 0.3)
+  labels = rng.random((num_queries + num_database, classes)) < 0.3
   labels[np.arange(len(labels)), rng.integers(0, classes, len(labels))] = 1
   centers = np.where(rng.random((classes, bits)) < 0.5, -1, 1)
-  codes = centers[labels.argmax(1)] * np.where(
-      rng.random((len(labels), bits)) < flip, -1, 1)
+  codes = centers[labels.argmax(1)] * np.where(rng.random((len(labels), bits)) < flip, -1, 1)
   if zero_rows:
     rows = rng.choice(num_database, zero_rows, replace=False) + num_queries
     codes[rows[: zero_rows // 2]] = 0
-    codes[rows[zero_rows // 2:], : bits // 2] = 0  # Partly unset rows.
-  return (codes[:num_queries], codes[num_queries:],
-          labels[:num_queries].astype(np.uint8),
-          labels[num_queries:].astype(np.uint8))
+    codes[rows[zero_rows // 2 :], : bits // 2] = 0  # Partly unset rows.
+  return (
+    codes[:num_queries],
+    codes[num_queries:],
+    labels[:num_queries].astype(np.uint8),
+    labels[num_queries:].astype(np.uint8),
+  )
 
 
 def brute_distances(query_codes, database_codes):
@@ -40,8 +41,7 @@ def ap_of_ranking(relevant_in_order):
   return float(np.mean(np.arange(1, len(hits) + 1) / (hits + 1)))
 
 
-def brute_ap(query_codes, database_codes, query_labels, database_labels, topk,
-             ties):
+def brute_ap(query_codes, database_codes, query_labels, database_labels, topk, ties):
   """The reference's per-query loop, with a stable argsort."""
   distances = brute_distances(query_codes, database_codes)
   relevant = query_labels.astype(int) @ database_labels.T > 0
@@ -49,9 +49,12 @@ def brute_ap(query_codes, database_codes, query_labels, database_labels, topk,
     window = slice(None, topk)  # topk = -1 drops the last item, as there.
   else:
     window = slice(None, None if topk == -1 else topk)
-  return np.array([
+  return np.array(
+    [
       ap_of_ranking(rel[np.argsort(dist, kind='stable')][window])
-      for dist, rel in zip(distances, relevant)])
+      for dist, rel in zip(distances, relevant)
+    ]
+  )
 
 
 @pytest.mark.parametrize('bits', [12, 13, 32, 48])
@@ -67,12 +70,15 @@ def test_stable_and_reference_match_brute_force(bits, topk, ties):
 def test_chunking_does_not_change_results(ties):
   arrays = random_set(0, 70, 1000, 16, zero_rows=50)
   whole = metrics.average_precisions(*arrays, topk=-1, ties=ties)
-  chunked = metrics.average_precisions(*arrays, topk=-1, ties=ties,
-                                       query_chunk=16, database_chunk=256)
+  chunked = metrics.average_precisions(
+    *arrays, topk=-1, ties=ties, query_chunk=16, database_chunk=256
+  )
   np.testing.assert_allclose(chunked, whole, atol=1e-6)
-  np.testing.assert_allclose(whole, metrics.average_precisions(
-      *arrays, topk=-1, ties=ties, query_chunk=3, database_chunk=300),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    whole,
+    metrics.average_precisions(*arrays, topk=-1, ties=ties, query_chunk=3, database_chunk=300),
+    atol=1e-6,
+  )
 
 
 def tie_orders(distances):
@@ -85,14 +91,14 @@ def tie_orders(distances):
 @pytest.mark.parametrize('bits', [3, 4])
 @pytest.mark.parametrize('topk', [-1, 1, 2, 3, 4, 5, 7])
 def test_tie_aware_is_the_average_over_tie_orders(bits, topk):
-  arrays = random_set(bits + 10, 5, 7, bits, classes=3, flip=0.4,
-                      zero_rows=2 if bits == 3 else 0)
+  arrays = random_set(bits + 10, 5, 7, bits, classes=3, flip=0.4, zero_rows=2 if bits == 3 else 0)
   distances = brute_distances(*arrays[:2])
   relevant = arrays[2].astype(int) @ arrays[3].T > 0
   window = slice(None, None if topk == -1 else topk)
-  expected = [np.mean([ap_of_ranking(rel[order][window])
-                       for order in tie_orders(dist)])
-              for dist, rel in zip(distances, relevant)]
+  expected = [
+    np.mean([ap_of_ranking(rel[order][window]) for order in tie_orders(dist)])
+    for dist, rel in zip(distances, relevant)
+  ]
   ours = metrics.average_precisions(*arrays, topk=topk, ties='tie_aware')
   np.testing.assert_allclose(ours, expected, atol=1e-9)
 
@@ -104,17 +110,16 @@ def test_tie_aware_differs_from_stable_when_ties_matter():
   query_labels = np.array([[1, 0]])
   database_labels = np.array([[0, 1], [0, 1], [1, 0]])
   args = (query, database, query_labels, database_labels)
-  assert metrics.average_precisions(*args, ties='stable')[0] == pytest.approx(
-      1 / 3)
+  assert metrics.average_precisions(*args, ties='stable')[0] == pytest.approx(1 / 3)
   assert metrics.average_precisions(*args, ties='tie_aware')[0] == (
-      pytest.approx((1 + 1 / 2 + 1 / 3) / 3))
+    pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+  )
 
 
 def test_zero_codes_sit_at_half_the_code_length():
   query = np.array([[1, -1, 1, 1, -1]])
   database = np.array([[0, 0, 0, 0, 0], [1, 0, 0, -1, -1], [1, -1, 1, 1, 1]])
-  np.testing.assert_array_equal(hamming.hamming_distances(query, database),
-                                [[2.5, 2.0, 1.0]])
+  np.testing.assert_array_equal(hamming.hamming_distances(query, database), [[2.5, 2.0, 1.0]])
   labels = np.ones((3, 1))
   ap = metrics.average_precisions(query, database, labels[:1], labels)
   assert ap[0] == pytest.approx(1.0)
@@ -128,18 +133,19 @@ def test_curves_match_brute_force(bits):
   distances = brute_distances(*arrays[:2])
   relevant = arrays[2].astype(int) @ arrays[3].T > 0
   has_relevant = relevant.any(1)
-  for radius, precision, recall in zip(curves['radius'],
-                                       curves['precision_at_radius'],
-                                       curves['recall_at_radius']):
+  for radius, precision, recall in zip(
+    curves['radius'], curves['precision_at_radius'], curves['recall_at_radius']
+  ):
     inside = distances <= radius
     hits = (inside & relevant).sum(1)
-    expected = np.where(inside.sum(1) > 0, hits / np.maximum(inside.sum(1), 1),
-                        0)
+    expected = np.where(inside.sum(1) > 0, hits / np.maximum(inside.sum(1), 1), 0)
     assert precision == pytest.approx(expected.mean(), abs=1e-9)
     assert recall == pytest.approx(
-        (hits / np.maximum(relevant.sum(1), 1))[has_relevant].mean(), abs=1e-9)
+      (hits / np.maximum(relevant.sum(1), 1))[has_relevant].mean(), abs=1e-9
+    )
   assert result['precision_at_radius_2'] == pytest.approx(
-      curves['precision_at_radius'][curves['radius'].index(2.0)])
+    curves['precision_at_radius'][curves['radius'].index(2.0)]
+  )
   # Expected P@N over tie orders: all of a tie group's relevant items spread
   # evenly over its positions.
   order_stats = []
@@ -151,13 +157,14 @@ def test_curves_match_brute_force(bits):
       sorted_rel[group] = sorted_rel[group].mean()
     order_stats.append(np.cumsum(sorted_rel))
   rel_top = np.array(order_stats)[:, np.array(curves['n']) - 1]
-  np.testing.assert_allclose(curves['precision_at_n'],
-                             (rel_top / np.array(curves['n'])).mean(0),
-                             atol=1e-6)
   np.testing.assert_allclose(
-      curves['recall_at_n'],
-      (rel_top[has_relevant] / relevant.sum(1)[has_relevant, None]).mean(0),
-      atol=1e-9)
+    curves['precision_at_n'], (rel_top / np.array(curves['n'])).mean(0), atol=1e-6
+  )
+  np.testing.assert_allclose(
+    curves['recall_at_n'],
+    (rel_top[has_relevant] / relevant.sum(1)[has_relevant, None]).mean(0),
+    atol=1e-9,
+  )
 
 
 def test_map_over_queries_with_relevant_items():
@@ -167,37 +174,31 @@ def test_map_over_queries_with_relevant_items():
   ap = brute_ap(*arrays, -1, 'stable')
   assert result['num_queries_with_relevant'] == 15
   assert result['map'] == pytest.approx(ap.mean(), abs=1e-6)
-  assert result['map_over_queries_with_relevant'] == pytest.approx(
-      ap[5:].mean(), abs=1e-6)
+  assert result['map_over_queries_with_relevant'] == pytest.approx(ap[5:].mean(), abs=1e-6)
 
 
 @pytest.mark.parametrize('fixture_set', FIXTURE_SETS)
 @pytest.mark.parametrize('tag,topk', [('all', -1), ('top500', 500)])
 def test_fixtures(fixtures_root, fixture_set, tag, topk):
   data = np.load(fixtures_root / fixture_set / 'map.npz')
-  arrays = (data['query_codes'], data['db_codes'], data['query_labels'],
-            data['db_labels'])
+  arrays = (data['query_codes'], data['db_codes'], data['query_labels'], data['db_labels'])
   stable = metrics.evaluate_codes(*arrays, topk=topk)
-  assert stable['map'] == pytest.approx(float(data[f'map_stable_{tag}']),
-                                        abs=1e-6)
-  assert stable['num_queries_with_relevant'] == (
-      50 - int(data['n_zero_relevant_queries']))
+  assert stable['map'] == pytest.approx(float(data[f'map_stable_{tag}']), abs=1e-6)
+  assert stable['num_queries_with_relevant'] == (50 - int(data['n_zero_relevant_queries']))
   np.testing.assert_allclose(
-      metrics.average_precisions(*arrays, topk=topk),
-      data[f'ap_stable_per_query_{tag}'], atol=1e-6)
+    metrics.average_precisions(*arrays, topk=topk), data[f'ap_stable_per_query_{tag}'], atol=1e-6
+  )
   reference = metrics.evaluate_codes(*arrays, topk=topk, ties='reference')
-  assert reference['map'] == pytest.approx(
-      float(data[f'map_stable_refslice_{tag}']), abs=1e-6)
+  assert reference['map'] == pytest.approx(float(data[f'map_stable_refslice_{tag}']), abs=1e-6)
 
 
 @pytest.mark.parametrize('bits', [13, 32, 64])
 def test_hamming_topk_matches_stable_argsort(bits):
-  query_codes, database_codes, _, _ = random_set(bits, 20, 500, bits,
-                                                 zero_rows=40)
-  ids, distances = hamming.hamming_topk(query_codes, database_codes, 25,
-                                        query_chunk=8, database_chunk=128)
+  query_codes, database_codes, _, _ = random_set(bits, 20, 500, bits, zero_rows=40)
+  ids, distances = hamming.hamming_topk(
+    query_codes, database_codes, 25, query_chunk=8, database_chunk=128
+  )
   brute = brute_distances(query_codes, database_codes)
   expected_ids = np.argsort(brute, axis=1, kind='stable')[:, :25]
   np.testing.assert_array_equal(ids, expected_ids)
-  np.testing.assert_array_equal(
-      distances, np.take_along_axis(brute, expected_ids, 1))
+  np.testing.assert_array_equal(distances, np.take_along_axis(brute, expected_ids, 1))

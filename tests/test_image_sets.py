@@ -52,8 +52,11 @@ def test_list_file_reads_label_count_and_rejects_bad_lines(tmp_path):
   assert images.paths.tolist() == ['img/0.png', 'img/1.png', 'img/2.png']
   np.testing.assert_array_equal(images.labels, [[1, 0, 0], [0, 1, 1], [0, 0, 1]])
   (tmp_path / 'bad.txt').write_text('img/0.png 1 0 0\nimg/1.png 0 1\n')
-  with pytest.raises(errors.UserError, match=r'bad\.txt:2: expected an image path and 3 '
-                     r'label flags \(as on line 1\), found 2'):
+  with pytest.raises(
+    errors.UserError,
+    match=r'bad\.txt:2: expected an image path and 3 '
+    r'label flags \(as on line 1\), found 2',
+  ):
     image_sets.open_images(tmp_path / 'bad.txt')
   (tmp_path / 'gone.txt').write_text('img/0.png\nimg/9.png\n')
   with pytest.raises(errors.UserError, match=r'gone\.txt:2: .*img/9\.png does not exist'):

@@ -46,8 +46,9 @@ def test_reference_state_dict_round_trip_is_lossless(fixtures_root, variant):
   fixture = Fixture(fixtures_root / variant)
   schn_state, disc_state = fixture.state_dicts()
   bits, classes = fixture.dims()[1:3]
-  template = _template(SCHN(variant, bits), jnp.zeros((2, 64, 64, 3)), jnp.zeros((2, classes)),
-                       jnp.zeros((2, 2)))
+  template = _template(
+    SCHN(variant, bits), jnp.zeros((2, 64, 64, 3)), jnp.zeros((2, classes)), jnp.zeros((2, 2))
+  )
   params = interop.schn_from_reference(schn_state, template, variant)
   assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(template)
   _assert_same_state_dict(interop.schn_to_reference(params, variant), schn_state)
@@ -64,8 +65,9 @@ def test_variants_are_not_interchangeable(fixtures_root):
   (and the GCN key is `gc` vs `gc1`); the error names those keys."""
   fixture = Fixture(fixtures_root / "mmasia")
   schn_state, _ = fixture.state_dicts()
-  template = _template(SCHN("tomm", 32), jnp.zeros((2, 64, 64, 3)), jnp.zeros((2, 10)),
-                       jnp.zeros((2, 2)))
+  template = _template(
+    SCHN("tomm", 32), jnp.zeros((2, 64, 64, 3)), jnp.zeros((2, 10)), jnp.zeros((2, 2))
+  )
   with pytest.raises(interop.WeightImportError) as error:
     interop.schn_from_reference(schn_state, template, "tomm")
   message = str(error.value)
@@ -92,15 +94,30 @@ def torchvision_alexnet():
   """torchvision.models.AlexNet, rebuilt from torch.nn layers so torchvision is not needed."""
   model = nn.Module()
   model.features = nn.Sequential(
-      nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
-      nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-      nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
-      nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-      nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
+    nn.Conv2d(3, 64, 11, 4, 2),
+    nn.ReLU(),
+    nn.MaxPool2d(3, 2),
+    nn.Conv2d(64, 192, 5, padding=2),
+    nn.ReLU(),
+    nn.MaxPool2d(3, 2),
+    nn.Conv2d(192, 384, 3, padding=1),
+    nn.ReLU(),
+    nn.Conv2d(384, 256, 3, padding=1),
+    nn.ReLU(),
+    nn.Conv2d(256, 256, 3, padding=1),
+    nn.ReLU(),
+    nn.MaxPool2d(3, 2),
+  )
   model.avgpool = nn.AdaptiveAvgPool2d(6)
   model.classifier = nn.Sequential(
-      nn.Dropout(), nn.Linear(9216, 4096), nn.ReLU(),
-      nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 1000))
+    nn.Dropout(),
+    nn.Linear(9216, 4096),
+    nn.ReLU(),
+    nn.Dropout(),
+    nn.Linear(4096, 4096),
+    nn.ReLU(),
+    nn.Linear(4096, 1000),
+  )
   return model.eval()
 
 
@@ -146,8 +163,9 @@ def _ours_fc7(params, images_nchw):
 # 64: 1x1 final map, replicated by the pool; 224: the 6x6 map torchvision is built for;
 # 300: an 8x8 map, so the adaptive pool's overlapping bins and the flatten order matter.
 @pytest.mark.parametrize("size", [64, 224, 300])
-def test_torchvision_checkpoint_gives_torch_fc7(torch_alexnet, alexnet_checkpoint, alexnet_template,
-                                                size):
+def test_torchvision_checkpoint_gives_torch_fc7(
+  torch_alexnet, alexnet_checkpoint, alexnet_template, size
+):
   params = interop.load_torchvision_alexnet(alexnet_checkpoint, alexnet_template)
   images = np.random.default_rng(size).standard_normal((2, 3, size, size), dtype=np.float32)
   reference = torch_fc7(torch_alexnet, images)
@@ -156,12 +174,14 @@ def test_torchvision_checkpoint_gives_torch_fc7(torch_alexnet, alexnet_checkpoin
   assert error <= tolerance
 
 
-def test_export_loads_into_torch_and_reproduces_features(torch_alexnet, alexnet_checkpoint,
-                                                         alexnet_template, tmp_path):
+def test_export_loads_into_torch_and_reproduces_features(
+  torch_alexnet, alexnet_checkpoint, alexnet_template, tmp_path
+):
   params = interop.load_torchvision_alexnet(alexnet_checkpoint, alexnet_template)
   exported = interop.backbone_to_torchvision(params)
-  original = {k: v.numpy() for k, v in torch_alexnet.state_dict().items()
-              if not k.startswith("classifier.6.")}
+  original = {
+    k: v.numpy() for k, v in torch_alexnet.state_dict().items() if not k.startswith("classifier.6.")
+  }
   _assert_same_state_dict(exported, original)
 
   # Through a file, as a user would hand the weights back to torch.
@@ -194,14 +214,28 @@ def _damaged(state, drop=(), add=(), reshape=()):
   return state
 
 
-@pytest.mark.parametrize("damage, named", [
+@pytest.mark.parametrize(
+  "damage, named",
+  [
     ({"drop": ["features.3.bias"]}, ["missing keys: features.3.bias"]),
     ({"add": ["features.12.weight"]}, ["unexpected keys: features.12.weight"]),
     ({"reshape": ["features.6.weight"]}, ["features.6.weight (384, 191, 3, 3)"]),
-    ({"drop": ["classifier.1.weight", "features.0.bias"], "add": ["classifier.7.bias"],
-      "reshape": ["classifier.4.weight"]},
-     ["classifier.1.weight", "features.0.bias", "classifier.7.bias", "classifier.4.weight (4096, 4095)"]),
-], ids=["missing", "extra", "misshapen", "all_at_once"])
+    (
+      {
+        "drop": ["classifier.1.weight", "features.0.bias"],
+        "add": ["classifier.7.bias"],
+        "reshape": ["classifier.4.weight"],
+      },
+      [
+        "classifier.1.weight",
+        "features.0.bias",
+        "classifier.7.bias",
+        "classifier.4.weight (4096, 4095)",
+      ],
+    ),
+  ],
+  ids=["missing", "extra", "misshapen", "all_at_once"],
+)
 def test_misfit_state_dict_is_refused_naming_keys(alexnet_state, alexnet_template, damage, named):
   with pytest.raises(interop.WeightImportError) as error:
     interop.backbone_from_torchvision(_damaged(alexnet_state, **damage), alexnet_template)
@@ -213,8 +247,12 @@ def test_misfit_state_dict_is_refused_naming_keys(alexnet_state, alexnet_templat
 
 def test_misfit_checkpoint_file_is_refused(alexnet_state, alexnet_template, tmp_path):
   path = tmp_path / "bad.pth"
-  torch_io.save_state_dict(_damaged(alexnet_state, drop=["features.8.weight"],
-                                    add=["head.weight"], reshape=["features.0.weight"]), path)
+  torch_io.save_state_dict(
+    _damaged(
+      alexnet_state, drop=["features.8.weight"], add=["head.weight"], reshape=["features.0.weight"]
+    ),
+    path,
+  )
   with pytest.raises(interop.WeightImportError) as error:
     interop.load_torchvision_alexnet(path, alexnet_template)
   message = str(error.value)
@@ -254,7 +292,9 @@ def test_wrapped_state_dict_is_unwrapped(tmp_path):
 
 
 def test_torch_is_imported_only_for_checkpoint_files():
-  code = ("import sys, schn_jax.interop, schn_jax.models, schn_jax.reference_check; "
-          "sys.exit('torch' in sys.modules)")
+  code = (
+    "import sys, schn_jax.interop, schn_jax.models, schn_jax.reference_check; "
+    "sys.exit('torch' in sys.modules)"
+  )
   repo = pathlib.Path(__file__).resolve().parents[1]
   assert subprocess.run([sys.executable, "-c", code], cwd=repo, timeout=120).returncode == 0

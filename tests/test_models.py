@@ -40,13 +40,21 @@ def mlp_hash(n_in, bits):
   return linear(n_in, 1024) + linear(1024, 512) + linear(512, bits)
 
 
-ALEXNET_TO_FC7 = (conv(3, 64, 11) + conv(64, 192, 5) + conv(192, 384, 3) + conv(384, 256, 3)
-                  + conv(256, 256, 3) + linear(256 * 6 * 6, 4096) + linear(4096, 4096))
+ALEXNET_TO_FC7 = (
+  conv(3, 64, 11)
+  + conv(64, 192, 5)
+  + conv(192, 384, 3)
+  + conv(384, 256, 3)
+  + conv(256, 256, 3)
+  + linear(256 * 6 * 6, 4096)
+  + linear(4096, 4096)
+)
 
 
 def small_cnn_to_features(size, channels):
-  return (conv(channels, 32, 3) + conv(32, 64, 3) + linear(64 * (size // 4) ** 2, 512)
-          + linear(512, 512))
+  return (
+    conv(channels, 32, 3) + conv(32, 64, 3) + linear(64 * (size // 4) ** 2, 512) + linear(512, 512)
+  )
 
 
 def latent_count(bits, image_dim=4096):
@@ -55,15 +63,17 @@ def latent_count(bits, image_dim=4096):
 
 def cycle_count(variant, bits):
   width = {"image": 4096, "label": 512, "latent": 1024}
-  wiring = {"mmasia": [("label", "latent"), ("image", "latent")],
-            "tomm": [("latent", "label"), ("latent", "image")]}[variant]
-  return latent_count(bits) + sum(attention(width[g], width[g], width[s]) + mlp_hash(width[g], bits)
-                                  for g, s in wiring)
+  wiring = {
+    "mmasia": [("label", "latent"), ("image", "latent")],
+    "tomm": [("latent", "label"), ("latent", "image")],
+  }[variant]
+  return latent_count(bits) + sum(
+    attention(width[g], width[g], width[s]) + mlp_hash(width[g], bits) for g, s in wiring
+  )
 
 
 def schn_count(variant, bits, classes):
-  return (ALEXNET_TO_FC7 + linear(4096, bits) + mlp_hash(classes, bits)
-          + cycle_count(variant, bits))
+  return ALEXNET_TO_FC7 + linear(4096, bits) + mlp_hash(classes, bits) + cycle_count(variant, bits)
 
 
 def discriminator_count(bits):
@@ -106,8 +116,9 @@ def test_visual_net_alexnet(bits):
 def test_visual_net_small_cnn(bits, size, channels):
   module = VisualNet(bits, "small_cnn")
   images = zeros(3, size, size, channels)
-  assert n_params(init_shapes(module, images)) == (small_cnn_to_features(size, channels)
-                                                   + linear(512, bits))
+  assert n_params(init_shapes(module, images)) == (
+    small_cnn_to_features(size, channels) + linear(512, bits)
+  )
   f_image, u_image = apply_shapes(module, images)
   assert f_image.shape == (3, 512) and u_image.shape == (3, bits)
 
@@ -144,7 +155,9 @@ def test_transitive_latent(bits, image_dim):
 def test_reconstruction(bits, guide, source):
   module = Reconstruction(bits)
   inputs = (zeros(6, guide), zeros(6, source))
-  assert n_params(init_shapes(module, *inputs)) == attention(guide, guide, source) + mlp_hash(guide, bits)
+  assert n_params(init_shapes(module, *inputs)) == attention(guide, guide, source) + mlp_hash(
+    guide, bits
+  )
   feature, codes = apply_shapes(module, *inputs)
   assert feature.shape == (6, 512) and codes.shape == (6, bits)
 
@@ -157,8 +170,13 @@ def test_cycle_net(variant, bits):
   assert n_params(init_shapes(module, *inputs)) == cycle_count(variant, bits)
   out = apply_shapes(module, *inputs)
   assert {k: v.shape for k, v in out.items()} == {
-      "latent": (4, 1024), "U_latent": (4, bits), "image_rec_feature": (4, 512),
-      "U_image_rec": (4, bits), "label_rec_feature": (4, 512), "U_label_rec": (4, bits)}
+    "latent": (4, 1024),
+    "U_latent": (4, bits),
+    "image_rec_feature": (4, 512),
+    "U_image_rec": (4, bits),
+    "label_rec_feature": (4, 512),
+    "U_label_rec": (4, bits),
+  }
 
 
 @pytest.mark.parametrize("variant", ["mmasia", "tomm"])
@@ -170,9 +188,17 @@ def test_schn(variant, bits, classes):
   assert n_params(init_shapes(module, *inputs)) == schn_count(variant, bits, classes)
   out = apply_shapes(module, *inputs)
   assert {k: v.shape for k, v in out.items()} == {
-      "F_image": (3, 4096), "U_image": (3, bits), "F_label": (3, 512), "U_label": (3, bits),
-      "latent": (3, 1024), "U_latent": (3, bits), "image_rec_feature": (3, 512),
-      "U_image_rec": (3, bits), "label_rec_feature": (3, 512), "U_label_rec": (3, bits)}
+    "F_image": (3, 4096),
+    "U_image": (3, bits),
+    "F_label": (3, 512),
+    "U_label": (3, bits),
+    "latent": (3, 1024),
+    "U_latent": (3, bits),
+    "image_rec_feature": (3, 512),
+    "U_image_rec": (3, bits),
+    "label_rec_feature": (3, 512),
+    "U_label_rec": (3, bits),
+  }
 
 
 @pytest.mark.parametrize("bits", BITS)
@@ -188,9 +214,13 @@ def test_reference_parameter_count(fixture_dir):
   discriminator in tomm."""
   meta = json.loads((fixture_dir / "meta.json").read_text())
   variant, bits, classes = meta["variant"], meta["code_length"], meta["classes"]
-  expected = schn_count(variant, bits, classes) + (discriminator_count(bits) if variant == "tomm" else 0)
+  expected = schn_count(variant, bits, classes) + (
+    discriminator_count(bits) if variant == "tomm" else 0
+  )
   assert meta["checks"]["n_params"] == expected
-  ours = n_params(init_shapes(SCHN(variant, bits), zeros(2, 64, 64, 3), zeros(2, classes), zeros(2, 2)))
+  ours = n_params(
+    init_shapes(SCHN(variant, bits), zeros(2, 64, 64, 3), zeros(2, classes), zeros(2, 2))
+  )
   if variant == "tomm":
     ours += n_params(init_shapes(Discriminator(), zeros(2, bits), zeros(2, bits)))
   assert ours == expected
@@ -205,17 +235,23 @@ def small_schn(request):
   rng = np.random.default_rng(0)
   labels = (rng.random((6, 5)) < 0.4).astype(np.float32)
   labels[np.arange(6), rng.integers(0, 5, 6)] = 1.0
-  batch = {"images": jnp.asarray(rng.standard_normal((6, 32, 32, 3), dtype=np.float32)),
-           "labels": jnp.asarray(labels),
-           "adjacency": losses.label_similarity(labels, labels),
-           "database_codes": jnp.asarray(np.where(rng.random((6, 12)) < 0.5, -1.0, 1.0), jnp.float32)}
+  batch = {
+    "images": jnp.asarray(rng.standard_normal((6, 32, 32, 3), dtype=np.float32)),
+    "labels": jnp.asarray(labels),
+    "adjacency": losses.label_similarity(labels, labels),
+    "database_codes": jnp.asarray(np.where(rng.random((6, 12)) < 0.5, -1.0, 1.0), jnp.float32),
+  }
   model = SCHN(request.param, 12, backbone="small_cnn")
-  params = model.init(jax.random.key(0), batch["images"], batch["labels"], batch["adjacency"])["params"]
+  params = model.init(jax.random.key(0), batch["images"], batch["labels"], batch["adjacency"])[
+    "params"
+  ]
   return model, params, batch
 
 
 def _forward(model, params, batch, **kwargs):
-  return model.apply({"params": params}, batch["images"], batch["labels"], batch["adjacency"], **kwargs)
+  return model.apply(
+    {"params": params}, batch["images"], batch["labels"], batch["adjacency"], **kwargs
+  )
 
 
 def test_code_ranges(small_schn):
@@ -225,9 +261,10 @@ def test_code_ranges(small_schn):
     assert float(jnp.max(jnp.abs(out[key]))) < 1.0, key  # tanh
   assert float(jnp.min(out["U_latent"])) > 0.0 and float(jnp.max(out["U_latent"])) < 1.0  # sigmoid
   assert float(jnp.min(out["F_image"])) >= 0.0 and float(jnp.min(out["latent"])) >= 0.0  # ReLU
-  assert np.array_equal(np.asarray(model.apply({"params": params}, batch["images"],
-                                                method=SCHN.encode_images)),
-                        np.asarray(out["U_image"]))
+  assert np.array_equal(
+    np.asarray(model.apply({"params": params}, batch["images"], method=SCHN.encode_images)),
+    np.asarray(out["U_image"]),
+  )
 
 
 def test_dropout_is_off_in_deterministic_mode(small_schn):
@@ -256,8 +293,12 @@ def test_row_dropout_masks_depend_on_the_global_row_only():
   x = jnp.ones((100, 64))
   layer, rngs = RowDropout(0.5), {"dropout": jax.random.key(3)}
   whole = np.asarray(layer.apply({}, x, True, rngs=rngs))
-  parts = np.concatenate([np.asarray(layer.apply({}, x[:40], True, 0, rngs=rngs)),
-                          np.asarray(layer.apply({}, x[40:], True, 40, rngs=rngs))])
+  parts = np.concatenate(
+    [
+      np.asarray(layer.apply({}, x[:40], True, 0, rngs=rngs)),
+      np.asarray(layer.apply({}, x[40:], True, 40, rngs=rngs)),
+    ]
+  )
   np.testing.assert_array_equal(parts, whole)
   assert set(np.unique(whole)) == {0.0, 2.0}
   assert abs((whole == 0).mean() - 0.5) < 0.03  # 6,400 draws: 5 sigma
@@ -271,12 +312,17 @@ def test_latent_dropout_acts_on_codes_not_on_latent_feature():
   """The latent feature handed to the reconstructions is the GCN's ReLU output; dropout 0.5
   sits only between it and the latent hash layer."""
   rng = np.random.default_rng(3)
-  inputs = (rng.standard_normal((4, 64), dtype=np.float32), rng.standard_normal((4, 512), dtype=np.float32),
-            np.ones((4, 4), np.float32))
+  inputs = (
+    rng.standard_normal((4, 64), dtype=np.float32),
+    rng.standard_normal((4, 512), dtype=np.float32),
+    np.ones((4, 4), np.float32),
+  )
   module = TransitiveLatent(8)
   params = module.init(jax.random.key(0), *inputs)
   latent, codes = module.apply(params, *inputs)
-  latent_train, codes_train = module.apply(params, *inputs, train=True, rngs={"dropout": jax.random.key(5)})
+  latent_train, codes_train = module.apply(
+    params, *inputs, train=True, rngs={"dropout": jax.random.key(5)}
+  )
   np.testing.assert_array_equal(latent, latent_train)
   assert not np.allclose(codes, codes_train)
 
@@ -295,7 +341,7 @@ def test_cycle_part_sends_no_gradient_to_features():
 
     def total(f_img, f_lab):
       out = module.apply(params, f_img, f_lab, adjacency)
-      return sum(jnp.sum(v ** 2) for v in out.values())
+      return sum(jnp.sum(v**2) for v in out.values())
 
     grad_image, grad_label = jax.grad(total, argnums=(0, 1))(f_image, f_label)
     assert not np.any(grad_image) and not np.any(grad_label), variant
@@ -307,8 +353,14 @@ def test_cycle_loss_reaches_feature_networks_only_through_codes(small_schn):
   """The gradient of the cycle loss on the visual and semantic networks equals that of the same
   loss with the cycle part's outputs detached: only U_image / U_label carry it back."""
   model, params, batch = small_schn
-  cycle_outputs = ("latent", "U_latent", "image_rec_feature", "U_image_rec",
-                   "label_rec_feature", "U_label_rec")
+  cycle_outputs = (
+    "latent",
+    "U_latent",
+    "image_rec_feature",
+    "U_image_rec",
+    "label_rec_feature",
+    "U_label_rec",
+  )
 
   def loss(p, detach_cycle):
     out = _forward(model, p, batch)
@@ -319,11 +371,17 @@ def test_cycle_loss_reaches_feature_networks_only_through_codes(small_schn):
   full = jax.grad(loss)(params, False)
   detached = jax.grad(loss)(params, True)
   for space in ("visual", "semantic"):
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12),
-                           full[space], detached[space])
+    jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12),
+      full[space],
+      detached[space],
+    )
   # The reconstruction terms do pull U_image toward the reconstruction...
-  rec_only = jax.grad(lambda p: losses.cycle_loss(_forward(model, p, batch), batch["database_codes"],
-                                                  batch["adjacency"], GAMMA)[1]["rec_image"])(params)
+  rec_only = jax.grad(
+    lambda p: losses.cycle_loss(
+      _forward(model, p, batch), batch["database_codes"], batch["adjacency"], GAMMA
+    )[1]["rec_image"]
+  )(params)
   assert np.any(rec_only["visual"]["hash"]["linear"]["kernel"])
   # ... and the cycle loss does train the cycle part.
   assert np.any(full["cycle"]["latent"]["graph_conv"]["kernel"])
@@ -354,11 +412,17 @@ def test_graph_conv_uses_raw_adjacency():
   x = rng.standard_normal((4, 3)).astype(np.float32)
   adjacency = np.array([[1, 1, 0, 0], [1, 1, 0, 1], [0, 0, 1, 0], [0, 1, 0, 1]], np.float32)
   module = GraphConv(5)
-  params = {"kernel": rng.standard_normal((3, 5)).astype(np.float32),
-            "bias": rng.standard_normal(5).astype(np.float32)}
+  params = {
+    "kernel": rng.standard_normal((3, 5)).astype(np.float32),
+    "bias": rng.standard_normal(5).astype(np.float32),
+  }
   ours = module.apply({"params": params}, x, adjacency)
-  expected = np.stack([sum(adjacency[i, j] * (x[j] @ params["kernel"]) for j in range(4)) + params["bias"]
-                       for i in range(4)])
+  expected = np.stack(
+    [
+      sum(adjacency[i, j] * (x[j] @ params["kernel"]) for j in range(4)) + params["bias"]
+      for i in range(4)
+    ]
+  )
   np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -368,7 +432,9 @@ def test_adaptive_avg_pool_matches_torch(size, out):
   x = np.random.default_rng(size).standard_normal((2, size, size + 1, 3), dtype=np.float32)
   expected = torch.nn.AdaptiveAvgPool2d(out)(torch.from_numpy(x).permute(0, 3, 1, 2))
   ours = adaptive_avg_pool(jnp.asarray(x), out)
-  np.testing.assert_allclose(np.asarray(ours), expected.permute(0, 2, 3, 1).numpy(), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(ours), expected.permute(0, 2, 3, 1).numpy(), rtol=1e-6, atol=1e-6
+  )
 
 
 # ---- losses, similarity and DCC against brute-force NumPy ------------------------------------
@@ -376,23 +442,32 @@ def test_adaptive_avg_pool_matches_torch(size, out):
 
 def numpy_feature_loss(u, b, s, gamma=10.0):
   n, bits = u.shape
-  hash_term = sum((bits * s[i, j] - u[i] @ b[j]) ** 2 for i in range(n) for j in range(n)) / n ** 2
+  hash_term = sum((bits * s[i, j] - u[i] @ b[j]) ** 2 for i in range(n) for j in range(n)) / n**2
   return hash_term * 12 / bits + gamma * np.mean((u - b) ** 2)
 
 
 def test_cycle_loss_matches_numpy():
   rng = np.random.default_rng(7)
   n, bits = 6, 12
-  out = {k: rng.uniform(-1, 1, (n, bits)) for k in ("U_image", "U_label", "U_image_rec", "U_label_rec")}
+  out = {
+    k: rng.uniform(-1, 1, (n, bits)) for k in ("U_image", "U_label", "U_image_rec", "U_label_rec")
+  }
   out["U_latent"] = rng.uniform(0, 1, (n, bits))
   codes = np.where(rng.random((n, bits)) < 0.5, -1.0, 1.0)
   similarity = (rng.random((n, n)) < 0.4).astype(np.float64)
-  total, terms = losses.cycle_loss({k: jnp.asarray(v, jnp.float32) for k, v in out.items()},
-                                   jnp.asarray(codes, jnp.float32), jnp.asarray(similarity, jnp.float32),
-                                   GAMMA)
-  expected = {f"feature_{s}": numpy_feature_loss(out[f"U_{s}"], codes, similarity)
-              for s in ("image", "label", "latent")}
-  expected.update({f"rec_{s}": np.mean((out[f"U_{s}_rec"] - out[f"U_{s}"]) ** 2) for s in ("image", "label")})
+  total, terms = losses.cycle_loss(
+    {k: jnp.asarray(v, jnp.float32) for k, v in out.items()},
+    jnp.asarray(codes, jnp.float32),
+    jnp.asarray(similarity, jnp.float32),
+    GAMMA,
+  )
+  expected = {
+    f"feature_{s}": numpy_feature_loss(out[f"U_{s}"], codes, similarity)
+    for s in ("image", "label", "latent")
+  }
+  expected.update(
+    {f"rec_{s}": np.mean((out[f"U_{s}_rec"] - out[f"U_{s}"]) ** 2) for s in ("image", "label")}
+  )
   for key, value in expected.items():
     np.testing.assert_allclose(float(terms[key]), value, rtol=1e-5, err_msg=key)
   np.testing.assert_allclose(float(total), sum(expected.values()), rtol=1e-5)
@@ -401,15 +476,19 @@ def test_cycle_loss_matches_numpy():
 
 def numpy_bce(probs, target):
   with np.errstate(divide="ignore"):
-    return -np.mean(target * np.maximum(np.log(probs), -100)
-                    + (1 - target) * np.maximum(np.log(1 - probs), -100))
+    return -np.mean(
+      target * np.maximum(np.log(probs), -100) + (1 - target) * np.maximum(np.log(1 - probs), -100)
+    )
 
 
-@pytest.mark.parametrize("probs, target", [
+@pytest.mark.parametrize(
+  "probs, target",
+  [
     ([0.2, 0.7, 0.5, 0.99], [1.0, 0.0, 1.0, 1.0]),
     ([0.0, 1.0, 0.3, 1e-50], [1.0, 0.0, 0.0, 1.0]),  # log(0): torch clamps at -100
     ([0.0, 1.0], [0.0, 1.0]),  # 0 * log(0) is 0 after the clamp, not NaN
-])
+  ],
+)
 def test_binary_cross_entropy_matches_torch_definition(probs, target):
   probs32 = np.asarray(probs, np.float32)
   ours = float(losses.binary_cross_entropy(jnp.asarray(probs32), jnp.asarray(target, jnp.float32)))
@@ -442,15 +521,22 @@ def test_soft_similarity_matches_numpy(ns, n):
   database_labels = (rng.random((n, 6)) < 0.25).astype(np.float32)
   r = losses.positive_ratio(sample_labels, database_labels)
   soft = losses.soften(losses.label_similarity(sample_labels, database_labels), r)
-  s = np.array([[1.0 if np.any(sample_labels[i] * database_labels[j]) else -1.0 for j in range(n)]
-                for i in range(ns)])
+  s = np.array(
+    [
+      [1.0 if np.any(sample_labels[i] * database_labels[j]) else -1.0 for j in range(n)]
+      for i in range(ns)
+    ]
+  )
   expected_r = s.sum() / (1 - s).sum()
   np.testing.assert_allclose(float(r), expected_r, rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(soft), s * (1 + expected_r) - expected_r, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(soft), s * (1 + expected_r) - expected_r, rtol=1e-6, atol=1e-6
+  )
   # Positives stay at 1, negatives become -(1 + 2r).
   np.testing.assert_allclose(np.asarray(soft)[s < 0], -(1 + 2 * expected_r), rtol=1e-6)
-  np.testing.assert_array_equal(np.asarray(losses.label_similarity(sample_labels, database_labels)),
-                                (s > 0).astype(np.float32))
+  np.testing.assert_array_equal(
+    np.asarray(losses.label_similarity(sample_labels, database_labels)), (s > 0).astype(np.float32)
+  )
 
 
 DCC_HYPER = dict(alpha=2.0, beta=0.1, gamma=10.0)  # the reference's values
@@ -465,7 +551,9 @@ def numpy_dcc(codes, u, u_label, u_latent, similarity, alpha=2.0, beta=0.1, gamm
   presign = np.zeros_like(codes)
   for k in range(bits):
     others_b, others_u = np.delete(codes, k, axis=1), np.delete(u, k, axis=1)
-    presign[:, k] = q[:, k] - others_b @ others_u.T @ u[:, k] + alpha * u_label[:, k] + beta * u_latent[:, k]
+    presign[:, k] = (
+      q[:, k] - others_b @ others_u.T @ u[:, k] + alpha * u_label[:, k] + beta * u_latent[:, k]
+    )
     codes[:, k] = np.sign(presign[:, k])
   return codes, presign
 
@@ -473,12 +561,16 @@ def numpy_dcc(codes, u, u_label, u_latent, similarity, alpha=2.0, beta=0.1, gamm
 def _dcc_inputs(seed, ns=20, bits=12):
   rng = np.random.default_rng(seed)
   labels = (rng.random((ns, 4)) < 0.4).astype(np.float32)
-  soft = losses.soften(losses.label_similarity(labels, labels), losses.positive_ratio(labels, labels))
-  return (rng.choice([-1.0, 0.0, 1.0], (ns, bits)).astype(np.float32),
-          rng.uniform(-1, 1, (ns, bits)).astype(np.float32),
-          rng.uniform(-1, 1, (ns, bits)).astype(np.float32),
-          rng.uniform(0, 1, (ns, bits)).astype(np.float32),
-          np.asarray(soft))
+  soft = losses.soften(
+    losses.label_similarity(labels, labels), losses.positive_ratio(labels, labels)
+  )
+  return (
+    rng.choice([-1.0, 0.0, 1.0], (ns, bits)).astype(np.float32),
+    rng.uniform(-1, 1, (ns, bits)).astype(np.float32),
+    rng.uniform(-1, 1, (ns, bits)).astype(np.float32),
+    rng.uniform(0, 1, (ns, bits)).astype(np.float32),
+    np.asarray(soft),
+  )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -487,7 +579,9 @@ def test_dcc_matches_numpy(seed):
   expected, presign = numpy_dcc(*(x.astype(np.float64) for x in inputs))
   # Away from zero, float32 rounding cannot flip a sign: the comparison is exact.
   assert np.min(np.abs(presign)) > 1e-3
-  np.testing.assert_array_equal(np.asarray(dcc.dcc_update(*map(jnp.asarray, inputs), **DCC_HYPER)), expected)
+  np.testing.assert_array_equal(
+    np.asarray(dcc.dcc_update(*map(jnp.asarray, inputs), **DCC_HYPER)), expected
+  )
 
 
 def test_dcc_sign_of_zero_is_zero():
@@ -497,9 +591,13 @@ def test_dcc_sign_of_zero_is_zero():
   # beta * 1.0 exactly (0.1 in float32 is twice 0.05 in float32).
   k = 4
   u[:, k], u_label[:, k], u_latent[:, k] = 0.0, -0.05, 1.0
-  ours = np.asarray(dcc.dcc_update(*map(jnp.asarray, (codes, u, u_label, u_latent, similarity)), **DCC_HYPER))
+  ours = np.asarray(
+    dcc.dcc_update(*map(jnp.asarray, (codes, u, u_label, u_latent, similarity)), **DCC_HYPER)
+  )
   assert not np.any(ours[:, k])
-  expected, _ = numpy_dcc(*(x.astype(np.float64) for x in (codes, u, u_label, u_latent, similarity)))
+  expected, _ = numpy_dcc(
+    *(x.astype(np.float64) for x in (codes, u, u_label, u_latent, similarity))
+  )
   others = np.arange(u.shape[1]) != k
   np.testing.assert_array_equal(ours[:, others], expected[:, others])
   assert np.all(np.abs(ours[:, others]) == 1)

@@ -36,19 +36,32 @@ FLOAT64_RELATIVE = 1e-9
 
 
 def _env(devices, **extra):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), **extra)
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=str(REPO),
+    **extra,
+  )
   return env
 
 
 def _run(args, devices, timeout, cwd=REPO):
-  result = subprocess.run([PYTHON, *args], cwd=cwd, env=_env(devices), capture_output=True,
-                          text=True, timeout=timeout, check=False)
+  result = subprocess.run(
+    [PYTHON, *args],
+    cwd=cwd,
+    env=_env(devices),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    check=False,
+  )
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
   return result.stdout
 
 
 # ---------------------------------------------------------------- one step on 8 devices
+
 
 @pytest.mark.parametrize("variant", ["mmasia", "tomm"])
 def test_eight_devices_equal_one(variant):
@@ -67,6 +80,7 @@ def _compare(name, ours, reference, skip_key_bias=False):
   """Leaf by leaf: max |ours - reference| / max |reference| <= FLOAT64_RELATIVE (the
   key bias: relative to the largest entry of the tree, or skipped)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   flat_ref = jax.tree_util.tree_leaves_with_path(reference)
   flat_ours = jax.tree_util.tree_leaves(ours)
   assert len(flat_ref) == len(flat_ours), name
@@ -79,7 +93,9 @@ def _compare(name, ours, reference, skip_key_bias=False):
       continue
     scale = tree_scale if key_bias else max(float(np.abs(ref).max()), 1e-300)
     error = np.abs(mine - ref).max() / scale
-    assert error <= FLOAT64_RELATIVE, f"{name}{jax.tree_util.keystr(path)}: relative error {error:.3g}"
+    assert error <= FLOAT64_RELATIVE, (
+      f"{name}{jax.tree_util.keystr(path)}: relative error {error:.3g}"
+    )
 
 
 def _assert_params_close(mine, reference, name):
@@ -88,16 +104,23 @@ def _assert_params_close(mine, reference, name):
   Sums reduced in another order (gloo's ring vs XLA's in-process all-reduce)
   round differently, and Adam scales the rounding residue of gradients whose
   true value is ~0 (the attention key bias's) up to a step's size."""
-  error = np.concatenate([np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).ravel()
-                          for a, b in zip(mine, reference, strict=True)])
+  error = np.concatenate(
+    [
+      np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).ravel()
+      for a, b in zip(mine, reference, strict=True)
+    ]
+  )
   outside = (error > PARAM_ATOL).mean()
-  assert outside <= PARAM_OUTLIER_FRACTION, f"{name}: {outside:.3g} of elements off by > {PARAM_ATOL}"
+  assert outside <= PARAM_OUTLIER_FRACTION, (
+    f"{name}: {outside:.3g} of elements off by > {PARAM_ATOL}"
+  )
   assert error.max() <= 100 * PARAM_ATOL, f"{name}: max error {error.max():.3g}"
 
 
 def _worker(variant):
   """One step of `variant` on one device and on 8 devices (shard_map, pmap); asserts equality."""
   import jax  # pylint: disable=g-import-not-at-top
+
   jax.config.update("jax_enable_x64", True)
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
@@ -117,10 +140,14 @@ def _worker(variant):
   bits, classes, batch_size, database_size = 16, 10, 64, 200
   model, discriminator = SCHN(variant, bits, backbone="small_cnn"), Discriminator()
   init_key, disc_key, rng = jax.random.split(jax.random.key(0), 3)
-  params = model.init(init_key, jnp.zeros((2, 28, 28, 1)), jnp.zeros((2, classes)),
-                      jnp.ones((2, 2)))["params"]
-  disc_params = (discriminator.init(disc_key, jnp.zeros((2, bits)), jnp.zeros((2, bits)))["params"]
-                 if variant == "tomm" else {})
+  params = model.init(
+    init_key, jnp.zeros((2, 28, 28, 1)), jnp.zeros((2, classes)), jnp.ones((2, 2))
+  )["params"]
+  disc_params = (
+    discriminator.init(disc_key, jnp.zeros((2, bits)), jnp.zeros((2, bits)))["params"]
+    if variant == "tomm"
+    else {}
+  )
   optimizers = make_optimizers(1e-5, "torch18", params["cycle"])
   data = np.random.default_rng(0)
   images = data.normal(size=(batch_size, 28, 28, 1))
@@ -130,12 +157,14 @@ def _worker(variant):
   database_codes = np.sign(data.normal(size=(database_size, bits)))
   state = create_state(params, disc_params, optimizers, database_size, bits, rng, jnp.float64)
   state = state.replace(database_codes=jnp.asarray(database_codes))
-  step_config = StepConfig(variant, learning_rate=4e-5, gamma=10.0, lr_milestones=(130,),
-                           lr_decay_factor=5.0)
+  step_config = StepConfig(
+    variant, learning_rate=4e-5, gamma=10.0, lr_milestones=(130,), lr_decay_factor=5.0
+  )
 
   def make_per_device(axis_name):
     cycle_update, adversarial_update, _ = make_step_functions(
-        model, discriminator, optimizers, step_config, axis_name=axis_name)
+      model, discriminator, optimizers, step_config, axis_name=axis_name
+    )
 
     def per_device(state, images, labels, rows, rng):
       batch = {"images": images, "labels": labels, "database_codes": state.database_codes[rows]}
@@ -164,16 +193,23 @@ def _worker(variant):
   for kind in parallel.KINDS:
     step = parallel.map_step(make_per_device(parallel.DATA_AXIS), mesh, num_rows=3, kind=kind)
     replicated = parallel.replicate(state, mesh)
-    multi = step(replicated, *parallel.shard_rows(mesh, images, labels, rows),
-                 parallel.replicate(rng, mesh))
+    multi = step(
+      replicated, *parallel.shard_rows(mesh, images, labels, rows), parallel.replicate(rng, mesh)
+    )
     assert all(x.sharding.is_fully_replicated for x in jax.tree_util.tree_leaves(multi[:3])), kind
     _compare(f"{kind} metrics", multi[2], single[2])
     for network in single[3]:
       _compare(f"{kind} grads[{network}]", multi[3][network], single[3][network])
     _compare(f"{kind} codes", multi[1], single[1])
-    _compare(f"{kind} params", (multi[0].params, multi[0].disc_params),
-             (single[0].params, single[0].disc_params), skip_key_bias=True)
-    multi_codes = dcc(multi[0].database_codes, {k: parallel.to_host(v) for k, v in multi[1].items()})
+    _compare(
+      f"{kind} params",
+      (multi[0].params, multi[0].disc_params),
+      (single[0].params, single[0].disc_params),
+      skip_key_bias=True,
+    )
+    multi_codes = dcc(
+      multi[0].database_codes, {k: parallel.to_host(v) for k, v in multi[1].items()}
+    )
     np.testing.assert_array_equal(multi_codes, single_codes, err_msg=kind)
     assert np.any(multi_codes[rows] != database_codes[rows]), "DCC changed nothing: a vacuous check"
     print("OK", kind, flush=True)
@@ -182,13 +218,19 @@ def _worker(variant):
 # ---------------------------------------------------------------- several processes
 
 # Tiny and quick: 64 sampled points in batches of 32, two outer iterations.
-TINY = ["--config=configs/tiny.py", "--config.variant=tomm", "--config.sample_size=64",
-        "--config.data.num_database=300", "--config.data.query_per_class=4",
-        "--config.eval.batch_size=128"]
+TINY = [
+  "--config=configs/tiny.py",
+  "--config.variant=tomm",
+  "--config.sample_size=64",
+  "--config.data.num_database=300",
+  "--config.data.query_per_class=4",
+  "--config.eval.batch_size=128",
+]
 
 
 def _free_port():
   import socket  # pylint: disable=g-import-not-at-top
+
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
@@ -196,11 +238,25 @@ def _free_port():
 
 def _train_two_processes(workdir, devices_per_process, timeout):
   port = _free_port()
-  processes = [subprocess.Popen(
-      [PYTHON, "train.py", *TINY, f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
-       "--num_processes=2", f"--process_id={i}"],
-      cwd=REPO, env=_env(devices_per_process), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True) for i in range(2)]
+  processes = [
+    subprocess.Popen(
+      [
+        PYTHON,
+        "train.py",
+        *TINY,
+        f"--workdir={workdir}",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ],
+      cwd=REPO,
+      env=_env(devices_per_process),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   try:
     outputs = [p.communicate(timeout=timeout)[0] for p in processes]
   finally:
@@ -218,19 +274,27 @@ def _restore(checkpoint):
   whatever topology wrote it."""
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   checkpointer = ocp.StandardCheckpointer()
   path = checkpoint / "state"
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-                                  checkpointer.metadata(path).item_metadata)
+  target = jax.tree_util.tree_map(
+    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+    checkpointer.metadata(path).item_metadata,
+  )
   state = checkpointer.restore(path, target)
-  return {jax.tree_util.keystr(p): np.asarray(x)
-          for p, x in jax.tree_util.tree_leaves_with_path(state)}
+  return {
+    jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state)
+  }
 
 
 def test_two_processes_equal_one_and_resume(tmp_path):
   """2 processes x 2 devices == 1 process x 4 devices; the 2-process checkpoint resumes in 1 process."""
-  multi, single, resumed = tmp_path / "two_processes", tmp_path / "one_process", tmp_path / "resumed"
+  multi, single, resumed = (
+    tmp_path / "two_processes",
+    tmp_path / "one_process",
+    tmp_path / "resumed",
+  )
   _train_two_processes(multi, devices_per_process=2, timeout=240)
   _run(["train.py", *TINY, f"--workdir={single}"], devices=4, timeout=180)
   # Resume the two-process run's iteration-1 checkpoint in one process.
@@ -249,7 +313,10 @@ def test_two_processes_equal_one_and_resume(tmp_path):
     assert np.abs(state["['database_codes']"]).sum() > 0, "no codes learned: a vacuous check"
   # Files come from process 0 only, once.
   assert (multi / "metrics.json").exists() and (multi / "bits_16" / "codes.npz").exists()
-  with np.load(multi / "bits_16" / "codes.npz") as codes, np.load(single / "bits_16" / "codes.npz") as ref:
+  with (
+    np.load(multi / "bits_16" / "codes.npz") as codes,
+    np.load(single / "bits_16" / "codes.npz") as ref,
+  ):
     np.testing.assert_array_equal(codes["database_codes"], ref["database_codes"])
     np.testing.assert_array_equal(codes["query_codes"], ref["query_codes"])
 

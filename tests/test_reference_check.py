@@ -17,8 +17,13 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run_cli(*args):
-  return subprocess.run([sys.executable, "-m", "schn_jax.reference_check", *map(str, args)],
-                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "schn_jax.reference_check", *map(str, args)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 @pytest.fixture
@@ -49,15 +54,20 @@ def test_fixture_matches_reference(fixture_dir):
   quantities = {c.quantity for c in results}
   forward_keys = set(np.load(fixture_dir / "forward.npz").files)
   # loss.npz also stores its inputs (B_codes, batch_sim, gamma); these are the terms.
-  loss_keys = [k for k in np.load(fixture_dir / "loss.npz").files
-               if k == "loss_cycle" or k.split("_")[0] in ("hash", "quant", "feature", "rec")]
+  loss_keys = [
+    k
+    for k in np.load(fixture_dir / "loss.npz").files
+    if k == "loss_cycle" or k.split("_")[0] in ("hash", "quant", "feature", "rec")
+  ]
   assert len(loss_keys) == 12
   # Every stored forward array and loss term is compared in both dtypes, plus the DCC
   # cases; the step (gradients, parameter changes) in float64.
   for dtype in ("float64", "float32"):
     assert {f"{dtype} forward/{k}" for k in forward_keys} <= quantities
     assert {f"{dtype} loss/{k}" for k in loss_keys} <= quantities
-    assert {f"{dtype} dcc/{k}" for k in ("r", "B_out_zero", "B_out_rand", "subset_B_out")} <= quantities
+    assert {
+      f"{dtype} dcc/{k}" for k in ("r", "B_out_zero", "B_out_rand", "subset_B_out")
+    } <= quantities
   assert "float64 step/loss_cycle" in quantities
   assert any(q.startswith("float64 step/delta_full") for q in quantities)
   failed = [(c.quantity, c.error, c.tolerance) for c in results if not c.ok]
@@ -73,7 +83,9 @@ def test_trajectory_matches_reference(trajectory_dir):
   for dtype in ("float64", "float32"):
     assert {f"{dtype} iteration {t}/B_after" for t in range(iterations)} <= quantities
     assert {f"{dtype} iteration {t}/loss_cycle" for t in range(iterations)} <= quantities
-    assert {f"{dtype} eval {int(i)}/query_codes" for i in evaluations if i <= iterations} <= quantities
+    assert {
+      f"{dtype} eval {int(i)}/query_codes" for i in evaluations if i <= iterations
+    } <= quantities
   assert any(q.startswith("float64 eval") and "map" in q for q in quantities)
   failed = [(c.quantity, c.error, c.tolerance) for c in results if not c.ok]
   assert not failed
@@ -130,9 +142,19 @@ def _empty_dir(d):
   return d, "no manifest.json"
 
 
-@pytest.mark.parametrize("damage", [_delete_manifest, _corrupt_manifest, _manifest_without_keys,
-                                    _delete_npz, _truncate_npz, _npz_without_array, _empty_dir],
-                         ids=lambda f: f.__name__.lstrip("_"))
+@pytest.mark.parametrize(
+  "damage",
+  [
+    _delete_manifest,
+    _corrupt_manifest,
+    _manifest_without_keys,
+    _delete_npz,
+    _truncate_npz,
+    _npz_without_array,
+    _empty_dir,
+  ],
+  ids=lambda f: f.__name__.lstrip("_"),
+)
 def test_malformed_fixture_gives_one_line_error(fixture_copy, damage):
   directory, expected = damage(fixture_copy)
   result = _run_cli(directory)
@@ -150,7 +172,9 @@ def test_missing_directory_is_an_error(tmp_path):
   assert f"{tmp_path / 'nowhere'}: not a directory" in result.stderr
 
 
-def test_perturbed_parameter_is_reported(fixtures_root, monkeypatch, capsys, restore_matmul_precision):
+def test_perturbed_parameter_is_reported(
+  fixtures_root, monkeypatch, capsys, restore_matmul_precision
+):
   checked = []
 
   def check_perturbed(directory):

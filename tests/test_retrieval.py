@@ -19,16 +19,28 @@ from schn_jax.training import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FASHION_MNIST = pathlib.Path(sources.FASHION_MNIST_ROOT)
-CLASSES = ('tshirt', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt',
-           'sneaker', 'bag', 'boot')
+CLASSES = (
+  'tshirt',
+  'trouser',
+  'pullover',
+  'dress',
+  'coat',
+  'sandal',
+  'shirt',
+  'sneaker',
+  'bag',
+  'boot',
+)
 
-pytestmark = pytest.mark.skipif(not FASHION_MNIST.is_dir(),
-                                reason="needs Debian's dataset-fashion-mnist")
+pytestmark = pytest.mark.skipif(
+  not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist"
+)
 
 
 def cli(module, *args):
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, '-m', module, *args], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
 
 
 def write_class_folders(folder, indices, fashion):
@@ -56,16 +68,22 @@ def test_encode_index_and_search_by_image(run, tmp_path):
   workdir, database_folder, query_folder = run
   bits = tiny.get_config().code_lengths[0]
   # The contract's encode command.
-  encoded = cli('schn_jax.encode', f'--workdir={workdir}', f'--bits={bits}',
-                f'--images={database_folder}', f'--out={tmp_path / "db.npz"}',
-                '--class_folders')
+  encoded = cli(
+    'schn_jax.encode',
+    f'--workdir={workdir}',
+    f'--bits={bits}',
+    f'--images={database_folder}',
+    f'--out={tmp_path / "db.npz"}',
+    '--class_folders',
+  )
   assert encoded.returncode == 0, encoded.stderr
   with np.load(tmp_path / 'db.npz') as saved:
     assert saved['codes'].dtype == np.float32 and saved['codes'].shape == (150, bits)
     assert set(np.unique(saved['codes'])) <= {-1.0, 1.0}
     assert saved['packed'].dtype == np.uint8 and saved['packed'].shape == (150, bits // 8)
-    written = sorted(p.relative_to(database_folder).as_posix()
-                     for p in database_folder.rglob('*.png'))
+    written = sorted(
+      p.relative_to(database_folder).as_posix() for p in database_folder.rglob('*.png')
+    )
     assert saved['paths'].tolist() == written
   assert not (tmp_path / 'db.npz.parts').exists()
   database = codes_lib.load_item_codes(tmp_path / 'db.npz')
@@ -74,19 +92,22 @@ def test_encode_index_and_search_by_image(run, tmp_path):
   # The same codes as the model encoding the images directly.
   model = inference.TrainedModel.from_workdir(workdir, bits)
   images = image_sets.FolderImages(database_folder, channels=model.channels)
-  direct = model.encode(np.stack([model.preprocess(images.image(i))
-                                  for i in range(len(images))]))
+  direct = model.encode(np.stack([model.preprocess(images.image(i)) for i in range(len(images))]))
   np.testing.assert_array_equal(database.codes, retrieval.binarize(direct))
-  query_set = image_sets.FolderImages(query_folder, class_folders=True,
-                                      channels=model.channels)
+  query_set = image_sets.FolderImages(query_folder, class_folders=True, channels=model.channels)
   retrieval.encode_to_file(model, query_set, tmp_path / 'q.npz', progress=False)
   queries = codes_lib.load_item_codes(tmp_path / 'q.npz')
   exact_ids, exact_distances = hamming.hamming_topk(queries.codes, database.codes, 10)
 
   # The contract's search command, flat index: the exact ranking, ties included.
-  searched = cli('schn_jax.search', f'--database={tmp_path / "db.npz"}',
-                 f'--queries={tmp_path / "q.npz"}', '--index=flat', '--topk=10',
-                 f'--out={tmp_path / "results.jsonl"}')
+  searched = cli(
+    'schn_jax.search',
+    f'--database={tmp_path / "db.npz"}',
+    f'--queries={tmp_path / "q.npz"}',
+    '--index=flat',
+    '--topk=10',
+    f'--out={tmp_path / "results.jsonl"}',
+  )
   assert searched.returncode == 0, searched.stderr
   flat = [json.loads(line) for line in (tmp_path / 'results.jsonl').read_text().splitlines()]
   assert [r['query'] for r in flat] == queries.paths.tolist()
@@ -96,11 +117,18 @@ def test_encode_index_and_search_by_image(run, tmp_path):
 
   # Search by image with a second kind of index (IVF visiting every list),
   # saved for reuse, and the PNG grid.
-  by_image = cli('schn_jax.search', f'--database={tmp_path / "db.npz"}',
-                 f'--query_images={query_folder}', '--class_folders',
-                 '--index=BIVF4', '--nprobe=4', '--topk=5',
-                 f'--save_index={tmp_path / "ivf.faiss"}',
-                 f'--out={tmp_path / "ivf.jsonl"}', f'--grid={tmp_path / "grid.png"}')
+  by_image = cli(
+    'schn_jax.search',
+    f'--database={tmp_path / "db.npz"}',
+    f'--query_images={query_folder}',
+    '--class_folders',
+    '--index=BIVF4',
+    '--nprobe=4',
+    '--topk=5',
+    f'--save_index={tmp_path / "ivf.faiss"}',
+    f'--out={tmp_path / "ivf.jsonl"}',
+    f'--grid={tmp_path / "grid.png"}',
+  )
   assert by_image.returncode == 0, by_image.stderr
   ivf = [json.loads(line) for line in (tmp_path / 'ivf.jsonl').read_text().splitlines()]
   assert [r['query'] for r in ivf] == queries.paths.tolist()
@@ -129,8 +157,9 @@ def test_encode_index_and_search_by_image(run, tmp_path):
       assert tuple(pixels[top + 1, left + 1]) == plots.GRID_COLORS[neighbor['correct']]
 
   # The saved index, loaded, gives the same results.
-  reloaded = retrieval.search_codes(database, queries.codes, k=5,
-                                    index_file=tmp_path / 'ivf.faiss', nprobe=4)
+  reloaded = retrieval.search_codes(
+    database, queries.codes, k=5, index_file=tmp_path / 'ivf.faiss', nprobe=4
+  )
   for record, (ids, _) in zip(ivf, reloaded):
     assert [n['path'] for n in record['neighbors']] == database.paths[ids].tolist()
 
@@ -151,15 +180,17 @@ def test_interrupted_encode_resumes_without_redoing_shards(run, tmp_path, monkey
   monkeypatch.setattr(model, 'hash', interrupted)
   out = tmp_path / 'codes.npz'
   with pytest.raises(KeyboardInterrupt):
-    retrieval.encode_to_file(model, images, out, batch_size=32, shard_size=32,
-                             progress=False)
+    retrieval.encode_to_file(model, images, out, batch_size=32, shard_size=32, progress=False)
   assert sorted(p.name for p in (tmp_path / 'codes.npz.parts').glob('shard_*')) == [
-      'shard_000000.npy', 'shard_000001.npy']
+    'shard_000000.npy',
+    'shard_000001.npy',
+  ]
   assert not out.exists()
   calls.clear()
   monkeypatch.setattr(model, 'hash', lambda batch: calls.append(1) or hash_batch(batch))
-  resumed = retrieval.encode_to_file(model, images, out, batch_size=32, shard_size=32,
-                                     progress=False)
+  resumed = retrieval.encode_to_file(
+    model, images, out, batch_size=32, shard_size=32, progress=False
+  )
   assert len(calls) == 3  # 150 images: shards 2, 3 and 4 of 32, 32 and 22
   monkeypatch.setattr(model, 'hash', hash_batch)
   straight = retrieval.encode_set(model, images, batch_size=32)
@@ -175,10 +206,24 @@ def test_user_errors_are_one_line_exit_2(run, tmp_path):
   Image.fromarray(np.zeros((28, 28), np.uint8)).save(broken / 'fine.png')
   (broken / 'unreadable.png').write_bytes(b'\x89PNG not really')
   cases = [
-      (('schn_jax.encode', f'--workdir={workdir}', f'--images={tmp_path / "missing"}',
-        f'--out={tmp_path / "x.npz"}'), f'{tmp_path / "missing"}: no such folder or file'),
-      (('schn_jax.encode', f'--workdir={workdir}', f'--images={broken}',
-        f'--out={tmp_path / "x.npz"}'), f'cannot read image {broken / "unreadable.png"}'),
+    (
+      (
+        'schn_jax.encode',
+        f'--workdir={workdir}',
+        f'--images={tmp_path / "missing"}',
+        f'--out={tmp_path / "x.npz"}',
+      ),
+      f'{tmp_path / "missing"}: no such folder or file',
+    ),
+    (
+      (
+        'schn_jax.encode',
+        f'--workdir={workdir}',
+        f'--images={broken}',
+        f'--out={tmp_path / "x.npz"}',
+      ),
+      f'cannot read image {broken / "unreadable.png"}',
+    ),
   ]
   for args, message in cases:
     result = cli(*args)
@@ -194,16 +239,19 @@ def test_user_errors_are_one_line_exit_2(run, tmp_path):
   codes_lib.save_item_codes(tmp_path / 'db.npz', database)
   other = codes_lib.ItemCodes(np.ones((2, 24), np.float32), None, np.array(['a', 'b']))
   codes_lib.save_item_codes(tmp_path / 'q24.npz', other)
-  result = cli('schn_jax.search', f'--database={tmp_path / "db.npz"}',
-               f'--queries={tmp_path / "q24.npz"}')
+  result = cli(
+    'schn_jax.search', f'--database={tmp_path / "db.npz"}', f'--queries={tmp_path / "q24.npz"}'
+  )
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (
-      'error: the queries have 24-bit codes, the database 16-bit codes: encode '
-      'both with the same --bits.')
+    'error: the queries have 24-bit codes, the database 16-bit codes: encode '
+    'both with the same --bits.'
+  )
   index24 = search.build_index(np.ones((150, 24)))
   search.save_index(index24, tmp_path / 'i24.faiss')
-  with pytest.raises(errors.UserError, match='i24.faiss holds 24-bit codes but the codes '
-                     'have 16 bits'):
+  with pytest.raises(
+    errors.UserError, match='i24.faiss holds 24-bit codes but the codes have 16 bits'
+  ):
     retrieval.search_codes(database, database.codes, index_file=tmp_path / 'i24.faiss')
 
 
@@ -211,17 +259,21 @@ def test_trained_model_refuses_what_it_cannot_restore(run, tmp_path, monkeypatch
   workdir, _, _ = run
   monkeypatch.chdir(workdir.parent)
   assert inference.TrainedModel.from_workdir(workdir.name).step == 1  # a relative path
-  with pytest.raises(errors.UserError, match=r'bits_32/checkpoints: no checkpoint of '
-                     r'32-bit codes; this run has checkpoints for \[16\]'):
+  with pytest.raises(
+    errors.UserError,
+    match=r'bits_32/checkpoints: no checkpoint of '
+    r'32-bit codes; this run has checkpoints for \[16\]',
+  ):
     inference.TrainedModel.from_workdir(workdir, bits=32)
   with pytest.raises(errors.UserError, match='config.json not found'):
     inference.TrainedModel.from_workdir(tmp_path)
   # A config whose code length does not fit the checkpoint's shapes.
-  with pytest.raises(errors.UserError, match='does not fit the run.s config.json: visual/'
-                     'hash/linear/bias'):
+  with pytest.raises(
+    errors.UserError, match='does not fit the run.s config.json: visual/hash/linear/bias'
+  ):
     inference.restore_params(
-        inference.read_config(workdir), 24,
-        workdir / 'bits_16' / 'checkpoints' / '1' / 'state')
+      inference.read_config(workdir), 24, workdir / 'bits_16' / 'checkpoints' / '1' / 'state'
+    )
 
 
 @pytest.mark.parametrize('suffix', ['.safetensors', '.npz'])

@@ -25,8 +25,9 @@ from schn_jax.training import checkpoint, train
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
-pytestmark = pytest.mark.skipif(not FASHION_MNIST.is_dir(),
-                                reason="needs Debian's dataset-fashion-mnist")
+pytestmark = pytest.mark.skipif(
+  not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist"
+)
 
 
 def tiny_config(**overrides):
@@ -49,8 +50,10 @@ def run_copy(finished_run, tmp_path):
 
 
 def snapshot(folder):
-  return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-          for p in sorted(folder.rglob("*"))}
+  return {
+    str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+    for p in sorted(folder.rglob("*"))
+  }
 
 
 def assert_same_codes(workdir, finished_run):
@@ -151,7 +154,10 @@ def test_eval_workdir_writes_only_where_it_is_told(run_copy, tmp_path, monkeypat
   before = snapshot(run_copy)
   train.evaluate_workdir(run_copy, output_dir=tmp_path / "out")
   assert sorted(p.name for p in (tmp_path / "out" / "bits_16").iterdir()) == [
-      "codes.npz", "curves.png", "metrics.json"]
+    "codes.npz",
+    "curves.png",
+    "metrics.json",
+  ]
   assert snapshot(run_copy) == before
   # A folder this process may not write (root ignores permission bits, so the
   # check itself is replaced): evaluated, nothing written, and it says so.
@@ -165,9 +171,20 @@ def test_eval_workdir_writes_only_where_it_is_told(run_copy, tmp_path, monkeypat
 
 def test_ctrl_c_keeps_the_checkpoint_and_exits_130(tmp_path):
   proc = subprocess.Popen(
-      [sys.executable, "train.py", "--config=configs/tiny.py", f"--workdir={tmp_path}",
-       "--config.variant=mmasia", "--config.max_iter=3"],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    [
+      sys.executable,
+      "train.py",
+      "--config=configs/tiny.py",
+      f"--workdir={tmp_path}",
+      "--config.variant=mmasia",
+      "--config.max_iter=3",
+    ],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+  )
   first = tmp_path / "bits_16" / "checkpoints" / "1"
   deadline = time.time() + 600
   while not first.is_dir() and proc.poll() is None and time.time() < deadline:

@@ -18,8 +18,7 @@ def brute_distances(query_codes, database_codes):
 
 
 def stack(results):
-  return (np.stack([ids for ids, _ in results]),
-          np.stack([distances for _, distances in results]))
+  return (np.stack([ids for ids, _ in results]), np.stack([distances for _, distances in results]))
 
 
 @pytest.mark.parametrize('bits', [12, 16, 32])
@@ -36,10 +35,13 @@ def test_flat_equals_exact_ranking_ties_included(tmp_path, bits):
   np.testing.assert_array_equal(distances, exact_distances)
 
 
-@pytest.mark.parametrize('description, params', [
-    ('BIVF8', dict(nprobe=8)),          # every list visited: exhaustive
+@pytest.mark.parametrize(
+  'description, params',
+  [
+    ('BIVF8', dict(nprobe=8)),  # every list visited: exhaustive
     ('BHNSW16', dict(ef_search=2000)),  # a candidate list as large as the database
-])
+  ],
+)
 def test_approximate_indexes_made_exhaustive_match_exact_distances(description, params):
   database, queries = random_codes(2000, 16, 2), random_codes(20, 16, 3)
   index = search.build_index(database, description)
@@ -49,7 +51,8 @@ def test_approximate_indexes_made_exhaustive_match_exact_distances(description, 
   exact_ids, exact_distances = hamming.hamming_topk(queries, database, 10)
   np.testing.assert_array_equal(distances, exact_distances)
   np.testing.assert_array_equal(
-      distances, np.take_along_axis(brute_distances(queries, database), ids, 1))
+    distances, np.take_along_axis(brute_distances(queries, database), ids, 1)
+  )
   for row_ids, row_distances, exact in zip(ids, distances, exact_ids):
     # Ties at the k-th distance may keep other items; everything closer is the same.
     closer = row_distances < row_distances[-1]
@@ -59,8 +62,9 @@ def test_approximate_indexes_made_exhaustive_match_exact_distances(description, 
     assert np.all(row_ids[:-1][tied] < row_ids[1:][tied])  # ties by database order
 
 
-@pytest.mark.parametrize('description, nflip', [('flat', None), ('BHash8', 3),
-                                                ('BHash2x8', 3), ('BIVF4', None)])
+@pytest.mark.parametrize(
+  'description, nflip', [('flat', None), ('BHash8', 3), ('BHash2x8', 3), ('BIVF4', None)]
+)
 def test_radius_search_returns_exactly_the_ball(description, nflip):
   database, queries = random_codes(1000, 16, 4), random_codes(10, 16, 5)
   index = search.build_index(database, description)
@@ -94,18 +98,23 @@ def test_k_larger_than_the_database_is_clipped(caplog):
   assert 'k=50 is more than the 7 database items' in caplog.text
 
 
-@pytest.mark.parametrize('call, message', [
+@pytest.mark.parametrize(
+  'call, message',
+  [
     (lambda index, q: search.knn(index, q, 0), r'k=0: ask for at least one'),
     (lambda index, q: search.range_search(index, q, -1), r'radius=-1'),
-    (lambda index, q: search.knn(index, q[:, :8], 3),
-     r'query codes have 8 bits but the index holds 16-bit codes'),
-    (lambda index, q: search.check_index(index, 40, 24),
-     r'holds 16-bit codes but the codes have 24 bits'),
-    (lambda index, q: search.check_index(index, 41, 16),
-     r'holds 40 codes but the database has 41'),
-    (lambda index, q: search.set_search_parameters(index, nprobe=4),
-     r'nprobe applies to IVF'),
-])
+    (
+      lambda index, q: search.knn(index, q[:, :8], 3),
+      r'query codes have 8 bits but the index holds 16-bit codes',
+    ),
+    (
+      lambda index, q: search.check_index(index, 40, 24),
+      r'holds 16-bit codes but the codes have 24 bits',
+    ),
+    (lambda index, q: search.check_index(index, 41, 16), r'holds 40 codes but the database has 41'),
+    (lambda index, q: search.set_search_parameters(index, nprobe=4), r'nprobe applies to IVF'),
+  ],
+)
 def test_bad_requests_are_user_errors(call, message):
   index = search.build_index(random_codes(40, 16, 10))
   with pytest.raises(errors.UserError, match=message):
@@ -142,10 +151,15 @@ def test_packing_is_faiss_layout():
 
 def test_item_codes_round_trip_and_refusals(tmp_path):
   codes = random_codes(4, 16, 14)
-  item = codes_lib.ItemCodes(codes, codes_lib.pack_signs(codes),
-                             np.array(['a.png', 'b/c.png', 'd.png', 'e.png']),
-                             np.eye(4, 2, dtype=np.uint8), np.array(['x', 'y']),
-                             {'kind': 'folder', 'root': '/r'}, {'bits': 16})
+  item = codes_lib.ItemCodes(
+    codes,
+    codes_lib.pack_signs(codes),
+    np.array(['a.png', 'b/c.png', 'd.png', 'e.png']),
+    np.eye(4, 2, dtype=np.uint8),
+    np.array(['x', 'y']),
+    {'kind': 'folder', 'root': '/r'},
+    {'bits': 16},
+  )
   codes_lib.save_item_codes(tmp_path / 'c.npz', item)
   loaded = codes_lib.load_item_codes(tmp_path / 'c.npz')
   np.testing.assert_array_equal(loaded.codes, codes)

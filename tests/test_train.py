@@ -17,8 +17,9 @@ from schn_jax.training import train
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
-pytestmark = pytest.mark.skipif(not FASHION_MNIST.is_dir(),
-                                reason="needs Debian's dataset-fashion-mnist")
+pytestmark = pytest.mark.skipif(
+  not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist"
+)
 
 
 def tiny_config(**overrides):
@@ -29,8 +30,13 @@ def tiny_config(**overrides):
 
 def train_cli(workdir, *overrides, **kwargs):
   return subprocess.Popen(
-      [sys.executable, "train.py", "--config=configs/tiny.py", f"--workdir={workdir}", *overrides],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    [sys.executable, "train.py", "--config=configs/tiny.py", f"--workdir={workdir}", *overrides],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    **kwargs,
+  )
 
 
 @pytest.mark.parametrize("variant", ["mmasia", "tomm"])
@@ -62,8 +68,13 @@ def test_tiny_run_trains_checkpoints_and_evaluates(tmp_path, variant):
 
 def test_eval_cli_on_a_workdir(tmp_path):
   train.train_and_evaluate(tiny_config(variant="mmasia", max_iter=1), tmp_path)
-  proc = subprocess.run([sys.executable, "eval.py", f"--workdir={tmp_path}", "--ties=tie_aware"],
-                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "eval.py", f"--workdir={tmp_path}", "--ties=tie_aware"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr
   result = json.loads(proc.stdout.strip().splitlines()[-1])["16"]
   assert result["ties"] == "tie_aware" and result["iteration"] == 1

@@ -27,6 +27,7 @@ def _config(variant="tomm", **overrides):
 
 # ---------------------------------------------------------------- D/G learning-rate decay
 
+
 @pytest.mark.parametrize("max_iter, decayed_after", [(50, (5, 40)), (8, (130,)), (150, (130,))])
 def test_adversarial_rate_decays_where_the_reference_does(max_iter, decayed_after):
   config = _config(max_iter=max_iter)
@@ -36,24 +37,35 @@ def test_adversarial_rate_decays_where_the_reference_does(max_iter, decayed_afte
     # The rate is divided by 5 at the END of each listed 0-based iteration.
     passed = sum(iteration > m for m in decayed_after)
     rate = float(adversarial_learning_rate(step_config, jnp.asarray(iteration)))
-    np.testing.assert_allclose(rate, config.learning_rate / 5.0 ** passed, rtol=1e-6)
+    np.testing.assert_allclose(rate, config.learning_rate / 5.0**passed, rtol=1e-6)
 
 
 # ---------------------------------------------------------------- a small model
 
+
 def _small_run(variant, semantics="torch18", bits=8, classes=5, batch=6):
-  model, discriminator = SCHN(variant, bits, backbone="small_cnn", dropout_rate=0.0), Discriminator()
+  model, discriminator = (
+    SCHN(variant, bits, backbone="small_cnn", dropout_rate=0.0),
+    Discriminator(),
+  )
   keys = jax.random.split(jax.random.key(3), 3)
-  params = model.init(keys[0], jnp.zeros((2, 28, 28, 1)), jnp.zeros((2, classes)),
-                      jnp.ones((2, 2)))["params"]
-  disc_params = (discriminator.init(keys[1], jnp.zeros((2, bits)), jnp.zeros((2, bits)))["params"]
-                 if variant == "tomm" else {})
+  params = model.init(
+    keys[0], jnp.zeros((2, 28, 28, 1)), jnp.zeros((2, classes)), jnp.ones((2, 2))
+  )["params"]
+  disc_params = (
+    discriminator.init(keys[1], jnp.zeros((2, bits)), jnp.zeros((2, bits)))["params"]
+    if variant == "tomm"
+    else {}
+  )
   optimizers = make_optimizers(1e-5, semantics, params["cycle"])
   state = create_state(params, disc_params, optimizers, 20, bits, keys[2])
   data = np.random.default_rng(0)
   labels = np.eye(classes, dtype=np.float32)[data.integers(0, classes, batch)]
-  batch_inputs = {"images": data.normal(size=(batch, 28, 28, 1)).astype(np.float32), "labels": labels,
-                  "database_codes": np.sign(data.normal(size=(batch, bits))).astype(np.float32)}
+  batch_inputs = {
+    "images": data.normal(size=(batch, 28, 28, 1)).astype(np.float32),
+    "labels": labels,
+    "database_codes": np.sign(data.normal(size=(batch, bits))).astype(np.float32),
+  }
   step_config = StepConfig.from_config(_config(variant))
   return model, discriminator, optimizers, step_config, state, batch_inputs
 
@@ -65,14 +77,16 @@ def test_tomm_keeps_the_codes_of_the_second_forward():
   _, codes, _ = train_step(state, batch, rng, train=False)
   after_cycle, first_forward, _, _ = cycle_update(state, batch, rng, train=False)
   similarity = (batch["labels"] @ batch["labels"].T > 0).astype(np.float32)
-  second_forward = model.apply({"params": after_cycle.params}, batch["images"], batch["labels"],
-                               similarity)
+  second_forward = model.apply(
+    {"params": after_cycle.params}, batch["images"], batch["labels"], similarity
+  )
   for name in ("U_image", "U_label", "U_latent"):
     np.testing.assert_allclose(codes[name], second_forward[name], rtol=1e-6, atol=1e-7)
     assert np.abs(np.asarray(codes[name]) - np.asarray(first_forward[name])).max() > 1e-6, name
 
 
 # ---------------------------------------------------------------- batches per outer iteration
+
 
 @pytest.mark.parametrize("variant", ["tomm", "mmasia"])
 def test_batches_per_epoch_follow_the_variant(variant):
@@ -96,16 +110,27 @@ def _tiny_data(config, size=40, classes=4):
   images = rng.integers(0, 256, (size, 28, 28, 1), dtype=np.uint8)
   labels = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, size)]
   source = data_lib.sources.ArraySource("tiny", images, labels)
-  split = data_lib.protocols.Split(query=np.arange(30, 40), database=np.arange(30), train=np.arange(30))
-  return data_lib.RetrievalData(config.data, source, split, data_lib.pipeline.Loader(source, config.data))
+  split = data_lib.protocols.Split(
+    query=np.arange(30, 40), database=np.arange(30), train=np.arange(30)
+  )
+  return data_lib.RetrievalData(
+    config.data, source, split, data_lib.pipeline.Loader(source, config.data)
+  )
 
 
 @pytest.mark.parametrize("variant", ["tomm", "mmasia"])
 def test_streamed_iteration_equals_the_on_device_one(variant):
   """The two ways images reach the step (docs/performance.md) run the same batches;
   the streamed one loads, for tomm, the same batches with the same seed every epoch."""
-  config = _config(variant, backbone="small_cnn", sample_size=20, batch_size=8, max_epoch=2,
-                   code_lengths=(8,), stream_chunk=2)
+  config = _config(
+    variant,
+    backbone="small_cnn",
+    sample_size=20,
+    batch_size=8,
+    max_epoch=2,
+    code_lengths=(8,),
+    stream_chunk=2,
+  )
   config.data.image_size, config.data.num_channels = 28, 1
   config.data.augment, config.data.test_resize = False, None
   data = _tiny_data(config)
@@ -119,8 +144,9 @@ def test_streamed_iteration_equals_the_on_device_one(variant):
     assert iteration.on_device == (device_pool_mb > 0)
     loads = []
     batches = data.batches
-    data.batches = lambda indices, size, **kw: loads.append((np.array(indices), kw["seed"])) or \
-        batches(indices, size, **kw)
+    data.batches = lambda indices, size, **kw: loads.append(
+      (np.array(indices), kw["seed"])
+    ) or batches(indices, size, **kw)
     try:
       for _ in range(2):
         state, step_losses, seen = iteration(state)
@@ -135,8 +161,10 @@ def test_streamed_iteration_equals_the_on_device_one(variant):
     np.testing.assert_allclose(streamed_losses[name], on_losses[name], rtol=1e-5, err_msg=name)
   first_iteration = loads[:4]  # 2 epochs x (full batches, the rest)
   if variant == "tomm":
-    assert all(np.array_equal(a[0], b[0]) and a[1] == b[1]
-               for a, b in zip(first_iteration[:2], first_iteration[2:]))
+    assert all(
+      np.array_equal(a[0], b[0]) and a[1] == b[1]
+      for a, b in zip(first_iteration[:2], first_iteration[2:])
+    )
   else:
     assert not np.array_equal(first_iteration[0][0], first_iteration[2][0])
     assert first_iteration[0][1] != first_iteration[2][1]
@@ -156,17 +184,24 @@ def test_initial_database_codes():
 
 # ---------------------------------------------------------------- optimizer semantics
 
+
 @pytest.mark.parametrize("semantics", ["torch18", "torch2"])
 def test_generator_adam_treats_the_unreached_head_as_torch_does(semantics):
   """The G optimizer and a parameter its loss does not reach (the latent hash head):
   torch 1.8's zero_grad leaves a zero gradient (Adam steps it by weight decay alone),
   torch 2 leaves None (Adam skips it). Three steps against torch's own Adam."""
   rng = np.random.default_rng(0)
-  params = {"latent": {"hash": {"linear": {"kernel": rng.normal(size=(4, 3)).astype(np.float32)}}},
-            "image_rec": {"mlp": {"kernel": rng.normal(size=(3, 2)).astype(np.float32)}}}
-  grads = [{"latent": {"hash": {"linear": {"kernel": np.zeros((4, 3), np.float32)}}},
-            "image_rec": {"mlp": {"kernel": rng.normal(size=(3, 2)).astype(np.float32)}}}
-           for _ in range(3)]
+  params = {
+    "latent": {"hash": {"linear": {"kernel": rng.normal(size=(4, 3)).astype(np.float32)}}},
+    "image_rec": {"mlp": {"kernel": rng.normal(size=(3, 2)).astype(np.float32)}},
+  }
+  grads = [
+    {
+      "latent": {"hash": {"linear": {"kernel": np.zeros((4, 3), np.float32)}}},
+      "image_rec": {"mlp": {"kernel": rng.normal(size=(3, 2)).astype(np.float32)}},
+    }
+    for _ in range(3)
+  ]
   lr, weight_decay = 1e-3, 1e-2
   generator = make_optimizers(weight_decay, semantics, params).generator
   ours, opt_state = jax.tree_util.tree_map(jnp.asarray, params), generator.init(params)
@@ -181,11 +216,15 @@ def test_generator_adam_treats_the_unreached_head_as_torch_does(semantics):
     head.grad = torch.zeros_like(head) if semantics == "torch18" else None
     rec.grad = torch.tensor(g["image_rec"]["mlp"]["kernel"])
     adam.step()
-  np.testing.assert_allclose(ours["latent"]["hash"]["linear"]["kernel"], head.detach().numpy(),
-                             rtol=1e-6, atol=1e-7)
-  np.testing.assert_allclose(ours["image_rec"]["mlp"]["kernel"], rec.detach().numpy(), rtol=1e-6, atol=1e-7)
-  moved = not np.array_equal(ours["latent"]["hash"]["linear"]["kernel"],
-                             params["latent"]["hash"]["linear"]["kernel"])
+  np.testing.assert_allclose(
+    ours["latent"]["hash"]["linear"]["kernel"], head.detach().numpy(), rtol=1e-6, atol=1e-7
+  )
+  np.testing.assert_allclose(
+    ours["image_rec"]["mlp"]["kernel"], rec.detach().numpy(), rtol=1e-6, atol=1e-7
+  )
+  moved = not np.array_equal(
+    ours["latent"]["hash"]["linear"]["kernel"], params["latent"]["hash"]["linear"]["kernel"]
+  )
   assert moved == (semantics == "torch18")
 
 
@@ -210,6 +249,7 @@ def test_adam_matches_torch_in_float32():
 
 # ---------------------------------------------------------------- initialisation
 
+
 def _torch_reference(path, leaf, tree):
   """torch's own initialiser for the layer at `path` (our parameter leaf `leaf`)."""
   names = [getattr(k, "key", str(k)) for k in path]
@@ -233,20 +273,29 @@ def _torch_reference(path, leaf, tree):
 def _ks_statistic(a, b):
   a, b = np.sort(a), np.sort(b)
   grid = np.concatenate([a, b])
-  return np.max(np.abs(np.searchsorted(a, grid, "right") / len(a)
-                       - np.searchsorted(b, grid, "right") / len(b)))
+  return np.max(
+    np.abs(np.searchsorted(a, grid, "right") / len(a) - np.searchsorted(b, grid, "right") / len(b))
+  )
 
 
-@pytest.mark.parametrize("variant, backbone, size", [("tomm", "alexnet", 64), ("mmasia", "alexnet", 64),
-                                                     ("tomm", "small_cnn", 28)])
+@pytest.mark.parametrize(
+  "variant, backbone, size",
+  [("tomm", "alexnet", 64), ("mmasia", "alexnet", 64), ("tomm", "small_cnn", 28)],
+)
 def test_initialisation_follows_torch_defaults(variant, backbone, size):
   torch.manual_seed(0)
   bits, classes = 16, 7
   model = SCHN(variant, bits, backbone=backbone)
   channels = 3 if backbone == "alexnet" else 1
-  params = model.init(jax.random.key(0), jnp.zeros((2, size, size, channels)), jnp.zeros((2, classes)),
-                      jnp.ones((2, 2)))["params"]
-  disc = Discriminator().init(jax.random.key(1), jnp.zeros((2, bits)), jnp.zeros((2, bits)))["params"]
+  params = model.init(
+    jax.random.key(0),
+    jnp.zeros((2, size, size, channels)),
+    jnp.zeros((2, classes)),
+    jnp.ones((2, 2)),
+  )["params"]
+  disc = Discriminator().init(jax.random.key(1), jnp.zeros((2, bits)), jnp.zeros((2, bits)))[
+    "params"
+  ]
   rng = np.random.default_rng(0)
   checked = 0
   for tree in (params, disc):
@@ -259,7 +308,10 @@ def test_initialisation_follows_torch_defaults(variant, backbone, size):
         np.testing.assert_array_equal(ours, 0.0, err_msg=name)
         continue
       if ours.size > 100_000:  # the two large fc layers: a subsample of each is plenty
-        ours, theirs = rng.choice(ours, 100_000, replace=False), rng.choice(theirs, 100_000, replace=False)
+        ours, theirs = (
+          rng.choice(ours, 100_000, replace=False),
+          rng.choice(theirs, 100_000, replace=False),
+        )
       # Two-sample Kolmogorov-Smirnov at a 1e-6 false-alarm rate (c = 2.69).
       limit = 2.69 * np.sqrt(2.0 / ours.size)
       assert _ks_statistic(ours, theirs) < limit, name

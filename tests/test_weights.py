@@ -13,11 +13,22 @@ from schn_jax.interop import layout, weights
 
 def small_tree(seed=0):
   rng = np.random.default_rng(seed)
-  return {'visual': {'backbone': {'features_0': {
-      'kernel': rng.standard_normal((3, 3, 1, 4)).astype(np.float32),
-      'bias': rng.standard_normal(4).astype(np.float32)}},
-      'hash': {'linear': {'kernel': rng.standard_normal((8, 16)).astype(np.float32),
-                          'bias': np.zeros(16, np.float32)}}}}
+  return {
+    'visual': {
+      'backbone': {
+        'features_0': {
+          'kernel': rng.standard_normal((3, 3, 1, 4)).astype(np.float32),
+          'bias': rng.standard_normal(4).astype(np.float32),
+        }
+      },
+      'hash': {
+        'linear': {
+          'kernel': rng.standard_normal((8, 16)).astype(np.float32),
+          'bias': np.zeros(16, np.float32),
+        }
+      },
+    }
+  }
 
 
 @pytest.mark.parametrize('suffix', ['.safetensors', '.npz'])
@@ -61,12 +72,16 @@ def alexnet_shaped_template():
   template = {}
   channels = 3
   for n in layout.BACKBONE_CONVS['alexnet']:
-    template[f'features_{n}'] = {'kernel': rng.standard_normal((3, 3, channels, 4)).astype(np.float32),
-                                 'bias': rng.standard_normal(4).astype(np.float32)}
+    template[f'features_{n}'] = {
+      'kernel': rng.standard_normal((3, 3, channels, 4)).astype(np.float32),
+      'bias': rng.standard_normal(4).astype(np.float32),
+    }
     channels = 4
   for n, (fan_in, fan_out) in zip(layout.CLASSIFIER_FCS, ((36, 8), (8, 8))):
-    template[f'classifier_{n}'] = {'kernel': rng.standard_normal((fan_in, fan_out)).astype(np.float32),
-                                   'bias': rng.standard_normal(fan_out).astype(np.float32)}
+    template[f'classifier_{n}'] = {
+      'kernel': rng.standard_normal((fan_in, fan_out)).astype(np.float32),
+      'bias': rng.standard_normal(fan_out).astype(np.float32),
+    }
   return template
 
 
@@ -80,12 +95,13 @@ def test_torchvision_backbone_from_safetensors_equals_pth_and_needs_no_torch(tmp
   for name, value in weights.params_to_arrays(backbone).items():
     np.testing.assert_array_equal(weights.params_to_arrays(loaded)[name], value)
   # The same file read in a fresh interpreter: torch is never imported.
-  code = ('import sys; from schn_jax import interop, inference, retrieval; '
-          'from schn_jax.interop import weights; '
-          f'weights.read_arrays({str(tmp_path / "alexnet.safetensors")!r}); '
-          'print("torch" in sys.modules)')
-  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          check=True)
+  code = (
+    'import sys; from schn_jax import interop, inference, retrieval; '
+    'from schn_jax.interop import weights; '
+    f'weights.read_arrays({str(tmp_path / "alexnet.safetensors")!r}); '
+    'print("torch" in sys.modules)'
+  )
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
   assert result.stdout.strip() == 'False'
   pytest.importorskip('torch')
   weights.write_arrays(state_dict, tmp_path / 'alexnet.pth')

@@ -13,14 +13,14 @@ from schn_jax import errors
 # in the list format: the number of labels is read from its list files, and
 # the protocol is the user's choice among the built-in ones (docs/data.md).
 IMAGE_LISTS = {
-    'image_list': (None, dict(protocol='random', num_query=1000,
-                              unlabeled='fail')),
-    'nuswide': (21, dict(protocol='per_class', query_per_class=100,
-                         train_per_class=500, unlabeled='drop')),
-    'flickr25k': (38, dict(protocol='random', num_query=1000, num_train=5000,
-                           unlabeled='keep')),
-    'coco': (80, dict(protocol='lists')),
-    'imagenet100': (100, dict(protocol='lists')),
+  'image_list': (None, dict(protocol='random', num_query=1000, unlabeled='fail')),
+  'nuswide': (
+    21,
+    dict(protocol='per_class', query_per_class=100, train_per_class=500, unlabeled='drop'),
+  ),
+  'flickr25k': (38, dict(protocol='random', num_query=1000, num_train=5000, unlabeled='keep')),
+  'coco': (80, dict(protocol='lists')),
+  'imagenet100': (100, dict(protocol='lists')),
 }
 
 
@@ -42,13 +42,16 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
       number of labels is read from its list files).
   """
   if not (name == 'fashion_mnist' or is_tfds(name) or name in IMAGE_LISTS):
-    raise errors.ConfigError(f'unknown dataset {name!r}: use fashion_mnist, cifar10, '
-                     f'{", ".join(IMAGE_LISTS)} or tfds:<name>')
+    raise errors.ConfigError(
+      f'unknown dataset {name!r}: use fashion_mnist, cifar10, '
+      f'{", ".join(IMAGE_LISTS)} or tfds:<name>'
+    )
   # Optional numbers are typed placeholders so that command-line overrides
   # (--config.data.num_train=5000) parse.
   optional_int = lambda: config_dict.placeholder(int)
   optional_str = lambda: config_dict.placeholder(str)
-  config = ml_collections.ConfigDict(dict(
+  config = ml_collections.ConfigDict(
+    dict(
       name=name,
       root=optional_str(),
       tfds_data_dir=optional_str(),
@@ -72,7 +75,8 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
       on_corrupt='fail',
       num_workers=optional_int(),
       prefetch=2,
-  ))
+    )
+  )
   if name == 'fashion_mnist':
     # AlexNet's ImageNet weights expect three channels.
     config.num_channels = 3

@@ -19,19 +19,29 @@ def open_source(config):
   if name == 'fashion_mnist':
     return sources.fashion_mnist_source(config.root, config.tfds_data_dir)
   if config_lib.is_tfds(name):
-    return sources.TfdsSource(config_lib.tfds_name(name),
-                              data_dir=config.tfds_data_dir,
-                              splits=tuple(config.tfds_splits))
+    return sources.TfdsSource(
+      config_lib.tfds_name(name), data_dir=config.tfds_data_dir, splits=tuple(config.tfds_splits)
+    )
   if name in config_lib.IMAGE_LISTS:
     num_classes, _ = config_lib.IMAGE_LISTS[name]
-    list_files = ((config.query_list, config.database_list, config.train_list)
-                  if config.protocol == 'lists' else (config.image_list,))
+    list_files = (
+      (config.query_list, config.database_list, config.train_list)
+      if config.protocol == 'lists'
+      else (config.image_list,)
+    )
     return image_list.ImageListSource(
-        name, config.root, list_files, num_classes,
-        unlabeled=config.unlabeled, on_corrupt=config.on_corrupt)
-  raise errors.ConfigError(f'config.data.name={name!r}: unknown dataset; use '
-                           f'fashion_mnist, cifar10, {", ".join(config_lib.IMAGE_LISTS)} '
-                           'or tfds:<name>')
+      name,
+      config.root,
+      list_files,
+      num_classes,
+      unlabeled=config.unlabeled,
+      on_corrupt=config.on_corrupt,
+    )
+  raise errors.ConfigError(
+    f'config.data.name={name!r}: unknown dataset; use '
+    f'fashion_mnist, cifar10, {", ".join(config_lib.IMAGE_LISTS)} '
+    'or tfds:<name>'
+  )
 
 
 @dataclasses.dataclass
@@ -45,6 +55,7 @@ class RetrievalData:
     loader: the parallel batch loader.
     seed: the seed the split was drawn with.
   """
+
   config: object
   source: object
   split: protocols.Split
@@ -55,8 +66,14 @@ class RetrievalData:
   def labels(self) -> np.ndarray:
     return self.source.labels
 
-  def batches(self, indices: np.ndarray, batch_size: int, *, train: bool,
-              seed: int | Sequence[int] | None = None) -> Iterator[dict]:
+  def batches(
+    self,
+    indices: np.ndarray,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int | Sequence[int] | None = None,
+  ) -> Iterator[dict]:
     """This host's uint8 batches of `indices`; see `pipeline.Loader.batches`."""
     return self.loader.batches(indices, batch_size, train=train, seed=seed)
 
@@ -64,15 +81,14 @@ class RetrievalData:
     """uint8 NHWC -> `dtype` NHWC model input (jittable)."""
     return pipeline.normalize(images, self.config.num_channels, dtype)
 
-
   def write_split(self, workdir: str):
     """Saves the split as `workdir/split.npz`, unless one is there already."""
-    protocols.write_split(workdir, self.config, self.labels, self.seed,
-                          self.config.name, self.split)
+    protocols.write_split(
+      workdir, self.config, self.labels, self.seed, self.config.name, self.split
+    )
 
 
-def build_dataset(config, workdir: str, seed: int,
-                  split_mode: str = 'make') -> RetrievalData:
+def build_dataset(config, workdir: str, seed: int, split_mode: str = 'make') -> RetrievalData:
   """Opens the dataset and loads (or computes and saves) its split.
 
   Args:
@@ -90,10 +106,22 @@ def build_dataset(config, workdir: str, seed: int,
     # leaves the corrupt ones out of training, codes and metrics alike.
     find_corrupt = lambda: source.find_corrupt(config.num_workers)
   split = protocols.load_or_make_split(
-      workdir, config, source.labels, seed, config.name,
-      getattr(source, 'list_indices', None), find_corrupt, split_mode)
-  logging.info('%s: %d images, %d labels; query %d, database %d, train %d',
-               config.name, len(source), source.num_classes, len(split.query),
-               len(split.database), len(split.train))
-  return RetrievalData(config, source, split, pipeline.Loader(source, config),
-                       seed)
+    workdir,
+    config,
+    source.labels,
+    seed,
+    config.name,
+    getattr(source, 'list_indices', None),
+    find_corrupt,
+    split_mode,
+  )
+  logging.info(
+    '%s: %d images, %d labels; query %d, database %d, train %d',
+    config.name,
+    len(source),
+    source.num_classes,
+    len(split.query),
+    len(split.database),
+    len(split.train),
+  )
+  return RetrievalData(config, source, split, pipeline.Loader(source, config), seed)

@@ -38,9 +38,10 @@ def normalize_path(path: str, where: str) -> str:
   normal = posixpath.normpath(path.replace(os.sep, '/'))
   if posixpath.isabs(normal) or normal == '..' or normal.startswith('../'):
     raise errors.DataError(
-        f'{where}: image path {path!r} leads outside the dataset root; list '
-        'files name images relative to data.root: rewrite the path, or point '
-        'data.root at a folder that holds it')
+      f'{where}: image path {path!r} leads outside the dataset root; list '
+      'files name images relative to data.root: rewrite the path, or point '
+      'data.root at a folder that holds it'
+    )
   return normal
 
 
@@ -67,9 +68,10 @@ def read_list_file(path: pathlib.Path, num_classes: int | None):
   """
   if not path.is_file():
     raise errors.DataNotFoundError(
-        f'list file {path} does not exist; put it under data.root or name '
-        'the right one with --config.data.<image_list|query_list|'
-        'database_list|train_list>')
+      f'list file {path} does not exist; put it under data.root or name '
+      'the right one with --config.data.<image_list|query_list|'
+      'database_list|train_list>'
+    )
   paths, flags, line_numbers = [], [], []
   counted_at = ''
   with open(path) as f:
@@ -81,13 +83,15 @@ def read_list_file(path: pathlib.Path, num_classes: int | None):
         num_classes, counted_at = len(tokens) - 1, f' (as on line {line_number})'
       if len(tokens) - 1 != num_classes:
         raise errors.DataError(
-            f'{path}:{line_number}: expected an image path and {num_classes} '
-            f'label flags{counted_at}, found {len(tokens) - 1} flags (a path '
-            'with spaces is read as several tokens)')
+          f'{path}:{line_number}: expected an image path and {num_classes} '
+          f'label flags{counted_at}, found {len(tokens) - 1} flags (a path '
+          'with spaces is read as several tokens)'
+        )
       bad = [t for t in tokens[1:] if t not in ('0', '1')]
       if bad:
-        raise errors.DataError(f'{path}:{line_number}: label flags must be 0 '
-                               f'or 1, found {bad[0]!r}')
+        raise errors.DataError(
+          f'{path}:{line_number}: label flags must be 0 or 1, found {bad[0]!r}'
+        )
       paths.append(normalize_path(tokens[0], f'{path}:{line_number}'))
       flags.append([t == '1' for t in tokens[1:]])
       line_numbers.append(line_number)
@@ -110,20 +114,25 @@ class ImageListSource:
       it finds are left out of the split).
   """
 
-  def __init__(self, name: str, root: str, list_files: Sequence[str],
-               num_classes: int | None, unlabeled: str = 'fail',
-               on_corrupt: str = 'fail'):
+  def __init__(
+    self,
+    name: str,
+    root: str,
+    list_files: Sequence[str],
+    num_classes: int | None,
+    unlabeled: str = 'fail',
+    on_corrupt: str = 'fail',
+  ):
     if unlabeled not in UNLABELED_MODES:
-      raise errors.ConfigError(f'config.data.unlabeled={unlabeled!r}: use one '
-                               f'of {UNLABELED_MODES}')
+      raise errors.ConfigError(f'config.data.unlabeled={unlabeled!r}: use one of {UNLABELED_MODES}')
     if on_corrupt not in CORRUPT_MODES:
-      raise errors.ConfigError(f'config.data.on_corrupt={on_corrupt!r}: use '
-                               f'one of {CORRUPT_MODES}')
+      raise errors.ConfigError(f'config.data.on_corrupt={on_corrupt!r}: use one of {CORRUPT_MODES}')
     if not root or not pathlib.Path(root).is_dir():
       raise errors.DataNotFoundError(
-          f'{name}: dataset root {root!r} is not a directory; point the '
-          'config at it with --config.data.root=PATH (see docs/data.md for '
-          'the files expected there)')
+        f'{name}: dataset root {root!r} is not a directory; point the '
+        'config at it with --config.data.root=PATH (see docs/data.md for '
+        'the files expected there)'
+      )
     self.name = name
     self.root = pathlib.Path(root)
     self.num_classes = num_classes
@@ -139,15 +148,17 @@ class ImageListSource:
         num_classes = self.num_classes = labels.shape[1]
         if not num_classes:
           raise errors.DataError(
-              f'{list_path}: its lines carry no label flags; training needs '
-              "one 0/1 flag per label after each image's path")
+            f'{list_path}: its lines carry no label flags; training needs '
+            "one 0/1 flag per label after each image's path"
+          )
       unlabeled_rows = np.flatnonzero(labels.sum(1) == 0)
       self.num_unlabeled += len(unlabeled_rows)
       if len(unlabeled_rows) and unlabeled == 'fail':
         raise errors.DataError(
-            f'{list_path}:{line_numbers[unlabeled_rows[0]]}: image has no '
-            f'positive label ({len(unlabeled_rows)} such lines in this file); '
-            "set data.unlabeled='drop' to drop them or 'keep' to keep them")
+          f'{list_path}:{line_numbers[unlabeled_rows[0]]}: image has no '
+          f'positive label ({len(unlabeled_rows)} such lines in this file); '
+          "set data.unlabeled='drop' to drop them or 'keep' to keep them"
+        )
       indices = []
       for row, (path, line_number) in enumerate(zip(paths, line_numbers)):
         if unlabeled == 'drop' and not labels[row].any():
@@ -157,9 +168,10 @@ class ImageListSource:
           index = index_of[path]
           if not np.array_equal(all_labels[index], labels[row]):
             raise errors.DataError(
-                f'{where}: labels of {path} differ from those at '
-                f'{origin[path]}; an image must carry the same labels in '
-                'every list')
+              f'{where}: labels of {path} differ from those at '
+              f'{origin[path]}; an image must carry the same labels in '
+              'every list'
+            )
         else:
           index = index_of[path] = len(self.paths)
           origin[path] = where
@@ -168,16 +180,20 @@ class ImageListSource:
         indices.append(index)
       self.list_indices[list_file] = np.array(indices, np.int64)
     if self.num_unlabeled:
-      logging.warning('%s: %d list lines have no positive label (%s)', name,
-                      self.num_unlabeled,
-                      'dropped' if unlabeled == 'drop' else 'kept')
+      logging.warning(
+        '%s: %d list lines have no positive label (%s)',
+        name,
+        self.num_unlabeled,
+        'dropped' if unlabeled == 'drop' else 'kept',
+      )
     self.labels = np.array(all_labels, np.float32).reshape(-1, num_classes)
     missing = [p for p in self.paths if not os.path.isfile(self.root / p)]
     if missing:
       raise errors.DataNotFoundError(
-          f'{name}: {len(missing)} listed images are missing under '
-          f'{self.root}, first: {self.root / missing[0]} (listed at '
-          f'{origin[missing[0]]}); check data.root, or remove their lines')
+        f'{name}: {len(missing)} listed images are missing under '
+        f'{self.root}, first: {self.root / missing[0]} (listed at '
+        f'{origin[missing[0]]}); check data.root, or remove their lines'
+      )
 
   def __len__(self) -> int:
     return len(self.paths)
@@ -191,11 +207,13 @@ class ImageListSource:
       return self._decode(index)
     except (OSError, SyntaxError, ValueError) as e:
       path = self.root / self.paths[index]
-      fix = ("set --config.data.on_corrupt='skip' (in a new --workdir) to "
-             'leave corrupt images out of the split'
-             if self.on_corrupt == 'fail' else
-             'it was readable when the split was made; restore the file, or '
-             'start a new --workdir so that the split leaves it out')
+      fix = (
+        "set --config.data.on_corrupt='skip' (in a new --workdir) to "
+        'leave corrupt images out of the split'
+        if self.on_corrupt == 'fail'
+        else 'it was readable when the split was made; restore the file, or '
+        'start a new --workdir so that the split leaves it out'
+      )
       raise CorruptImageError(f'cannot decode image {path}: {e}; {fix}') from e
 
   def find_corrupt(self, num_workers: int | None = None) -> np.ndarray:
@@ -212,7 +230,12 @@ class ImageListSource:
       ok = np.fromiter(pool.map(readable, range(len(self))), bool, len(self))
     corrupt = np.flatnonzero(~ok)
     if len(corrupt):
-      logging.warning('%s: %d of %d images cannot be decoded and are left out of the split '
-                      '(on_corrupt=skip); first: %s', self.name, len(corrupt), len(self),
-                      ', '.join(str(self.root / self.paths[i]) for i in corrupt[:5]))
+      logging.warning(
+        '%s: %d of %d images cannot be decoded and are left out of the split '
+        '(on_corrupt=skip); first: %s',
+        self.name,
+        len(corrupt),
+        len(self),
+        ', '.join(str(self.root / self.paths[i]) for i in corrupt[:5]),
+      )
     return corrupt

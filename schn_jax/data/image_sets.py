@@ -28,8 +28,7 @@ from PIL import Image
 from schn_jax import errors
 from schn_jax.data import image_list, sources
 
-IMAGE_SUFFIXES = ('.bmp', '.gif', '.jpeg', '.jpg', '.png', '.ppm', '.tif',
-                  '.tiff', '.webp')
+IMAGE_SUFFIXES = ('.bmp', '.gif', '.jpeg', '.jpg', '.png', '.ppm', '.tif', '.tiff', '.webp')
 
 
 class ImageSetError(errors.UserError, ValueError):
@@ -42,8 +41,7 @@ def _convert(image, channels):
     array = np.asarray(image, np.uint8)
     if array.ndim == 3 and array.shape[-1] == channels:
       return array
-    image = Image.fromarray(array[..., 0] if array.ndim == 3 and
-                            array.shape[-1] == 1 else array)
+    image = Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
   if image.mode.startswith('I'):
     # 16- and 32-bit grayscale: scaled to 8 bits, not clipped by convert().
     image = Image.fromarray(image_list.to_uint8_rgb(image))
@@ -80,8 +78,9 @@ class _FileImages(_ImageSet):
       with Image.open(path) as image:
         return _convert(image, self.channels)
     except (OSError, SyntaxError, ValueError) as error:
-      raise ImageSetError(f'cannot read image {path}: {error}; replace or '
-                          'remove the file and run the command again') from None
+      raise ImageSetError(
+        f'cannot read image {path}: {error}; replace or remove the file and run the command again'
+      ) from None
 
 
 class FolderImages(_FileImages):
@@ -91,29 +90,34 @@ class FolderImages(_FileImages):
     self.root = pathlib.Path(root).absolute()
     self.channels = channels
     if not self.root.is_dir():
-      raise ImageSetError(f'{root}: no such folder; give a folder of images, '
-                          'an image-list file, an .npz of arrays or '
-                          'tfds:NAME:SPLIT.')
+      raise ImageSetError(
+        f'{root}: no such folder; give a folder of images, '
+        'an image-list file, an .npz of arrays or '
+        'tfds:NAME:SPLIT.'
+      )
     paths = sorted(
-        p.relative_to(self.root).as_posix() for p in self.root.rglob('*')
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        and not any(part.startswith('.')
-                    for part in p.relative_to(self.root).parts))
+      p.relative_to(self.root).as_posix()
+      for p in self.root.rglob('*')
+      if p.suffix.lower() in IMAGE_SUFFIXES
+      and p.is_file()
+      and not any(part.startswith('.') for part in p.relative_to(self.root).parts)
+    )
     if not paths:
-      raise ImageSetError(f'{root}: no image files ({", ".join(IMAGE_SUFFIXES)}'
-                          ') in it or below it.')
+      raise ImageSetError(
+        f'{root}: no image files ({", ".join(IMAGE_SUFFIXES)}) in it or below it.'
+      )
     self.paths = np.array(paths, dtype=str)
-    self.spec = {'kind': 'folder', 'root': str(self.root),
-                 'class_folders': bool(class_folders)}
+    self.spec = {'kind': 'folder', 'root': str(self.root), 'class_folders': bool(class_folders)}
     self.labels = np.zeros((len(paths), 0), np.float32)
     self.label_names = None
     if class_folders:
       loose = [p for p in paths if '/' not in p]
       if loose:
         raise ImageSetError(
-            f'{self.root / loose[0]}: with class folders every image must be '
-            'in a subfolder named after its class (FOLDER/<class>/image); '
-            'move it, or drop --class_folders.')
+          f'{self.root / loose[0]}: with class folders every image must be '
+          'in a subfolder named after its class (FOLDER/<class>/image); '
+          'move it, or drop --class_folders.'
+        )
       classes = [p.split('/', 1)[0] for p in paths]
       self.label_names = np.array(sorted(set(classes)), dtype=str)
       ids = np.searchsorted(self.label_names, classes)
@@ -134,16 +138,17 @@ class ListImages(_FileImages):
     self.root = pathlib.Path(root).absolute() if root else list_file.parent
     self.channels = channels
     if not self.root.is_dir():
-      raise ImageSetError(f'{root}: no such folder (the root the list\'s '
-                          'paths are relative to).')
+      raise ImageSetError(f'{root}: no such folder (the root the list\'s paths are relative to).')
     paths, labels, line_numbers = image_list.read_list_file(list_file, None)
     if not paths:
       raise ImageSetError(f'{list_file}: no images listed.')
     for path, line in zip(paths, line_numbers):
       if not (self.root / path).is_file():
-        raise ImageSetError(f'{list_file}:{line}: {self.root / path} does not '
-                            'exist; fix the path (relative to '
-                            f'{self.root}) or give --root.')
+        raise ImageSetError(
+          f'{list_file}:{line}: {self.root / path} does not '
+          'exist; fix the path (relative to '
+          f'{self.root}) or give --root.'
+        )
     self.paths = np.array(paths, dtype=str)
     self.labels = labels
     self.label_names = None
@@ -167,15 +172,25 @@ class ArrayImages(_ImageSet):
       raise ImageSetError(f'{path}: not a readable .npz file ({error}).') from None
     images = arrays.get('images')
     if images is None:
-      raise ImageSetError(f'{path}: no `images` array (found {sorted(arrays)});'
-                          ' an image .npz holds images uint8 (n, H, W[, C]).')
-    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (
-        images.ndim == 4 and images.shape[-1] not in (1, 3)):
-      raise ImageSetError(f'{path}: images must be uint8 (n, H, W), (n, H, W, '
-                          f'1) or (n, H, W, 3); got {images.dtype} '
-                          f'{images.shape}.')
-    self.images = np.stack([_convert(image, channels) for image in images]) \
-        if images.shape[3:] != (channels,) else images
+      raise ImageSetError(
+        f'{path}: no `images` array (found {sorted(arrays)});'
+        ' an image .npz holds images uint8 (n, H, W[, C]).'
+      )
+    if (
+      images.dtype != np.uint8
+      or images.ndim not in (3, 4)
+      or (images.ndim == 4 and images.shape[-1] not in (1, 3))
+    ):
+      raise ImageSetError(
+        f'{path}: images must be uint8 (n, H, W), (n, H, W, '
+        f'1) or (n, H, W, 3); got {images.dtype} '
+        f'{images.shape}.'
+      )
+    self.images = (
+      np.stack([_convert(image, channels) for image in images])
+      if images.shape[3:] != (channels,)
+      else images
+    )
     labels = arrays.get('labels')
     names = arrays.get('label_names')
     if labels is None:
@@ -184,15 +199,17 @@ class ArrayImages(_ImageSet):
       num = len(names) if names is not None else int(labels.max()) + 1
       labels = sources.one_hot(labels.astype(np.int64), num)
     if len(labels) != len(images) or labels.ndim != 2:
-      raise ImageSetError(f'{path}: labels has shape {labels.shape}; expected '
-                          f'({len(images)},) class ids or ({len(images)}, K).')
+      raise ImageSetError(
+        f'{path}: labels has shape {labels.shape}; expected '
+        f'({len(images)},) class ids or ({len(images)}, K).'
+      )
     if names is not None and names.shape != (labels.shape[1],):
-      raise ImageSetError(f'{path}: label_names has shape {names.shape}, '
-                          f'expected ({labels.shape[1]},).')
+      raise ImageSetError(
+        f'{path}: label_names has shape {names.shape}, expected ({labels.shape[1]},).'
+      )
     self.labels = labels.astype(np.float32)
     self.label_names = names
-    self.paths = np.array([f'{path.name}[{i}]' for i in range(len(images))],
-                          dtype=str)
+    self.paths = np.array([f'{path.name}[{i}]' for i in range(len(images))], dtype=str)
     self.spec = {'kind': 'arrays', 'path': str(path)}
 
   def image(self, index: int) -> np.ndarray:
@@ -210,26 +227,23 @@ class TfdsImages(_ImageSet):
       raise ImageSetError(str(error)) from None
     self.labels = self._source.labels
     self.label_names = None
-    self.paths = np.array([f'{name}/{split}[{i}]'
-                           for i in range(len(self._source))], dtype=str)
-    self.spec = {'kind': 'tfds', 'name': name, 'split': split,
-                 'data_dir': data_dir}
+    self.paths = np.array([f'{name}/{split}[{i}]' for i in range(len(self._source))], dtype=str)
+    self.spec = {'kind': 'tfds', 'name': name, 'split': split, 'data_dir': data_dir}
 
   def image(self, index: int) -> np.ndarray:
     return _convert(self._source.image(index), self.channels)
 
 
-def open_images(location, *, root=None, class_folders=False,
-                tfds_data_dir=None, channels=3):
+def open_images(location, *, root=None, class_folders=False, tfds_data_dir=None, channels=3):
   """The image set at `location` (see the module docstring)."""
   location = str(location)
   if location.startswith('tfds:'):
     parts = location.split(':')
     if len(parts) != 3 or not all(parts[1:]):
-      raise ImageSetError(f'{location}: write a TFDS split as tfds:NAME:SPLIT, '
-                          'e.g. tfds:cifar10:test.')
-    return TfdsImages(parts[1], parts[2], data_dir=tfds_data_dir,
-                      channels=channels)
+      raise ImageSetError(
+        f'{location}: write a TFDS split as tfds:NAME:SPLIT, e.g. tfds:cifar10:test.'
+      )
+    return TfdsImages(parts[1], parts[2], data_dir=tfds_data_dir, channels=channels)
   path = pathlib.Path(location)
   if path.is_dir():
     return FolderImages(path, class_folders=class_folders, channels=channels)
@@ -237,23 +251,24 @@ def open_images(location, *, root=None, class_folders=False,
     return ArrayImages(path, channels=channels)
   if path.is_file():
     return ListImages(path, root=root, channels=channels)
-  raise ImageSetError(f'{location}: no such folder or file; give a folder of '
-                      'images, an image-list file, an .npz of arrays or '
-                      'tfds:NAME:SPLIT.')
+  raise ImageSetError(
+    f'{location}: no such folder or file; give a folder of '
+    'images, an image-list file, an .npz of arrays or '
+    'tfds:NAME:SPLIT.'
+  )
 
 
 def open_spec(spec, channels=3):
   """The set a `spec` dict (an image set's, kept in codes files) describes."""
   kind = spec.get('kind')
   if kind == 'folder':
-    return FolderImages(spec['root'], class_folders=spec['class_folders'],
-                        channels=channels)
+    return FolderImages(spec['root'], class_folders=spec['class_folders'], channels=channels)
   if kind == 'list':
     return ListImages(spec['list'], root=spec['root'], channels=channels)
   if kind == 'arrays':
     return ArrayImages(spec['path'], channels=channels)
   if kind == 'tfds':
-    return TfdsImages(spec['name'], spec['split'], data_dir=spec['data_dir'],
-                      channels=channels)
-  raise ImageSetError(f'unknown image source {spec!r}: the codes file does '
-                      'not say where its images are.')
+    return TfdsImages(spec['name'], spec['split'], data_dir=spec['data_dir'], channels=channels)
+  raise ImageSetError(
+    f'unknown image source {spec!r}: the codes file does not say where its images are.'
+  )

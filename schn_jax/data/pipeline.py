@@ -32,8 +32,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def random_resized_crop_box(rng: np.random.Generator, height: int, width: int,
-                            min_scale: float):
+def random_resized_crop_box(rng: np.random.Generator, height: int, width: int, min_scale: float):
   """(left, top, right, bottom) of a random crop, torchvision's sampling."""
   area = height * width
   log_ratio = (math.log(3 / 4), math.log(4 / 3))
@@ -66,8 +65,7 @@ def center_crop_box(height: int, width: int, resize: int, size: int):
   return left, top, left + crop_w, top + crop_h
 
 
-def transform(image: np.ndarray, rng: np.random.Generator | None,
-              config) -> np.ndarray:
+def transform(image: np.ndarray, rng: np.random.Generator | None, config) -> np.ndarray:
   """One uint8 (H, W, C) image -> uint8 (S, S, C); rng=None for test mode."""
   height, width, channels = image.shape
   size = config.image_size
@@ -83,8 +81,7 @@ def transform(image: np.ndarray, rng: np.random.Generator | None,
   return out.reshape(size, size, channels)
 
 
-def normalize(images: jax.Array, num_channels: int | None = None,
-              dtype=jnp.float32) -> jax.Array:
+def normalize(images: jax.Array, num_channels: int | None = None, dtype=jnp.float32) -> jax.Array:
   """uint8 (N, H, W, C) -> `dtype` with ImageNet mean/std (jittable).
 
   Grayscale (C=1) uses the mean of the three channel statistics, or is tiled
@@ -96,7 +93,10 @@ def normalize(images: jax.Array, num_channels: int | None = None,
   if images.shape[-1] == 3:
     mean, std = jnp.array(IMAGENET_MEAN, dtype), jnp.array(IMAGENET_STD, dtype)
   else:
-    mean, std = jnp.asarray(np.mean(IMAGENET_MEAN), dtype), jnp.asarray(np.mean(IMAGENET_STD), dtype)
+    mean, std = (
+      jnp.asarray(np.mean(IMAGENET_MEAN), dtype),
+      jnp.asarray(np.mean(IMAGENET_STD), dtype),
+    )
   return (images - mean) / std
 
 
@@ -107,8 +107,9 @@ def host_slice(global_batch_size: int) -> slice:
   sharded over the mesh) and hence across hosts.
   """
   if global_batch_size % jax.device_count():
-    raise ValueError(f'batch size {global_batch_size} is not divisible by '
-                     f'the {jax.device_count()} devices')
+    raise ValueError(
+      f'batch size {global_batch_size} is not divisible by the {jax.device_count()} devices'
+    )
   per_host = global_batch_size // jax.process_count()
   start = jax.process_index() * per_host
   return slice(start, start + per_host)
@@ -121,11 +122,15 @@ class Loader:
     self.source = source
     self.config = config
     self._pool = concurrent.futures.ThreadPoolExecutor(
-        config.num_workers or os.cpu_count(), thread_name_prefix='data')
+      config.num_workers or os.cpu_count(), thread_name_prefix='data'
+    )
 
   def _example(self, index, seed, batch_number, position):
-    rng = None if seed is None else np.random.default_rng(
-        (*np.atleast_1d(seed), batch_number, position))
+    rng = (
+      None
+      if seed is None
+      else np.random.default_rng((*np.atleast_1d(seed), batch_number, position))
+    )
     return transform(self.source.image(int(index)), rng, self.config)
 
   def _stored_as_served(self, augmenting):
@@ -133,8 +138,12 @@ class Loader:
     `image_size`, no augmentation, and a test transform that is the identity."""
     images = getattr(self.source, 'images', None)
     size = self.config.image_size
-    return (isinstance(images, np.ndarray) and images.shape[1:3] == (size, size)
-            and not augmenting and self.config.test_resize in (None, size))
+    return (
+      isinstance(images, np.ndarray)
+      and images.shape[1:3] == (size, size)
+      and not augmenting
+      and self.config.test_resize in (None, size)
+    )
 
   def stored_images(self, indices, *, augment, max_bytes):
     """The uint8 images at `indices` exactly as batches would serve them, when they
@@ -152,24 +161,34 @@ class Loader:
       done = concurrent.futures.Future()
       done.set_result(self.source.images[np.asarray(indices, np.int64)])
       return done
-    return [self._pool.submit(self._example, index, seed, batch_number, p)
-            for index, p in zip(indices, positions)]
+    return [
+      self._pool.submit(self._example, index, seed, batch_number, p)
+      for index, p in zip(indices, positions)
+    ]
 
   def _assemble(self, indices, futures, batch_size):
-    images = (futures.result() if isinstance(futures, concurrent.futures.Future)
-              else np.stack([f.result() for f in futures]))
+    images = (
+      futures.result()
+      if isinstance(futures, concurrent.futures.Future)
+      else np.stack([f.result() for f in futures])
+    )
     mask = np.ones(batch_size, bool)
     pad = batch_size - len(indices)
     if pad:
-      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:],
-                                                np.uint8)])
-      mask[len(indices):] = False
+      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], np.uint8)])
+      mask[len(indices) :] = False
     labels = np.zeros((batch_size, self.source.num_classes), np.float32)
-    labels[:len(indices)] = self.source.labels[indices]
+    labels[: len(indices)] = self.source.labels[indices]
     return {'image': images, 'label': labels, 'mask': mask}
 
-  def batches(self, indices: np.ndarray, batch_size: int, *, train: bool,
-              seed: int | Sequence[int] | None = None) -> Iterator[dict]:
+  def batches(
+    self,
+    indices: np.ndarray,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int | Sequence[int] | None = None,
+  ) -> Iterator[dict]:
     """This host's part of each global batch of `indices`, in order.
 
     Args:
@@ -195,8 +214,12 @@ class Loader:
       positions = np.arange(start, start + batch_size)[local]
       positions = positions[positions < len(indices)]
       local_indices = indices[positions]
-      futures = self._submit(local_indices, seed if train and self.config.augment else None,
-                             batch_number, positions - start)
+      futures = self._submit(
+        local_indices,
+        seed if train and self.config.augment else None,
+        batch_number,
+        positions - start,
+      )
       pending.append((local_indices, futures))
       if len(pending) > self.config.prefetch:
         yield self._assemble(*pending.popleft(), local.stop - local.start)

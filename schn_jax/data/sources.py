@@ -20,8 +20,8 @@ from schn_jax import errors
 
 FASHION_MNIST_ROOT = '/usr/share/datasets/fashion-mnist'
 FASHION_MNIST_FILES = (
-    ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
-    ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
+  ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
+  ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
 )
 
 
@@ -30,8 +30,7 @@ class Source(Protocol):
   num_classes: int
   labels: np.ndarray  # (N, K) float32, 0/1.
 
-  def __len__(self) -> int:
-    ...
+  def __len__(self) -> int: ...
 
   def image(self, index: int) -> np.ndarray:
     """uint8 (H, W, C)."""
@@ -47,8 +46,9 @@ class ArraySource:
 
   def __init__(self, name: str, images: np.ndarray, labels: np.ndarray):
     if images.ndim != 4 or images.dtype != np.uint8:
-      raise ValueError(f'{name}: images must be uint8 (N, H, W, C), got '
-                       f'{images.dtype} {images.shape}')
+      raise ValueError(
+        f'{name}: images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}'
+      )
     if len(images) != len(labels):
       raise ValueError(f'{name}: {len(images)} images but {len(labels)} labels')
     self.name = name
@@ -69,23 +69,26 @@ def read_idx(path: pathlib.Path) -> np.ndarray:
     with gzip.open(path, 'rb') as f:
       data = f.read()
   except (OSError, EOFError) as e:
-    raise errors.DataError(f'{path}: not a readable gzip file ({e}); '
-                           'download or reinstall it') from None
+    raise errors.DataError(
+      f'{path}: not a readable gzip file ({e}); download or reinstall it'
+    ) from None
   zero, dtype_code, ndim = data[0] * 256 + data[1], data[2], data[3]
   if zero != 0 or dtype_code != 0x08:
-    raise errors.DataError(f'{path}: not an unsigned-byte IDX file; point '
-                           'data.root at the gzipped Fashion-MNIST IDX files')
-  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big')
-                for i in range(ndim))
+    raise errors.DataError(
+      f'{path}: not an unsigned-byte IDX file; point '
+      'data.root at the gzipped Fashion-MNIST IDX files'
+    )
+  shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], 'big') for i in range(ndim))
   array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
   if array.size != np.prod(shape):
-    raise errors.DataError(f'{path}: header says {shape} but holds {array.size} '
-                           'bytes (truncated file?); download or reinstall it')
+    raise errors.DataError(
+      f'{path}: header says {shape} but holds {array.size} '
+      'bytes (truncated file?); download or reinstall it'
+    )
   return array.reshape(shape)
 
 
-def fashion_mnist_source(root: str | None = None,
-                         tfds_data_dir: str | None = None) -> ArraySource:
+def fashion_mnist_source(root: str | None = None, tfds_data_dir: str | None = None) -> ArraySource:
   """Fashion-MNIST, train then test (70,000 images, 28x28x1).
 
   Reads Debian's `dataset-fashion-mnist` IDX files from `root`; where they are
@@ -101,10 +104,11 @@ def fashion_mnist_source(root: str | None = None,
     source = TfdsSource('fashion_mnist', data_dir=tfds_data_dir)
   except DatasetNotPreparedError as e:
     raise errors.DataNotFoundError(
-        f'Fashion-MNIST not found: no IDX files in {root} (install them with '
-        '`apt-get install dataset-fashion-mnist`, or point data.root at a '
-        f'folder holding {", ".join(f for p in FASHION_MNIST_FILES for f in p)})'
-        f' and TFDS has not prepared it either: {e}') from None
+      f'Fashion-MNIST not found: no IDX files in {root} (install them with '
+      '`apt-get install dataset-fashion-mnist`, or point data.root at a '
+      f'folder holding {", ".join(f for p in FASHION_MNIST_FILES for f in p)})'
+      f' and TFDS has not prepared it either: {e}'
+    ) from None
   images = np.stack([source.image(i) for i in range(len(source))])
   return ArraySource('fashion_mnist', images, source.labels)
 
@@ -128,31 +132,38 @@ class TfdsSource:
   labels are read once, when the source is opened.
   """
 
-  def __init__(self, name: str, data_dir: str | None = None,
-               splits: Sequence[str] = ('train', 'test')):
+  def __init__(
+    self, name: str, data_dir: str | None = None, splits: Sequence[str] = ('train', 'test')
+  ):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
     self.name = name
     try:
-      self._parts = [tfds.data_source(name, split=s, data_dir=data_dir,
-                                      download=False) for s in splits]
+      self._parts = [
+        tfds.data_source(name, split=s, data_dir=data_dir, download=False) for s in splits
+      ]
     except Exception as e:  # pylint: disable=broad-except
       # TFDS reports an unprepared dataset as an unsupported file format (or
       # a missing file): say what is actually wrong and how to fix it.
       builder = tfds.builder(name, data_dir=data_dir)
       if builder.is_prepared():
-        state = (f'is prepared in {builder.data_dir} but tfds.data_source '
-                 f'cannot read it ({type(e).__name__}: {e}); if it was '
-                 'prepared as tfrecord, prepare it again in another data_dir')
+        state = (
+          f'is prepared in {builder.data_dir} but tfds.data_source '
+          f'cannot read it ({type(e).__name__}: {e}); if it was '
+          'prepared as tfrecord, prepare it again in another data_dir'
+        )
       else:
         state = f'is not prepared in {builder.data_dir}'
       raise DatasetNotPreparedError(
-          f'TFDS dataset {name!r} {state}. Prepare it with: '
-          f'{prepare_command(name, data_dir)}') from None
+        f'TFDS dataset {name!r} {state}. Prepare it with: {prepare_command(name, data_dir)}'
+      ) from None
     info = self._parts[0].dataset_info
     if not info.supervised_keys:
-      raise errors.DataError(f'TFDS dataset {name!r} has no (image, label) '
-                       'supervised keys; it is not an image-classification '
-                       'dataset')
+      raise errors.DataError(
+        f'TFDS dataset {name!r} has no (image, label) '
+        'supervised keys; it is not an image-classification '
+        'dataset'
+      )
     self._image_key, self._label_key = info.supervised_keys
     self.num_classes = info.features[self._label_key].num_classes
     self._offsets = np.cumsum([0] + [len(p) for p in self._parts])
@@ -169,4 +180,3 @@ class TfdsSource:
   def image(self, index: int) -> np.ndarray:
     image = np.asarray(self._example(index)[self._image_key], np.uint8)
     return image[..., None] if image.ndim == 2 else image
-

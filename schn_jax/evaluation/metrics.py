@@ -37,8 +37,7 @@ def ranking_window(topk, num_database, ties):
   if topk == -1:
     return num_database - 1 if ties == 'reference' else num_database
   if not 0 < topk <= num_database:
-    raise errors.ConfigError(f'topk={topk}: use -1 (all) or 1..{num_database} '
-                             '(the database size).')
+    raise errors.ConfigError(f'topk={topk}: use -1 (all) or 1..{num_database} (the database size).')
   return topk
 
 
@@ -47,8 +46,9 @@ def _distances_chunk(query, database, *, bits, half_units):
   """Distances in units (Q, M) int32 and relevance (Q, M) bool."""
   q_signs, q_nonzero, q_labels = query
   d_signs, d_nonzero, d_labels = database
-  units = hamming.unit_distances(q_signs, q_nonzero, d_signs, d_nonzero,
-                                 bits=bits, half_units=half_units)
+  units = hamming.unit_distances(
+    q_signs, q_nonzero, d_signs, d_nonzero, bits=bits, half_units=half_units
+  )
   shared = q_labels[:, None, :] & d_labels[None, :, :]
   return units, (shared != 0).any(-1)
 
@@ -68,8 +68,7 @@ def _count_buckets(units, relevant, num_valid, hist_all, hist_relevant):
 
 
 @numba.njit(cache=True)
-def _stable_terms(units, relevant, num_valid, ranked_all, ranked_relevant,
-                  window, sums, counted):
+def _stable_terms(units, relevant, num_valid, ranked_all, ranked_relevant, window, sums, counted):
   """Adds stable-order AP terms of one database chunk to sums, counted (Q,).
 
   ranked_* (Q, buckets) count the items (relevant items) ranked before the
@@ -96,11 +95,12 @@ def _stable_terms(units, relevant, num_valid, ranked_all, ranked_relevant,
 class _RetrievalSet:
   """Packed, chunk-padded arrays of one evaluation."""
 
-  def __init__(self, query_codes, database_codes, query_labels,
-               database_labels, query_chunk, database_chunk):
-    (query_codes, database_codes, query_labels,
-     database_labels) = codes_lib.check_retrieval_set(
-         query_codes, database_codes, query_labels, database_labels)
+  def __init__(
+    self, query_codes, database_codes, query_labels, database_labels, query_chunk, database_chunk
+  ):
+    (query_codes, database_codes, query_labels, database_labels) = codes_lib.check_retrieval_set(
+      query_codes, database_codes, query_labels, database_labels
+    )
     query = hamming.PackedCodes(query_codes)
     database = hamming.PackedCodes(database_codes)
     self.bits = query.bits
@@ -111,30 +111,35 @@ class _RetrievalSet:
     self.num_buckets = self.scale * self.bits + 1
     self.query_chunk = min(query_chunk, self.num_queries)
     self.database_chunk = min(database_chunk, self.num_database)
-    self.query = [hamming.pad_rows(a, self.query_chunk) for a in (
-        query.signs, query.nonzero, codes_lib.pack_bits(query_labels))]
-    self.database = [hamming.pad_rows(a, self.database_chunk) for a in (
-        database.signs, database.nonzero,
-        codes_lib.pack_bits(database_labels))]
+    self.query = [
+      hamming.pad_rows(a, self.query_chunk)
+      for a in (query.signs, query.nonzero, codes_lib.pack_bits(query_labels))
+    ]
+    self.database = [
+      hamming.pad_rows(a, self.database_chunk)
+      for a in (database.signs, database.nonzero, codes_lib.pack_bits(database_labels))
+    ]
     self.static = dict(bits=self.bits, half_units=self.scale == 2)
 
   def query_chunks(self):
     for q0 in range(0, self.num_queries, self.query_chunk):
-      yield q0, [a[q0:q0 + self.query_chunk] for a in self.query]
+      yield q0, [a[q0 : q0 + self.query_chunk] for a in self.query]
 
   def distance_chunks(self, query):
     """(units, relevant, valid rows) per database chunk, in index order."""
     for d0 in range(0, self.num_database, self.database_chunk):
       units, relevant = _distances_chunk(
-          query, [a[d0:d0 + self.database_chunk] for a in self.database],
-          **self.static)
-      yield (np.asarray(units), np.asarray(relevant),
-             min(self.database_chunk, self.num_database - d0))
+        query, [a[d0 : d0 + self.database_chunk] for a in self.database], **self.static
+      )
+      yield (
+        np.asarray(units),
+        np.asarray(relevant),
+        min(self.database_chunk, self.num_database - d0),
+      )
 
   def histograms(self, chunks):
     """Items and relevant items per bucket, each (query_chunk, buckets)."""
-    counts = [np.zeros((self.query_chunk, self.num_buckets), np.int64)
-              for _ in range(2)]
+    counts = [np.zeros((self.query_chunk, self.num_buckets), np.int64) for _ in range(2)]
     for units, relevant, num_valid in chunks:
       _count_buckets(units, relevant, num_valid, *counts)
     return counts
@@ -158,8 +163,7 @@ class _RetrievalSet:
     sums = np.zeros(self.query_chunk)
     counted = np.zeros(self.query_chunk, np.int64)
     for units, relevant, num_valid in second_pass:
-      _stable_terms(units, relevant, num_valid, *ranked, window, sums,
-                    counted)
+      _stable_terms(units, relevant, num_valid, *ranked, window, sums, counted)
     return sums, counted, counts
 
 
@@ -178,8 +182,7 @@ def tie_aware_ap(hist_all, hist_relevant, window):
   lower = np.cumsum(n, 1) - n
   lower_rel = np.cumsum(r, 1) - r
   # One spare entry: empty buckets are evaluated with size 1, then dropped.
-  harmonic = np.concatenate(
-      [[0.0], np.cumsum(1.0 / np.arange(1, n.sum(1).max() + 2))])
+  harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n.sum(1).max() + 2))])
 
   def expected_sum(lower, lower_rel, size, num_rel):
     """E[sum of rank/position] over num_rel relevant items placed uniformly
@@ -191,27 +194,32 @@ def tie_aware_ap(hist_all, hist_relevant, window):
     return num_rel / size * ((lower_rel + 1) * inv_pos + pair * offsets)
 
   full = lower + n <= window
-  full_sum = np.where(full & (r > 0), expected_sum(lower, lower_rel, n, r),
-                      0.0).sum(1)
+  full_sum = np.where(full & (r > 0), expected_sum(lower, lower_rel, n, r), 0.0).sum(1)
   full_rel = np.where(full, r, 0).sum(1)
   ap = np.where(full_rel > 0, full_sum / np.maximum(full_rel, 1), 0.0)
   # At most one bucket per query straddles the window: average over the
   # hypergeometric number x of its relevant items that fall inside.
-  log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n.max()
-                                                               + 1)))])
+  log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n.max() + 1)))])
   cut = (lower < window) & (lower + n > window)
   for q, b in zip(*np.nonzero(cut)):
     size, num_rel, inside = n[q, b], r[q, b], window - lower[q, b]
     x = np.arange(max(0, inside - (size - num_rel)), min(num_rel, inside) + 1)
-    log_pmf = (log_fact[num_rel] - log_fact[x] - log_fact[num_rel - x] +
-               log_fact[size - num_rel] - log_fact[inside - x] -
-               log_fact[size - num_rel - inside + x] - log_fact[size] +
-               log_fact[inside] + log_fact[size - inside])
+    log_pmf = (
+      log_fact[num_rel]
+      - log_fact[x]
+      - log_fact[num_rel - x]
+      + log_fact[size - num_rel]
+      - log_fact[inside - x]
+      - log_fact[size - num_rel - inside + x]
+      - log_fact[size]
+      + log_fact[inside]
+      + log_fact[size - inside]
+    )
     cut_sum = expected_sum(lower[q, b], lower_rel[q, b], inside, x)
     hits = full_rel[q] + x
-    ap[q] = np.sum(np.exp(log_pmf) *
-                   np.where(hits > 0, (full_sum[q] + cut_sum) /
-                            np.maximum(hits, 1), 0.0))
+    ap[q] = np.sum(
+      np.exp(log_pmf) * np.where(hits > 0, (full_sum[q] + cut_sum) / np.maximum(hits, 1), 0.0)
+    )
   return ap
 
 
@@ -223,12 +231,10 @@ def _curves(hist_all, hist_relevant, scale, num_points=64):
   has_rel = total_rel > 0
   within_all = np.cumsum(n, 1)
   within_rel = np.cumsum(r, 1)
-  precision_radius = np.where(within_all > 0,
-                              within_rel / np.maximum(within_all, 1), 0.0)
+  precision_radius = np.where(within_all > 0, within_rel / np.maximum(within_all, 1), 0.0)
   recall_radius = within_rel[has_rel] / total_rel[has_rel, None]
   num_database = int(n[0].sum())
-  top_n = np.unique(np.round(np.geomspace(1, num_database, num_points))
-                    ).astype(np.int64)
+  top_n = np.unique(np.round(np.geomspace(1, num_database, num_points))).astype(np.int64)
   # Expected relevant items in the top N: the buckets entirely above N, plus
   # the relevant share of the bucket that N cuts.
   bucket = (within_all[:, :, None] < top_n).sum(1)
@@ -239,21 +245,32 @@ def _curves(hist_all, hist_relevant, scale, num_points=64):
   share = np.take_along_axis(r, bucket, 1) / np.maximum(size, 1)
   rel_top_n = lower_rel + (top_n - lower) * share
   return {
-      'radius': (np.arange(n.shape[1]) / scale).tolist(),
-      'precision_at_radius': precision_radius.mean(0).tolist(),
-      'recall_at_radius': (recall_radius.mean(0) if has_rel.any() else
-                           np.zeros(n.shape[1])).tolist(),
-      'n': top_n.tolist(),
-      'precision_at_n': (rel_top_n / top_n).mean(0).tolist(),
-      'recall_at_n': ((rel_top_n[has_rel] / total_rel[has_rel, None]).mean(0)
-                      if has_rel.any() else np.zeros(len(top_n))).tolist(),
+    'radius': (np.arange(n.shape[1]) / scale).tolist(),
+    'precision_at_radius': precision_radius.mean(0).tolist(),
+    'recall_at_radius': (recall_radius.mean(0) if has_rel.any() else np.zeros(n.shape[1])).tolist(),
+    'n': top_n.tolist(),
+    'precision_at_n': (rel_top_n / top_n).mean(0).tolist(),
+    'recall_at_n': (
+      (rel_top_n[has_rel] / total_rel[has_rel, None]).mean(0)
+      if has_rel.any()
+      else np.zeros(len(top_n))
+    ).tolist(),
   }
 
 
-def _evaluate(query_codes, database_codes, query_labels, database_labels,
-              topk, ties, query_chunk, database_chunk):
-  data = _RetrievalSet(query_codes, database_codes, query_labels,
-                       database_labels, query_chunk, database_chunk)
+def _evaluate(
+  query_codes,
+  database_codes,
+  query_labels,
+  database_labels,
+  topk,
+  ties,
+  query_chunk,
+  database_chunk,
+):
+  data = _RetrievalSet(
+    query_codes, database_codes, query_labels, database_labels, query_chunk, database_chunk
+  )
   window = ranking_window(topk, data.num_database, ties)
   hist_all, hist_relevant, ap = [], [], []
   for q0, query in data.query_chunks():
@@ -266,21 +283,44 @@ def _evaluate(query_codes, database_codes, query_labels, database_labels,
       ap.append(_stable_ap(sums, counted)[:num])
     hist_all.append(np.asarray(counts[0])[:num])
     hist_relevant.append(np.asarray(counts[1])[:num])
-  return (data, window, np.concatenate(ap), np.concatenate(hist_all),
-          np.concatenate(hist_relevant))
+  return (data, window, np.concatenate(ap), np.concatenate(hist_all), np.concatenate(hist_relevant))
 
 
-def average_precisions(query_codes, database_codes, query_labels,
-                       database_labels, topk=-1, ties='stable', *,
-                       query_chunk=64, database_chunk=1 << 16):
+def average_precisions(
+  query_codes,
+  database_codes,
+  query_labels,
+  database_labels,
+  topk=-1,
+  ties='stable',
+  *,
+  query_chunk=64,
+  database_chunk=1 << 16,
+):
   """AP@topk of every query (float64, (Q,)); see `evaluate_codes`."""
-  return _evaluate(query_codes, database_codes, query_labels, database_labels,
-                   topk, ties, query_chunk, database_chunk)[2]
+  return _evaluate(
+    query_codes,
+    database_codes,
+    query_labels,
+    database_labels,
+    topk,
+    ties,
+    query_chunk,
+    database_chunk,
+  )[2]
 
 
-def evaluate_codes(query_codes, database_codes, query_labels, database_labels,
-                   topk=-1, ties='stable', *, query_chunk=64,
-                   database_chunk=1 << 16):
+def evaluate_codes(
+  query_codes,
+  database_codes,
+  query_labels,
+  database_labels,
+  topk=-1,
+  ties='stable',
+  *,
+  query_chunk=64,
+  database_chunk=1 << 16,
+):
   """All retrieval metrics of one code set, as a JSON-serialisable dict.
 
   Args:
@@ -301,24 +341,31 @@ def evaluate_codes(query_codes, database_codes, query_labels, database_labels,
     with at least one relevant database item. Curves are tie-independent.
   """
   data, window, ap, hist_all, hist_relevant = _evaluate(
-      query_codes, database_codes, query_labels, database_labels, topk, ties,
-      query_chunk, database_chunk)
+    query_codes,
+    database_codes,
+    query_labels,
+    database_labels,
+    topk,
+    ties,
+    query_chunk,
+    database_chunk,
+  )
   has_relevant = hist_relevant.sum(1) > 0
   curves = _curves(hist_all, hist_relevant, data.scale)
   return {
-      'map': float(ap.mean()),
-      'map_over_queries_with_relevant':
-          float(ap[has_relevant].mean()) if has_relevant.any() else 0.0,
-      'num_queries_with_relevant': int(has_relevant.sum()),
-      'topk': int(topk),
-      'window': int(window),
-      'ties': ties,
-      'num_queries': data.num_queries,
-      'num_database': data.num_database,
-      'bits': data.bits,
-      'database_rows_with_zero_bits': data.database_rows_with_zeros,
-      # Codes shorter than 2 bits have every item within radius 2.
-      'precision_at_radius_2': curves['precision_at_radius'][
-          min(2 * data.scale, len(curves['precision_at_radius']) - 1)],
-      'curves': curves,
+    'map': float(ap.mean()),
+    'map_over_queries_with_relevant': float(ap[has_relevant].mean()) if has_relevant.any() else 0.0,
+    'num_queries_with_relevant': int(has_relevant.sum()),
+    'topk': int(topk),
+    'window': int(window),
+    'ties': ties,
+    'num_queries': data.num_queries,
+    'num_database': data.num_database,
+    'bits': data.bits,
+    'database_rows_with_zero_bits': data.database_rows_with_zeros,
+    # Codes shorter than 2 bits have every item within radius 2.
+    'precision_at_radius_2': curves['precision_at_radius'][
+      min(2 * data.scale, len(curves['precision_at_radius']) - 1)
+    ],
+    'curves': curves,
   }

@@ -13,16 +13,27 @@ def plot_curves(metrics, path):
   """Writes a PNG: precision-recall over Hamming radii, and precision@N."""
   curves = metrics['curves']
   figure, (pr_axis, pn_axis) = plt.subplots(1, 2, figsize=(10, 4))
-  pr_axis.plot(curves['recall_at_radius'], curves['precision_at_radius'],
-               marker='.')
-  pr_axis.set(xlabel='recall', ylabel='precision', xlim=(0, 1), ylim=(0, 1),
-              title='precision-recall over Hamming radius')
+  pr_axis.plot(curves['recall_at_radius'], curves['precision_at_radius'], marker='.')
+  pr_axis.set(
+    xlabel='recall',
+    ylabel='precision',
+    xlim=(0, 1),
+    ylim=(0, 1),
+    title='precision-recall over Hamming radius',
+  )
   pn_axis.plot(curves['n'], curves['precision_at_n'], marker='.')
-  pn_axis.set(xscale='log', xlabel='N (top ranked items)',
-              ylabel='precision@N', ylim=(0, 1), title='precision@N')
-  figure.suptitle(f"{metrics['bits']} bits, mAP@"
-                  f"{'all' if metrics['topk'] == -1 else metrics['topk']} = "
-                  f"{metrics['map']:.4f} ({metrics['ties']})")
+  pn_axis.set(
+    xscale='log',
+    xlabel='N (top ranked items)',
+    ylabel='precision@N',
+    ylim=(0, 1),
+    title='precision@N',
+  )
+  figure.suptitle(
+    f"{metrics['bits']} bits, mAP@"
+    f"{'all' if metrics['topk'] == -1 else metrics['topk']} = "
+    f"{metrics['map']:.4f} ({metrics['ties']})"
+  )
   figure.tight_layout()
   figure.savefig(path, dpi=100)
   plt.close(figure)
@@ -30,8 +41,12 @@ def plot_curves(metrics, path):
 
 # ---------------------------------------------------------------- retrieval grid
 
-GRID_COLORS = {True: (30, 150, 50), False: (210, 40, 40), None: (170, 170, 170),
-               'query': (40, 80, 200)}
+GRID_COLORS = {
+  True: (30, 150, 50),
+  False: (210, 40, 40),
+  None: (170, 170, 170),
+  'query': (40, 80, 200),
+}
 
 
 class GridLayout:
@@ -40,6 +55,7 @@ class GridLayout:
   Each row: the query's cell, a gap, then up to `columns` neighbour cells. A
   cell is the thumbnail inside a coloured border, with a caption band below.
   """
+
   border = 4
   caption = 18
   pad = 6
@@ -50,8 +66,7 @@ class GridLayout:
     self.num_rows, self.columns, self.thumbnail = num_rows, columns, thumbnail
     self.cell_width = thumbnail + 2 * self.border
     self.cell_height = self.cell_width + self.caption
-    self.width = (self.pad + self.cell_width + self.gap
-                  + columns * (self.cell_width + self.pad))
+    self.width = self.pad + self.cell_width + self.gap + columns * (self.cell_width + self.pad)
     self.height = self.header + num_rows * (self.cell_height + self.pad) + self.pad
 
   def cell(self, row, column):
@@ -83,21 +98,28 @@ def retrieval_grid(rows, path, *, thumbnail=96, columns=None):
   draw = ImageDraw.Draw(canvas)
   font = ImageFont.load_default(size=12)
   draw.text((layout.pad, 4), 'query', fill='black', font=font)
-  draw.text((layout.cell(0, 0)[0], 4),
-            'nearest first (green: shares a label with the query, red: does '
-            'not, grey: unknown)', fill='black', font=font)
+  draw.text(
+    (layout.cell(0, 0)[0], 4),
+    'nearest first (green: shares a label with the query, red: does not, grey: unknown)',
+    fill='black',
+    font=font,
+  )
 
   def put(image, caption, color, left, top):
-    draw.rectangle([left, top, left + layout.cell_width - 1,
-                    top + layout.cell_width - 1], fill=color)
+    draw.rectangle(
+      [left, top, left + layout.cell_width - 1, top + layout.cell_width - 1], fill=color
+    )
     inner = Image.new('RGB', (thumbnail, thumbnail), 'white')
     picture = _fit(Image.fromarray(_rgb(image)), thumbnail)
-    inner.paste(picture, ((thumbnail - picture.width) // 2,
-                          (thumbnail - picture.height) // 2))
+    inner.paste(picture, ((thumbnail - picture.width) // 2, (thumbnail - picture.height) // 2))
     canvas.paste(inner, (left + layout.border, top + layout.border))
     text_width = draw.textlength(caption, font=font)
-    draw.text((left + (layout.cell_width - text_width) / 2,
-               top + layout.cell_width + 2), caption, fill='black', font=font)
+    draw.text(
+      (left + (layout.cell_width - text_width) / 2, top + layout.cell_width + 2),
+      caption,
+      fill='black',
+      font=font,
+    )
 
   for r, (query_image, query_caption, cells) in enumerate(rows):
     put(query_image, query_caption, GRID_COLORS['query'], *layout.cell(r, -1))

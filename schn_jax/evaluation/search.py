@@ -42,9 +42,10 @@ def faiss_bytes(codes, name='codes'):
   if (codes == 0).any():
     rows = np.nonzero((codes == 0).any(1))[0]
     raise SearchError(
-        f'{name}: {len(rows)} row(s) have 0 (unset) bits, e.g. row '
-        f'{rows[0]}; FAISS stores only +-1 bits. Drop those rows or '
-        'recompute their codes first.')
+      f'{name}: {len(rows)} row(s) have 0 (unset) bits, e.g. row '
+      f'{rows[0]}; FAISS stores only +-1 bits. Drop those rows or '
+      'recompute their codes first.'
+    )
   return codes_lib.pack_signs(codes)
 
 
@@ -62,16 +63,18 @@ def build_index(database_codes, description=FLAT):
     index = faiss.index_binary_factory(dim, factory)
   except RuntimeError as error:
     raise SearchError(
-        f'index {description!r}: FAISS cannot build it for {dim}-bit codes '
-        f'({_faiss_message(error)}); use one of {EXAMPLES} or another '
-        'faiss.index_binary_factory string.') from None
+      f'index {description!r}: FAISS cannot build it for {dim}-bit codes '
+      f'({_faiss_message(error)}); use one of {EXAMPLES} or another '
+      'faiss.index_binary_factory string.'
+    ) from None
   if not index.is_trained:
     nlist = getattr(index, 'nlist', 0)
     if len(packed) < nlist:
       raise SearchError(
-          f'index {description!r} has {nlist} lists but the database holds '
-          f'only {len(packed)} codes: use fewer lists (e.g. BIVF'
-          f'{max(1, len(packed) // 39)}) or flat.')
+        f'index {description!r} has {nlist} lists but the database holds '
+        f'only {len(packed)} codes: use fewer lists (e.g. BIVF'
+        f'{max(1, len(packed) // 39)}) or flat.'
+      )
     index.train(packed)
   index.add(packed)
   return index
@@ -87,13 +90,13 @@ def set_search_parameters(index, *, nprobe=None, nflip=None, ef_search=None):
   for name, value in (('nprobe', nprobe), ('nflip', nflip)):
     if value is not None:
       if not hasattr(index, name):
-        raise SearchError(f'{name} applies to {_KNOB_OWNERS[name]} indexes, '
-                          f'not to {type(index).__name__}.')
+        raise SearchError(
+          f'{name} applies to {_KNOB_OWNERS[name]} indexes, not to {type(index).__name__}.'
+        )
       setattr(index, name, int(value))
   if ef_search is not None:
     if not hasattr(index, 'hnsw'):
-      raise SearchError('ef_search applies to HNSW indexes, not to '
-                        f'{type(index).__name__}.')
+      raise SearchError(f'ef_search applies to HNSW indexes, not to {type(index).__name__}.')
     index.hnsw.efSearch = int(ef_search)
 
 
@@ -107,27 +110,32 @@ def save_index(index, path):
 def load_index(path):
   path = pathlib.Path(path)
   if not path.is_file():
-    raise SearchError(f'{path}: no such index file; write one with '
-                      '--save_index.')
+    raise SearchError(f'{path}: no such index file; write one with --save_index.')
   try:
     return faiss.read_index_binary(str(path))
   except RuntimeError as error:
-    raise SearchError(f'{path}: not a FAISS binary index '
-                      f'({_faiss_message(error)}); build it again with '
-                      '--save_index.') from None
+    raise SearchError(
+      f'{path}: not a FAISS binary index '
+      f'({_faiss_message(error)}); build it again with '
+      '--save_index.'
+    ) from None
 
 
 def check_index(index, database_size, bits, index_name='index'):
   """Refuses an index that does not hold `database_size` codes of `bits` bits."""
   dim = -(-bits // 8) * 8
   if index.d != dim:
-    raise SearchError(f'{index_name} holds {index.d}-bit codes but the codes '
-                      f'have {bits} bits: build the index from codes of the '
-                      'same length.')
+    raise SearchError(
+      f'{index_name} holds {index.d}-bit codes but the codes '
+      f'have {bits} bits: build the index from codes of the '
+      'same length.'
+    )
   if index.ntotal != database_size:
-    raise SearchError(f'{index_name} holds {index.ntotal} codes but the '
-                      f'database has {database_size}: build the index from '
-                      'this database.')
+    raise SearchError(
+      f'{index_name} holds {index.ntotal} codes but the '
+      f'database has {database_size}: build the index from '
+      'this database.'
+    )
 
 
 def knn(index, query_codes, k):
@@ -139,8 +147,9 @@ def knn(index, query_codes, k):
   if k <= 0:
     raise SearchError(f'k={k}: ask for at least one neighbour.')
   if k > index.ntotal:
-    logging.warning('k=%d is more than the %d database items: returning all '
-                    'of them.', k, index.ntotal)
+    logging.warning(
+      'k=%d is more than the %d database items: returning all of them.', k, index.ntotal
+    )
     k = index.ntotal
   distances, ids = index.search(_query_bytes(index, query_codes), k)
   # Missing results (id -1) come with the largest distance, so they sort last.
@@ -149,8 +158,10 @@ def knn(index, query_codes, k):
   distances = np.take_along_axis(distances, order, 1).astype(np.int64)
   if (ids >= 0).all():
     return list(zip(ids, distances))
-  return [(row_ids[row_ids >= 0], row_distances[row_ids >= 0])
-          for row_ids, row_distances in zip(ids, distances)]
+  return [
+    (row_ids[row_ids >= 0], row_distances[row_ids >= 0])
+    for row_ids, row_distances in zip(ids, distances)
+  ]
 
 
 def range_search(index, query_codes, radius):
@@ -163,19 +174,22 @@ def range_search(index, query_codes, radius):
     # FAISS keeps distances strictly below its radius.
     limits, distances, ids = index.range_search(queries, int(radius) + 1)
   except RuntimeError as error:
-    raise SearchError(f'{type(index).__name__} has no radius search '
-                      f'({_faiss_message(error)}); use flat, BHash, BIVF or '
-                      'k-NN search.') from None
-  return [_ordered(ids[a:b], distances[a:b])
-          for a, b in zip(limits[:-1], limits[1:])]
+    raise SearchError(
+      f'{type(index).__name__} has no radius search '
+      f'({_faiss_message(error)}); use flat, BHash, BIVF or '
+      'k-NN search.'
+    ) from None
+  return [_ordered(ids[a:b], distances[a:b]) for a, b in zip(limits[:-1], limits[1:])]
 
 
 def _query_bytes(index, query_codes):
   packed = faiss_bytes(query_codes, 'query codes')
   if packed.shape[1] * 8 != index.d:
-    raise SearchError(f'query codes have {np.shape(query_codes)[1]} bits but '
-                      f'the index holds {index.d}-bit codes: encode the '
-                      'queries with the model and code length of the database.')
+    raise SearchError(
+      f'query codes have {np.shape(query_codes)[1]} bits but '
+      f'the index holds {index.d}-bit codes: encode the '
+      'queries with the model and code length of the database.'
+    )
   return packed
 
 

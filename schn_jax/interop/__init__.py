@@ -15,12 +15,14 @@ def _shapes(tree):
   return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
 
 
-def schn_from_reference(state_dict, template, variant, source="reference state dict",
-                        backbone="alexnet"):
+def schn_from_reference(
+  state_dict, template, variant, source="reference state dict", backbone="alexnet"
+):
   """Reference CycleHashNet state dict (`model_image.*`, `model_label.*`, `model_cycle.*`)
   -> SCHN parameters shaped like `template` (e.g. from `model.init` or `jax.eval_shape`)."""
-  return state_dict_to_params(state_dict, layout.schn_rules(variant, backbone), _shapes(template),
-                              source)
+  return state_dict_to_params(
+    state_dict, layout.schn_rules(variant, backbone), _shapes(template), source
+  )
 
 
 def schn_to_reference(params, variant, backbone="alexnet"):
@@ -38,8 +40,13 @@ def discriminator_to_reference(params):
 def backbone_from_torchvision(state_dict, template, source="torchvision AlexNet state dict"):
   """A torchvision AlexNet state dict (`features.N.*`, `classifier.1/4/6.*`) -> backbone
   parameters. classifier.6 (the 1000-way ImageNet layer) is ignored by design."""
-  return state_dict_to_params(state_dict, layout.backbone_rules("", ()), _shapes(template),
-                              source, allowed_extra=TORCHVISION_CLASSIFIER)
+  return state_dict_to_params(
+    state_dict,
+    layout.backbone_rules("", ()),
+    _shapes(template),
+    source,
+    allowed_extra=TORCHVISION_CLASSIFIER,
+  )
 
 
 def backbone_to_torchvision(params):
@@ -53,6 +60,13 @@ def load_torchvision_alexnet(path, template):
   return backbone_from_torchvision(state_dict, template, source=str(path))
 
 
-__all__ = ["WeightImportError", "backbone_from_torchvision", "backbone_to_torchvision",
-           "discriminator_from_reference", "discriminator_to_reference",
-           "load_torchvision_alexnet", "schn_from_reference", "schn_to_reference"]
+__all__ = [
+  "WeightImportError",
+  "backbone_from_torchvision",
+  "backbone_to_torchvision",
+  "discriminator_from_reference",
+  "discriminator_to_reference",
+  "load_torchvision_alexnet",
+  "schn_from_reference",
+  "schn_to_reference",
+]

@@ -13,8 +13,17 @@ class WeightImportError(errors.UserError, ValueError):
 def _torch_tensors(prefix, kind):
   """The torch keys of one rule and, for each, how to turn it into our leaves."""
   if kind == "attention":
-    return [f"{prefix}.{k}" for k in ("q_proj_weight", "k_proj_weight", "v_proj_weight",
-                                      "in_proj_bias", "out_proj.weight", "out_proj.bias")]
+    return [
+      f"{prefix}.{k}"
+      for k in (
+        "q_proj_weight",
+        "k_proj_weight",
+        "v_proj_weight",
+        "in_proj_bias",
+        "out_proj.weight",
+        "out_proj.bias",
+      )
+    ]
   return [f"{prefix}.weight", f"{prefix}.bias"]
 
 
@@ -23,7 +32,9 @@ def _to_flax(tensors, path, kind):
   t = tensors
   if kind == "attention":
     width = t["q_proj_weight"].shape[0]
-    biases = np.split(t["in_proj_bias"], 3) if t["in_proj_bias"].shape == (3 * width,) else [None] * 3
+    biases = (
+      np.split(t["in_proj_bias"], 3) if t["in_proj_bias"].shape == (3 * width,) else [None] * 3
+    )
     leaves = {}
     for name, bias in zip(("q_proj", "k_proj", "v_proj"), biases):
       leaves[path + (name, "kernel")] = t[f"{name}_weight"].T
@@ -46,13 +57,18 @@ def _to_torch(leaves, prefix, path, kind):
   get = lambda *p: np.asarray(leaves[path + p])
   if kind == "attention":
     out = {f"{prefix}.{n}_weight": get(n, "kernel").T for n in ("q_proj", "k_proj", "v_proj")}
-    out[f"{prefix}.in_proj_bias"] = np.concatenate([get(n, "bias") for n in ("q_proj", "k_proj", "v_proj")])
+    out[f"{prefix}.in_proj_bias"] = np.concatenate(
+      [get(n, "bias") for n in ("q_proj", "k_proj", "v_proj")]
+    )
     out[f"{prefix}.out_proj.weight"] = get("out_proj", "kernel").T
     out[f"{prefix}.out_proj.bias"] = get("out_proj", "bias")
     return out
   kernel = get("kernel")
-  weight = {"conv": lambda k: k.transpose(3, 2, 0, 1), "linear": lambda k: k.T,
-            "graph": lambda k: k}[kind](kernel)
+  weight = {
+    "conv": lambda k: k.transpose(3, 2, 0, 1),
+    "linear": lambda k: k.T,
+    "graph": lambda k: k,
+  }[kind](kernel)
   return {f"{prefix}.weight": weight, f"{prefix}.bias": get("bias")}
 
 
@@ -62,8 +78,9 @@ def state_dict_to_params(state_dict, rules, template, source="state dict", allow
   Refuses (WeightImportError) missing, unexpected and misshapen keys, naming all
   of them. Keys starting with a prefix in `allowed_extra` are ignored.
   """
-  expected = {k: (prefix, path, kind) for prefix, path, kind in rules
-              for k in _torch_tensors(prefix, kind)}
+  expected = {
+    k: (prefix, path, kind) for prefix, path, kind in rules for k in _torch_tensors(prefix, kind)
+  }
   present = set(state_dict)
   missing = sorted(set(expected) - present)
   unexpected = sorted(k for k in present - set(expected) if not k.startswith(tuple(allowed_extra)))
@@ -73,7 +90,9 @@ def state_dict_to_params(state_dict, rules, template, source="state dict", allow
     keys = _torch_tensors(prefix, kind)
     if any(k not in state_dict for k in keys):
       continue
-    converted = _to_flax({k[len(prefix) + 1:]: np.asarray(state_dict[k]) for k in keys}, path, kind)
+    converted = _to_flax(
+      {k[len(prefix) + 1 :]: np.asarray(state_dict[k]) for k in keys}, path, kind
+    )
     for leaf_path, value in converted.items():
       want = tuple(flat_template[leaf_path].shape) if leaf_path in flat_template else None
       if value is None or want is None or tuple(value.shape) != want:
@@ -81,21 +100,27 @@ def state_dict_to_params(state_dict, rules, template, source="state dict", allow
         break
       flat[leaf_path] = value.astype(flat_template[leaf_path].dtype)
   misshapen = sorted(set(misshapen))
-  uncovered = sorted("/".join(p) for p in set(flat_template) - set(flat)
-                     if not (missing or misshapen))
+  uncovered = sorted(
+    "/".join(p) for p in set(flat_template) - set(flat) if not (missing or misshapen)
+  )
   problems = []
   if missing:
     problems.append(f"missing keys: {', '.join(missing)}")
   if unexpected:
     problems.append(f"unexpected keys: {', '.join(unexpected)}")
   if misshapen:
-    problems.append("keys whose shape does not fit the model (shape given): " + ", ".join(misshapen))
+    problems.append(
+      "keys whose shape does not fit the model (shape given): " + ", ".join(misshapen)
+    )
   if uncovered:
     problems.append(f"model parameters with no source key: {', '.join(uncovered)}")
   if problems:
-    raise WeightImportError(f"{source} does not fit the model: " + "; ".join(problems)
-                            + ". Check that the file, variant, code length and label count "
-                            "match the configuration.")
+    raise WeightImportError(
+      f"{source} does not fit the model: "
+      + "; ".join(problems)
+      + ". Check that the file, variant, code length and label count "
+      "match the configuration."
+    )
   return traverse_util.unflatten_dict(flat)
 
 

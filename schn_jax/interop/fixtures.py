@@ -17,15 +17,38 @@ import numpy as np
 from schn_jax import errors
 from schn_jax.interop.layout import GROUP_PREFIX
 
-STEP_FILES = ("manifest.json", "meta.json", "inputs.npz", "forward.npz", "loss.npz", "step.npz",
-              "dcc.npz", "map.npz")
+STEP_FILES = (
+  "manifest.json",
+  "meta.json",
+  "inputs.npz",
+  "forward.npz",
+  "loss.npz",
+  "step.npz",
+  "dcc.npz",
+  "map.npz",
+)
 TRAJECTORY_FILES = ("manifest.json", "meta.json", "float32.npz", "float64.npz")
 
 
 # meta.json keys a trajectory fixture's run is configured from.
-TRAJECTORY_META = ("variant", "code_length", "samples", "batch", "max_epoch", "max_iter",
-                   "iterations_recorded", "eval_iter", "lr", "weight_decay", "alpha", "beta",
-                   "gamma", "zero_grad", "image_size", "float32_vs_float64")
+TRAJECTORY_META = (
+  "variant",
+  "code_length",
+  "samples",
+  "batch",
+  "max_epoch",
+  "max_iter",
+  "iterations_recorded",
+  "eval_iter",
+  "lr",
+  "weight_decay",
+  "alpha",
+  "beta",
+  "gamma",
+  "zero_grad",
+  "image_size",
+  "float32_vs_float64",
+)
 
 
 class FixtureFormatError(errors.UserError, ValueError):
@@ -41,8 +64,10 @@ def find_fixture_dirs(root):
     return [root]
   found = sorted(p.parent for p in root.rglob("manifest.json"))
   if not found:
-    raise FixtureFormatError(f"{root}: no manifest.json in it or any folder below it; point "
-                             "the check at a variant folder (mmasia/ or tomm/) or a folder above one")
+    raise FixtureFormatError(
+      f"{root}: no manifest.json in it or any folder below it; point "
+      "the check at a variant folder (mmasia/ or tomm/) or a folder above one"
+    )
   return found
 
 
@@ -58,8 +83,10 @@ class Fixture:
     files = TRAJECTORY_FILES if self.kind == "trajectory" else STEP_FILES
     absent = [f for f in files if not (self.dir / f).is_file()]
     if absent:
-      raise FixtureFormatError(f"{self.dir}: missing {', '.join(absent)} (a {self.kind} fixture "
-                               f"folder holds {', '.join(files)})")
+      raise FixtureFormatError(
+        f"{self.dir}: missing {', '.join(absent)} (a {self.kind} fixture "
+        f"folder holds {', '.join(files)})"
+      )
     self.manifest = self._json("manifest.json", ("variant", "keys"))
     self.meta = self._json("meta.json", TRAJECTORY_META if self.kind == "trajectory" else ())
     self.variant = self.manifest["variant"]
@@ -73,8 +100,10 @@ class Fixture:
       raise FixtureFormatError(f"{path}: not valid JSON ({e})") from e
     lacking = [k for k in required if k not in data]
     if not isinstance(data, dict) or lacking:
-      raise FixtureFormatError(f"{path}: expected an object with keys {', '.join(required)}; "
-                               f"missing {', '.join(lacking) or 'all'}")
+      raise FixtureFormatError(
+        f"{path}: expected an object with keys {', '.join(required)}; "
+        f"missing {', '.join(lacking) or 'all'}"
+      )
     return data
 
   def npz(self, name):
@@ -115,14 +144,18 @@ class Fixture:
       try:
         shape, std, where = tuple(entry["shape"]), entry["std"], (entry["group"], entry["key"])
       except KeyError as e:
-        raise FixtureFormatError(f"{self.dir / 'manifest.json'}: key entry {entry.get('index')} "
-                                 f"lacks field {e}") from e
+        raise FixtureFormatError(
+          f"{self.dir / 'manifest.json'}: key entry {entry.get('index')} lacks field {e}"
+        ) from e
       w = rng.standard_normal(size=shape, dtype=np.float32) * np.float32(std)
-      ok = (np.allclose(w.astype(np.float64).sum(), entry["check_sum_f64"], rtol=1e-9, atol=1e-9)
-            and np.array_equal(w.reshape(-1)[:4], np.float32(entry["check_first4"][:4])))
+      ok = np.allclose(
+        w.astype(np.float64).sum(), entry["check_sum_f64"], rtol=1e-9, atol=1e-9
+      ) and np.array_equal(w.reshape(-1)[:4], np.float32(entry["check_first4"][:4]))
       if not ok:
-        raise FixtureFormatError(f"{self.dir / 'manifest.json'}: rebuilt {where[0]}/{where[1]} "
-                                 "does not match its checksums")
+        raise FixtureFormatError(
+          f"{self.dir / 'manifest.json'}: rebuilt {where[0]}/{where[1]} "
+          "does not match its checksums"
+        )
       weights[where] = w
     return weights
 
@@ -140,5 +173,7 @@ class Fixture:
     """(batch, bits, classes, image size) read from the inputs."""
     images, codes, labels = (self.get("inputs", k) for k in ("images", "B_codes", "labels"))
     if images.ndim != 4 or images.shape[1] != 3:
-      raise FixtureFormatError(f"{self.dir / 'inputs.npz'}: images must be (B,3,H,W), got {images.shape}")
+      raise FixtureFormatError(
+        f"{self.dir / 'inputs.npz'}: images must be (B,3,H,W), got {images.shape}"
+      )
     return images.shape[0], codes.shape[1], labels.shape[1], images.shape[2]

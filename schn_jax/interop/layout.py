@@ -21,16 +21,17 @@ CLASSIFIER_FCS = (1, 4)
 
 def backbone_rules(prefix, path, backbone="alexnet"):
   """torchvision AlexNet's `features.N` / `classifier.N` (SmallCNN uses the same scheme)."""
-  return ([(f"{prefix}features.{n}", path + (f"features_{n}",), "conv")
-           for n in BACKBONE_CONVS[backbone]]
-          + [(f"{prefix}classifier.{n}", path + (f"classifier_{n}",), "linear")
-             for n in CLASSIFIER_FCS])
+  return [
+    (f"{prefix}features.{n}", path + (f"features_{n}",), "conv") for n in BACKBONE_CONVS[backbone]
+  ] + [(f"{prefix}classifier.{n}", path + (f"classifier_{n}",), "linear") for n in CLASSIFIER_FCS]
 
 
 def _mlp_with_hash(prefix, path, mlp="mlp", head="hash"):
-  return [(f"{prefix}net.0", path + (mlp, "net_0"), "linear"),
-          (f"{prefix}net.2", path + (mlp, "net_2"), "linear"),
-          (f"{prefix}hash_layer.0", path + (head, "linear"), "linear")]
+  return [
+    (f"{prefix}net.0", path + (mlp, "net_0"), "linear"),
+    (f"{prefix}net.2", path + (mlp, "net_2"), "linear"),
+    (f"{prefix}hash_layer.0", path + (head, "linear"), "linear"),
+  ]
 
 
 def schn_rules(variant, backbone="alexnet"):
@@ -46,9 +47,11 @@ def schn_rules(variant, backbone="alexnet"):
     rules.append((f"model_cycle.self_attention_{block}", cycle + (block, "attention"), "attention"))
   # The two reference variants name the same graph convolution differently.
   graph = "gc" if variant == "mmasia" else "gc1"
-  rules += [(f"model_cycle.gcn.{graph}", cycle + ("latent", "graph_conv"), "graph"),
-            ("model_cycle.gcn.hash_code_layer", cycle + ("latent", "hash", "linear"), "linear"),
-            ("model_cycle.self_attention_lat", cycle + ("latent", "attention"), "attention")]
+  rules += [
+    (f"model_cycle.gcn.{graph}", cycle + ("latent", "graph_conv"), "graph"),
+    ("model_cycle.gcn.hash_code_layer", cycle + ("latent", "hash", "linear"), "linear"),
+    ("model_cycle.self_attention_lat", cycle + ("latent", "attention"), "attention"),
+  ]
   return rules
 
 
@@ -61,4 +64,9 @@ def discriminator_rules():
 
 
 # Reference module attribute for each group of the fixtures' manifest.
-GROUP_PREFIX = {"image": "model_image.", "label": "model_label.", "cycle": "model_cycle.", "disc": ""}
+GROUP_PREFIX = {
+  "image": "model_image.",
+  "label": "model_label.",
+  "cycle": "model_cycle.",
+  "disc": "",
+}

@@ -12,8 +12,9 @@ def _torch():
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise errors.MissingDependencyError(
-        "reading or writing torch checkpoints needs PyTorch, an optional dependency: "
-        "pip install torch==2.13.0 (CPU build)") from e
+      "reading or writing torch checkpoints needs PyTorch, an optional dependency: "
+      "pip install torch==2.13.0 (CPU build)"
+    ) from e
   return torch
 
 

@@ -33,8 +33,9 @@ class WeightFileError(errors.UserError, ValueError):
 def _suffix(path):
   suffix = pathlib.Path(path).suffix
   if suffix not in SUFFIXES:
-    raise WeightFileError(f'{path}: unknown weight file type {suffix!r}; use '
-                          f'one of {", ".join(SUFFIXES)}.')
+    raise WeightFileError(
+      f'{path}: unknown weight file type {suffix!r}; use one of {", ".join(SUFFIXES)}.'
+    )
   return suffix
 
 
@@ -58,8 +59,7 @@ def read_arrays(path):
       metadata = dict(f.metadata() or {})
     return safetensors_numpy.load_file(str(path)), metadata
   except safetensors.SafetensorError as error:
-    raise WeightFileError(f'{path}: not a readable .safetensors file '
-                          f'({error}).') from None
+    raise WeightFileError(f'{path}: not a readable .safetensors file ({error}).') from None
 
 
 def write_arrays(arrays, path, metadata=None):
@@ -72,13 +72,14 @@ def write_arrays(arrays, path, metadata=None):
   elif suffix == '.npz':
     np.savez(path, **arrays, **{_NPZ_METADATA: json.dumps(metadata)})
   else:
-      safetensors_numpy.save_file(arrays, str(path), metadata=metadata)
+    safetensors_numpy.save_file(arrays, str(path), metadata=metadata)
 
 
 def params_to_arrays(params):
   """A Flax parameter tree -> {'a/b/kernel': np.ndarray}."""
-  return {name: np.asarray(value) for name, value in
-          traverse_util.flatten_dict(params, sep='/').items()}
+  return {
+    name: np.asarray(value) for name, value in traverse_util.flatten_dict(params, sep='/').items()
+  }
 
 
 def arrays_to_params(arrays, template, source='weights'):
@@ -88,20 +89,24 @@ def arrays_to_params(arrays, template, source='weights'):
   expected = traverse_util.flatten_dict(template, sep='/')
   missing = sorted(set(expected) - set(arrays))
   unexpected = sorted(set(arrays) - set(expected))
-  misshapen = sorted(f'{name} {tuple(np.shape(arrays[name]))} (expected '
-                     f'{tuple(expected[name].shape)})' for name in expected
-                     if name in arrays
-                     and tuple(np.shape(arrays[name])) != tuple(expected[name].shape))
-  problems = [f'{what}: {", ".join(names)}' for what, names in (
-      ('missing', missing), ('unexpected', unexpected), ('misshapen', misshapen))
-              if names]
+  misshapen = sorted(
+    f'{name} {tuple(np.shape(arrays[name]))} (expected {tuple(expected[name].shape)})'
+    for name in expected
+    if name in arrays and tuple(np.shape(arrays[name])) != tuple(expected[name].shape)
+  )
+  problems = [
+    f'{what}: {", ".join(names)}'
+    for what, names in (('missing', missing), ('unexpected', unexpected), ('misshapen', misshapen))
+    if names
+  ]
   if problems:
-    raise WeightFileError(f'{source} does not fit the model: '
-                          + '; '.join(problems) + '. Check that the file was '
-                          'written for this variant, backbone and code length.')
+    raise WeightFileError(
+      f'{source} does not fit the model: ' + '; '.join(problems) + '. Check that the file was '
+      'written for this variant, backbone and code length.'
+    )
   return traverse_util.unflatten_dict(
-      {name: np.asarray(arrays[name], expected[name].dtype) for name in expected},
-      sep='/')
+    {name: np.asarray(arrays[name], expected[name].dtype) for name in expected}, sep='/'
+  )
 
 
 def save_params(params, path, metadata=None):

@@ -12,6 +12,7 @@ class TransitiveLatent(nn.Module):
   convolution then propagates along shared labels. The latent feature is the
   ReLU output (before dropout), which the reconstruction blocks consume.
   """
+
   bits: int
   hidden: int = 1024
   dropout_rate: float = 0.5

@@ -19,8 +19,10 @@ import numpy as np
 
 def uniform(bound: float):
   """U(-bound, bound), torch's `uniform_(-bound, bound)`."""
+
   def init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
+
   return init
 
 
@@ -30,16 +32,26 @@ def linear(x, features: int, name: str, kernel_init=None, bias_init=None):
   Called from a parent's compact method, so the layer is the parent's `name`.
   """
   bound = 1.0 / np.sqrt(x.shape[-1])
-  return nn.Dense(features, kernel_init=kernel_init or uniform(bound),
-                  bias_init=bias_init or uniform(bound), name=name)(x)
+  return nn.Dense(
+    features,
+    kernel_init=kernel_init or uniform(bound),
+    bias_init=bias_init or uniform(bound),
+    name=name,
+  )(x)
 
 
 def conv(x, features: int, kernel: int, stride: int, padding: int, name: str):
   """nn.Conv applied to NHWC `x`, initialised as torch.nn.Conv2d."""
   bound = 1.0 / np.sqrt(x.shape[-1] * kernel * kernel)
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((padding, padding), (padding, padding)),
-                 kernel_init=uniform(bound), bias_init=uniform(bound), name=name)(x)
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    strides=(stride, stride),
+    padding=((padding, padding), (padding, padding)),
+    kernel_init=uniform(bound),
+    bias_init=uniform(bound),
+    name=name,
+  )(x)
 
 
 class RowDropout(nn.Module):
@@ -51,6 +63,7 @@ class RowDropout(nn.Module):
   dropout on equals single-device training. Each element is kept with
   probability 1 - rate, as in nn.Dropout.
   """
+
   rate: float
 
   @nn.compact
@@ -59,7 +72,9 @@ class RowDropout(nn.Module):
       return x
     key, keep = self.make_rng("dropout"), 1.0 - self.rate
     rows = first_row + jnp.arange(x.shape[0])
-    mask = jax.vmap(lambda row: jax.random.bernoulli(jax.random.fold_in(key, row), keep, x.shape[1:]))(rows)
+    mask = jax.vmap(
+      lambda row: jax.random.bernoulli(jax.random.fold_in(key, row), keep, x.shape[1:])
+    )(rows)
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
@@ -69,6 +84,7 @@ class HashHead(nn.Module):
   tanh gives codes in (-1, 1) (visual, semantic, reconstruction spaces);
   sigmoid gives (0, 1) (the transitive latent space, as in the reference).
   """
+
   bits: int
   activation: Callable[[jax.Array], jax.Array] = jnp.tanh
 
@@ -79,6 +95,7 @@ class HashHead(nn.Module):
 
 class FeatureMLP(nn.Module):
   """in -> 1024 -> 512 with ReLU after each layer (the reference's `net`)."""
+
   hidden: int = 1024
   out: int = 512
 
@@ -113,6 +130,7 @@ class BatchAttention(nn.Module):
 
 class GraphConv(nn.Module):
   """GC(X) = A @ (X @ W) + b with the raw 0/1 batch label graph A (no normalisation)."""
+
   features: int
 
   @nn.compact

@@ -7,6 +7,7 @@ from schn_jax.models.layers import BatchAttention, FeatureMLP, HashHead
 
 class Reconstruction(nn.Module):
   """attention(query=key=`guide`, value=`source`) -> MLP (->1024->512) -> tanh codes."""
+
   bits: int
 
   @nn.compact

@@ -14,8 +14,8 @@ from schn_jax.models.visual import VisualNet
 
 # For each reconstruction block: (guide = attention query and key, source = value).
 CYCLE_WIRING = {
-    "mmasia": {"image_rec": ("label", "latent"), "label_rec": ("image", "latent")},
-    "tomm": {"image_rec": ("latent", "label"), "label_rec": ("latent", "image")},
+  "mmasia": {"image_rec": ("label", "latent"), "label_rec": ("image", "latent")},
+  "tomm": {"image_rec": ("latent", "label"), "label_rec": ("latent", "image")},
 }
 VARIANTS = tuple(CYCLE_WIRING)
 
@@ -27,6 +27,7 @@ class CycleNet(nn.Module):
   cycle losses train the cycle part (and U_image/U_label through the
   reconstruction targets), never the feature extractors through this path.
   """
+
   variant: str
   bits: int
   dropout_rate: float = 0.5
@@ -35,11 +36,13 @@ class CycleNet(nn.Module):
   def __call__(self, image_features, label_features, adjacency, train: bool = False):
     if self.variant not in CYCLE_WIRING:
       raise ValueError(f"unknown variant {self.variant!r}; choose one of {VARIANTS}")
-    spaces = {"image": jax.lax.stop_gradient(image_features),
-              "label": jax.lax.stop_gradient(label_features)}
+    spaces = {
+      "image": jax.lax.stop_gradient(image_features),
+      "label": jax.lax.stop_gradient(label_features),
+    }
     spaces["latent"], u_latent = TransitiveLatent(
-        self.bits, dropout_rate=self.dropout_rate, name="latent")(
-            spaces["image"], spaces["label"], adjacency, train)
+      self.bits, dropout_rate=self.dropout_rate, name="latent"
+    )(spaces["image"], spaces["label"], adjacency, train)
     out = {"latent": spaces["latent"], "U_latent": u_latent}
     for block, (guide, source) in CYCLE_WIRING[self.variant].items():
       feature, codes = Reconstruction(self.bits, name=block)(spaces[guide], spaces[source])
@@ -54,6 +57,7 @@ class SCHN(nn.Module):
   Keys: F_image, U_image, F_label, U_label, latent, U_latent, image_rec_feature,
   U_image_rec, label_rec_feature, U_label_rec.
   """
+
   variant: str
   bits: int
   backbone: str = "alexnet"

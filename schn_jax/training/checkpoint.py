@@ -62,8 +62,11 @@ class Checkpoints:
     self.damaged = []
     # Read-only managers write nothing: evaluation may run on a run folder it cannot write.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=None if read_only else keep, create=not read_only, read_only=read_only,
-        save_interval_steps=0 if read_only else 1)
+      max_to_keep=None if read_only else keep,
+      create=not read_only,
+      read_only=read_only,
+      save_interval_steps=0 if read_only else 1,
+    )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def restore(self, abstract_state):
@@ -75,8 +78,12 @@ class Checkpoints:
     for step in sorted(self.manager.all_steps(), reverse=True):
       where = self.directory / str(step)
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        restored = self.manager.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+          ),
+        )
         meta = restored["meta"]
         if not isinstance(meta, dict):
           raise ValueError(f"metadata is {type(meta).__name__}, not a JSON object")
@@ -86,8 +93,9 @@ class Checkpoints:
         if isinstance(error, json.JSONDecodeError):
           where = where / "meta"
         failures.append(f"{where}: {_brief(error)}")
-        logging.warning("checkpoint %s cannot be read (%s); trying the one before it", where,
-                        _brief(error))
+        logging.warning(
+          "checkpoint %s cannot be read (%s); trying the one before it", where, _brief(error)
+        )
         self.damaged.append(step)
         continue
       if self.damaged:
@@ -95,9 +103,10 @@ class Checkpoints:
       return restored["state"], meta
     if failures:
       raise errors.CheckpointError(
-          f"no checkpoint in {self.directory} can be read ({'; '.join(failures)}). If the "
-          "model or config changed since they were written, use another --workdir; if they "
-          f"are damaged, delete {self.directory} to train this code length again")
+        f"no checkpoint in {self.directory} can be read ({'; '.join(failures)}). If the "
+        "model or config changed since they were written, use another --workdir; if they "
+        f"are damaged, delete {self.directory} to train this code length again"
+      )
     return None, None
 
   def set_aside_damaged(self):
@@ -113,8 +122,9 @@ class Checkpoints:
         if target.exists():
           shutil.rmtree(target)
         shutil.move(self.directory / str(step), target)
-        logging.warning("moved the unreadable checkpoint %s to %s", self.directory / str(step),
-                        target)
+        logging.warning(
+          "moved the unreadable checkpoint %s to %s", self.directory / str(step), target
+        )
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("schn_jax.set_aside_damaged_checkpoints")
     self.damaged = []
@@ -122,8 +132,11 @@ class Checkpoints:
 
   def save(self, iteration, state, meta, force=False):
     if force or iteration % self.every == 0:
-      self.manager.save(iteration, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+      self.manager.save(
+        iteration,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        force=True,
+      )
 
   def close(self):
     """Waits for the checkpoint being written in the background, then closes."""

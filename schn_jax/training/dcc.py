@@ -5,8 +5,7 @@ import jax.numpy as jnp
 
 
 @jax.jit
-def dcc_update(codes, u_image, u_label, u_latent, sample_similarity,
-               alpha, beta, gamma):
+def dcc_update(codes, u_image, u_label, u_latent, sample_similarity, alpha, beta, gamma):
   """One bit-by-bit pass over the sampled database codes.
 
   codes: (ns, c) current codes of the sampled rows, in {-1, 0, +1};

@@ -39,6 +39,7 @@ CODE_NAMES = ("U_image", "U_label", "U_latent")
 
 # ---------------------------------------------------------------- model and state
 
+
 def build(config, bits, image_shape, num_classes, database_size):
   """(model, discriminator, optimizers, step config, fresh state)."""
   model = SCHN(config.variant, bits, backbone=config.backbone, dropout_rate=config.dropout_rate)
@@ -46,14 +47,21 @@ def build(config, bits, image_shape, num_classes, database_size):
   key = jax.random.PRNGKey(config.seed)
   init_key, disc_key, run_key = jax.random.split(jax.random.fold_in(key, bits), 3)
   batch = 2
-  params = model.init(init_key, jnp.zeros((batch,) + image_shape), jnp.zeros((batch, num_classes)),
-                      jnp.ones((batch, batch)))["params"]
+  params = model.init(
+    init_key,
+    jnp.zeros((batch,) + image_shape),
+    jnp.zeros((batch, num_classes)),
+    jnp.ones((batch, batch)),
+  )["params"]
   disc_params = {}
   if config.variant == "tomm":
-    disc_params = discriminator.init(disc_key, jnp.zeros((batch, bits)), jnp.zeros((batch, bits)))["params"]
+    disc_params = discriminator.init(disc_key, jnp.zeros((batch, bits)), jnp.zeros((batch, bits)))[
+      "params"
+    ]
   optimizers = make_optimizers(config.weight_decay, config.optimizer_semantics, params["cycle"])
-  state = create_state(params, disc_params, optimizers, database_size, bits, run_key,
-                       jnp.dtype(config.dtype))
+  state = create_state(
+    params, disc_params, optimizers, database_size, bits, run_key, jnp.dtype(config.dtype)
+  )
   return model, discriminator, optimizers, StepConfig.from_config(config), state
 
 
@@ -71,11 +79,14 @@ def initial_database_codes(config, labels, bits, dtype):
   """
   if config.database_init == "zeros":
     return np.zeros((len(labels), bits), dtype)
-  codebook = np.random.default_rng((config.seed, bits, 2)).choice([-1.0, 1.0], (labels.shape[1], bits))
+  codebook = np.random.default_rng((config.seed, bits, 2)).choice(
+    [-1.0, 1.0], (labels.shape[1], bits)
+  )
   return np.where(labels @ codebook >= 0, 1.0, -1.0).astype(dtype)
 
 
 # ---------------------------------------------------------------- the plan of an iteration
+
 
 def training_positions(split):
   """Positions in the database of the protocol's training images, which the outer
@@ -84,12 +95,16 @@ def training_positions(split):
   inside = positions < len(split.database)
   inside[inside] = split.database[positions[inside]] == split.train[inside]
   if not inside.all():
-    raise errors.ConfigError(f"{int((~inside).sum())} training images are not in the database: the "
-                     "asymmetric loop learns database codes for the images it trains on")
+    raise errors.ConfigError(
+      f"{int((~inside).sum())} training images are not in the database: the "
+      "asymmetric loop learns database codes for the images it trains on"
+    )
   return positions
 
 
-_COVER_STREAM = 1  # keeps the permutations' seeds apart from the iterations' (seed, bits, iteration)
+_COVER_STREAM = (
+  1  # keeps the permutations' seeds apart from the iterations' (seed, bits, iteration)
+)
 
 
 def sample_database(config, bits, iteration, database_size, rng):
@@ -105,9 +120,11 @@ def sample_database(config, bits, iteration, database_size, rng):
     return np.sort(rng.choice(database_size, config.sample_size, replace=False))
   blocks = -(-database_size // config.sample_size)
   cover_pass, block = divmod(iteration, blocks)
-  order = np.random.default_rng((config.seed, bits, cover_pass, _COVER_STREAM)).permutation(database_size)
+  order = np.random.default_rng((config.seed, bits, cover_pass, _COVER_STREAM)).permutation(
+    database_size
+  )
   # The last block of a pass is short; it is topped up from the rest of the pass.
-  return np.sort(np.roll(order, -block * config.sample_size)[:config.sample_size])
+  return np.sort(np.roll(order, -block * config.sample_size)[: config.sample_size])
 
 
 def plan_iteration(config, pool, bits, iteration):
@@ -149,12 +166,13 @@ class Batches:
   *_rows: database positions; *_positions: places in the sample; *_steps: the
   step's number in the iteration (its dropout key).
   """
-  full_rows: np.ndarray        # (E, nb, B)
-  full_positions: np.ndarray   # (E, nb, B)
-  full_steps: np.ndarray       # (E, nb)
-  rest_rows: np.ndarray        # (E, r)
-  rest_positions: np.ndarray   # (E, r)
-  rest_steps: np.ndarray       # (E, 1), or (E, 0) when r = 0
+
+  full_rows: np.ndarray  # (E, nb, B)
+  full_positions: np.ndarray  # (E, nb, B)
+  full_steps: np.ndarray  # (E, nb)
+  rest_rows: np.ndarray  # (E, r)
+  rest_positions: np.ndarray  # (E, r)
+  rest_steps: np.ndarray  # (E, 1), or (E, 0) when r = 0
 
   @classmethod
   def of(cls, sample, epoch_orders, batch_size):
@@ -164,23 +182,37 @@ class Batches:
     cut = full * batch_size
     full_positions = orders[:, :cut].reshape(epochs, full, batch_size)
     steps = np.arange(epochs * (full + (rest > 0)), dtype=np.int32).reshape(epochs, -1)
-    return cls(sample[full_positions], full_positions, steps[:, :full], sample[orders[:, cut:]],
-               orders[:, cut:], steps[:, full:])
+    return cls(
+      sample[full_positions],
+      full_positions,
+      steps[:, :full],
+      sample[orders[:, cut:]],
+      orders[:, cut:],
+      steps[:, full:],
+    )
 
   def arrays(self):
-    return (self.full_rows, self.full_positions, self.full_steps, self.rest_rows,
-            self.rest_positions, self.rest_steps)
+    return (
+      self.full_rows,
+      self.full_positions,
+      self.full_steps,
+      self.rest_rows,
+      self.rest_positions,
+      self.rest_steps,
+    )
 
   def of_epoch(self, epoch):
     """[(rows (k, b), positions (k, b), steps (k,))]: the epoch's full batches, then its rest."""
     parts = [(self.full_rows[epoch], self.full_positions[epoch], self.full_steps[epoch])]
     if self.rest_rows.shape[1]:
-      parts.append((self.rest_rows[epoch][None], self.rest_positions[epoch][None],
-                    self.rest_steps[epoch]))
+      parts.append(
+        (self.rest_rows[epoch][None], self.rest_positions[epoch][None], self.rest_steps[epoch])
+      )
     return [p for p in parts if len(p[0])]
 
 
 # ---------------------------------------------------------------- the compiled iteration
+
 
 class Iteration:
   """Trains outer iterations of one code length: `iteration(state, plan=None)`.
@@ -192,18 +224,23 @@ class Iteration:
 
   def __init__(self, config, data, model, discriminator, optimizers, step_config, mesh):
     self.config, self.data, self.mesh = config, data, mesh
-    _, _, self._train_step = make_step_functions(model, discriminator, optimizers, step_config,
-                                                 axis_name=parallel.DATA_AXIS)
+    _, _, self._train_step = make_step_functions(
+      model, discriminator, optimizers, step_config, axis_name=parallel.DATA_AXIS
+    )
     split = data.split
     self.pool = training_positions(split)
     labels = data.labels[split.database]
     self._labels = parallel.replicate(labels, mesh)
     self._database_labels = labels
-    images = data.loader.stored_images(split.database[self.pool], augment=config.data.augment,
-                                       max_bytes=config.device_pool_mb * 2**20)
+    images = data.loader.stored_images(
+      split.database[self.pool],
+      augment=config.data.augment,
+      max_bytes=config.device_pool_mb * 2**20,
+    )
     self.on_device = images is not None
     self.per_batch = config.loop_programs == "per_batch" or (
-        config.loop_programs == "auto" and jax.default_backend() == "cpu")
+      config.loop_programs == "auto" and jax.default_backend() == "cpu"
+    )
     kind = config.parallel
     self._pool = ()
     if self.on_device:
@@ -212,20 +249,24 @@ class Iteration:
       pool_index[self.pool] = np.arange(len(self.pool), dtype=np.int32)
       self._pool = parallel.replicate((images, pool_index), mesh)
     if self.on_device and not self.per_batch:
-      self._program = parallel.map_replicated(self._per_device_iteration, mesh, kind, num_args=13,
-                                              donate=(0,))
+      self._program = parallel.map_replicated(
+        self._per_device_iteration, mesh, kind, num_args=13, donate=(0,)
+      )
     elif self.on_device:
-      self._chunk = parallel.map_replicated(self._per_device_pool_chunk, mesh, kind, num_args=9,
-                                            donate=(0, 1))
+      self._chunk = parallel.map_replicated(
+        self._per_device_pool_chunk, mesh, kind, num_args=9, donate=(0, 1)
+      )
     else:
-      self._chunk = parallel.map_replicated(self._per_device_chunk, mesh, kind, num_args=8,
-                                            sharded=(7,), donate=(0, 1))
+      self._chunk = parallel.map_replicated(
+        self._per_device_chunk, mesh, kind, num_args=8, sharded=(7,), donate=(0, 1)
+      )
     self._dcc = jax.jit(dcc_rows)
 
   # ---- per-device programs
 
-  def _run_batches(self, state, buffers, labels, rows, positions, steps, key, images=None,
-                   pool=None):
+  def _run_batches(
+    self, state, buffers, labels, rows, positions, steps, key, images=None, pool=None
+  ):
     """lax.scan of the step over batches: rows/positions (k, B) of the global batches,
     steps (k,); images (k, b, ...) this device's rows, or gathered from `pool`."""
     devices = jax.lax.axis_size(parallel.DATA_AXIS)
@@ -240,9 +281,11 @@ class Iteration:
         pool_images, pool_index = pool
         batch_images = pool_images[pool_index[mine]]
       dtype = state.database_codes.dtype
-      batch = {"images": self.data.normalize(batch_images, dtype),
-               "labels": labels[mine].astype(dtype),
-               "database_codes": state.database_codes[mine]}
+      batch = {
+        "images": self.data.normalize(batch_images, dtype),
+        "labels": labels[mine].astype(dtype),
+        "database_codes": state.database_codes[mine],
+      }
       state, codes, metrics = self._train_step(state, batch, jax.random.fold_in(key, step))
       buffers = {k: buffers[k].at[positions].set(codes[k]) for k in CODE_NAMES}
       return (state, buffers), metrics
@@ -255,8 +298,22 @@ class Iteration:
       return carry, jax.tree_util.tree_map(lambda x: x[None], metrics)
     return jax.lax.scan(body, (state, buffers), xs)
 
-  def _per_device_iteration(self, state, pool_images, pool_index, labels, full_rows, full_positions,
-                            full_steps, rest_rows, rest_positions, rest_steps, sample, r, key):
+  def _per_device_iteration(
+    self,
+    state,
+    pool_images,
+    pool_index,
+    labels,
+    full_rows,
+    full_positions,
+    full_steps,
+    rest_rows,
+    rest_positions,
+    rest_steps,
+    sample,
+    r,
+    key,
+  ):
     """The whole iteration on device: epochs of batches (a scan over epochs, each a
     scan over its full batches and then its smaller rest), then DCC."""
     bits = state.database_codes.shape[1]
@@ -268,26 +325,35 @@ class Iteration:
       carry, full = self._run_batches(*carry, labels, rows, positions, steps, key, pool=pool)
       rest = {}
       if rest_rows.shape[0]:  # static: the epoch ends with a smaller batch
-        carry, rest = self._run_batches(*carry, labels, rest_rows[None], rest_positions[None],
-                                        rest_steps, key, pool=pool)
+        carry, rest = self._run_batches(
+          *carry, labels, rest_rows[None], rest_positions[None], rest_steps, key, pool=pool
+        )
       return carry, (full, rest)
 
     (state, buffers), (full, rest) = jax.lax.scan(
-        epoch, (state, buffers),
-        (full_rows, full_positions, full_steps, rest_rows, rest_positions, rest_steps))
-    state = state.replace(database_codes=dcc_rows(state.database_codes, sample, labels, r, buffers,
-                                                   self._dcc_hyper(state)))
+      epoch,
+      (state, buffers),
+      (full_rows, full_positions, full_steps, rest_rows, rest_positions, rest_steps),
+    )
+    state = state.replace(
+      database_codes=dcc_rows(
+        state.database_codes, sample, labels, r, buffers, self._dcc_hyper(state)
+      )
+    )
     return state, full, rest
 
-  def _per_device_pool_chunk(self, state, buffers, pool_images, pool_index, labels, rows, positions,
-                             steps, key):
-    (state, buffers), metrics = self._run_batches(state, buffers, labels, rows, positions, steps,
-                                                  key, pool=(pool_images, pool_index))
+  def _per_device_pool_chunk(
+    self, state, buffers, pool_images, pool_index, labels, rows, positions, steps, key
+  ):
+    (state, buffers), metrics = self._run_batches(
+      state, buffers, labels, rows, positions, steps, key, pool=(pool_images, pool_index)
+    )
     return state, buffers, metrics
 
   def _per_device_chunk(self, state, buffers, labels, rows, positions, steps, key, images):
-    (state, buffers), metrics = self._run_batches(state, buffers, labels, rows, positions, steps,
-                                                  key, images=images)
+    (state, buffers), metrics = self._run_batches(
+      state, buffers, labels, rows, positions, steps, key, images=images
+    )
     return state, buffers, metrics
 
   def _dcc_hyper(self, state):
@@ -305,23 +371,38 @@ class Iteration:
     config, mesh = self.config, self.mesh
     iteration = int(state.iteration)
     bits = state.database_codes.shape[1]
-    sample, epoch_orders = plan if plan is not None else plan_iteration(config, self.pool, bits,
-                                                                        iteration)
+    sample, epoch_orders = (
+      plan if plan is not None else plan_iteration(config, self.pool, bits, iteration)
+    )
     sample = np.asarray(sample, np.int32)
-    r = np.asarray(losses.positive_ratio(self._database_labels[sample], self._database_labels),
-                   state.database_codes.dtype)
+    r = np.asarray(
+      losses.positive_ratio(self._database_labels[sample], self._database_labels),
+      state.database_codes.dtype,
+    )
     batches = Batches.of(sample, epoch_orders, config.batch_size)
     key = parallel.replicate(jax.random.fold_in(state.rng, iteration), mesh)
     if self.on_device and not self.per_batch:
-      state, full, rest = self._program(state, *self._pool, self._labels,
-                                        *parallel.replicate(batches.arrays() + (sample, r), mesh), key)
-      step_losses = {k: np.concatenate([parallel.to_host(full[k])]
-                                       + ([parallel.to_host(rest[k])] if rest else []), axis=1)
-                     for k in full}
+      state, full, rest = self._program(
+        state,
+        *self._pool,
+        self._labels,
+        *parallel.replicate(batches.arrays() + (sample, r), mesh),
+        key,
+      )
+      step_losses = {
+        k: np.concatenate(
+          [parallel.to_host(full[k])] + ([parallel.to_host(rest[k])] if rest else []), axis=1
+        )
+        for k in full
+      }
     else:
       state, step_losses = self._chunked(state, sample, batches, r, key, iteration)
     check_finite(step_losses, iteration)
-    return state.replace(iteration=state.iteration + 1), step_losses, batches.full_rows.size + batches.rest_rows.size
+    return (
+      state.replace(iteration=state.iteration + 1),
+      step_losses,
+      batches.full_rows.size + batches.rest_rows.size,
+    )
 
   def _chunked(self, state, sample, batches, r, key, iteration):
     """A program per chunk of batches (per batch with per_batch), dispatched without
@@ -329,7 +410,9 @@ class Iteration:
     on the last one, and syncs once, on the losses, after DCC."""
     config, mesh = self.config, self.mesh
     bits, dtype = state.database_codes.shape[1], state.database_codes.dtype
-    buffers = parallel.replicate({k: np.zeros((len(sample), bits), dtype) for k in CODE_NAMES}, mesh)
+    buffers = parallel.replicate(
+      {k: np.zeros((len(sample), bits), dtype) for k in CODE_NAMES}, mesh
+    )
     per_epoch = []
     for epoch in range(len(batches.full_rows)):
       seed = augment_seed(config, bits, iteration, epoch)
@@ -337,25 +420,33 @@ class Iteration:
       for rows, positions, steps in batches.of_epoch(epoch):
         size = rows.shape[1]
         if not self.on_device:
-          loaded = self.data.batches(self.data.split.database[rows.reshape(-1)], size, train=True,
-                                     seed=(*seed, size))
+          loaded = self.data.batches(
+            self.data.split.database[rows.reshape(-1)], size, train=True, seed=(*seed, size)
+          )
         chunk_size = 1 if self.per_batch else config.stream_chunk
         for start in range(0, len(rows), chunk_size):
           chunk = slice(start, start + chunk_size)
           indices = parallel.replicate((rows[chunk], positions[chunk], steps[chunk]), mesh)
           if self.on_device:
-            state, buffers, metrics = self._chunk(state, buffers, *self._pool, self._labels,
-                                                  *indices, key)
+            state, buffers, metrics = self._chunk(
+              state, buffers, *self._pool, self._labels, *indices, key
+            )
           else:
             images = np.stack([next(loaded)["image"] for _ in range(len(rows[chunk]))])
-            state, buffers, metrics = self._chunk(state, buffers, self._labels, *indices, key,
-                                                  parallel.shard_batches(mesh, images))
+            state, buffers, metrics = self._chunk(
+              state, buffers, self._labels, *indices, key, parallel.shard_batches(mesh, images)
+            )
           outputs.append(metrics)
-      per_epoch.append({k: np.concatenate([parallel.to_host(m[k]) for m in outputs])
-                        for k in outputs[0]})
+      per_epoch.append(
+        {k: np.concatenate([parallel.to_host(m[k]) for m in outputs]) for k in outputs[0]}
+      )
     step_losses = {k: np.stack([e[k] for e in per_epoch]) for k in per_epoch[0]}
-    codes = self._dcc(state.database_codes, *parallel.replicate(
-        (sample, self._database_labels, r, buffers, self._dcc_hyper(state)), mesh))
+    codes = self._dcc(
+      state.database_codes,
+      *parallel.replicate(
+        (sample, self._database_labels, r, buffers, self._dcc_hyper(state)), mesh
+      ),
+    )
     return state.replace(database_codes=codes), step_losses
 
 
@@ -364,8 +455,9 @@ def dcc_rows(database_codes, sample, labels, r, buffers, hyper):
   similarity is built here, inside the program."""
   sample_labels = labels[sample].astype(database_codes.dtype)
   similarity = losses.soften(losses.label_similarity(sample_labels, sample_labels), r)
-  codes = dcc.dcc_update(database_codes[sample], *(buffers[k] for k in CODE_NAMES), similarity,
-                         **hyper)
+  codes = dcc.dcc_update(
+    database_codes[sample], *(buffers[k] for k in CODE_NAMES), similarity, **hyper
+  )
   return database_codes.at[sample].set(codes)
 
 
@@ -381,5 +473,6 @@ def check_finite(step_losses, iteration):
   if first is not None:
     epoch, step, name, value = first
     raise FloatingPointError(
-        f"loss term {name} = {value} at iteration {iteration}, epoch {epoch}, step {step}; "
-        "the run stops here and keeps the last good checkpoint")
+      f"loss term {name} = {value} at iteration {iteration}, epoch {epoch}, step {step}; "
+      "the run stops here and keeps the last good checkpoint"
+    )

@@ -70,15 +70,18 @@ def positive_ratio(sample_labels, database_labels, chunk=2048):
   (ten for single-label data), so it costs O((ns + N) K) rather than an
   (ns, N) comparison, and stays exact where ns * N is beyond float32's range.
   """
+
   def patterns(labels):
     return np.unique(np.asarray(labels) > 0, axis=0, return_counts=True)
+
   sample_patterns, sample_counts = patterns(sample_labels)
   database_patterns, database_counts = patterns(database_labels)
   positives = 0
   for i in range(0, len(sample_patterns), chunk):
-    similar = (sample_patterns[i:i + chunk].astype(np.float32)
-               @ database_patterns.T.astype(np.float32)) > 0
-    positives += int(sample_counts[i:i + chunk] @ similar.astype(np.int64) @ database_counts)
+    similar = (
+      sample_patterns[i : i + chunk].astype(np.float32) @ database_patterns.T.astype(np.float32)
+    ) > 0
+    positives += int(sample_counts[i : i + chunk] @ similar.astype(np.int64) @ database_counts)
   negatives = len(sample_labels) * len(database_labels) - positives
   return (positives - negatives) / (2.0 * negatives)
 

@@ -37,8 +37,9 @@ def make_mesh():
   devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
   # Auto axis types: the rest of the code (DCC, evaluation, optax) is written for
   # jit's sharding propagation, not for explicitly typed shardings.
-  return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh(
+    (len(devices),), (DATA_AXIS,), devices=devices, axis_types=(jax.sharding.AxisType.Auto,)
+  )
 
 
 def replicated(mesh):
@@ -62,8 +63,9 @@ def replicate(tree, mesh):
 def shard_rows(mesh, *local_arrays):
   """This process's contiguous rows of a global batch -> global arrays split over 'data'."""
   sharding = NamedSharding(mesh, P(DATA_AXIS))
-  return tuple(jax.make_array_from_process_local_data(sharding, np.asarray(x))
-               for x in local_arrays)
+  return tuple(
+    jax.make_array_from_process_local_data(sharding, np.asarray(x)) for x in local_arrays
+  )
 
 
 def to_host(x):
@@ -77,10 +79,14 @@ def shard_batches(mesh, local_batches):
   """This process's rows of a stack of global batches (k, b, ...) -> a global
   (k, B, ...) array split over 'data' along axis 1."""
   local_batches = np.asarray(local_batches)
-  global_shape = (local_batches.shape[0], local_batches.shape[1] * jax.process_count(),
-                  *local_batches.shape[2:])
-  return jax.make_array_from_process_local_data(NamedSharding(mesh, P(None, DATA_AXIS)),
-                                                local_batches, global_shape)
+  global_shape = (
+    local_batches.shape[0],
+    local_batches.shape[1] * jax.process_count(),
+    *local_batches.shape[2:],
+  )
+  return jax.make_array_from_process_local_data(
+    NamedSharding(mesh, P(None, DATA_AXIS)), local_batches, global_shape
+  )
 
 
 def map_replicated(per_device, mesh, kind, num_args, sharded=(), axis=1, donate=()):
@@ -100,22 +106,32 @@ def map_replicated(per_device, mesh, kind, num_args, sharded=(), axis=1, donate=
     # batch after the all-gather, psum'd gradients), so P() is exact.
     split = P(*([None] * axis), DATA_AXIS)
     specs = tuple(split if i in sharded else P() for i in range(num_args))
-    return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(),
-                                 check_vma=False), donate_argnums=donate)
+    return jax.jit(
+      jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(), check_vma=False),
+      donate_argnums=donate,
+    )
   if kind == "pmap":
     if jax.process_count() > 1:
-      raise ValueError("config.parallel='pmap' runs on one process; use 'shard_map' on several hosts")
+      raise ValueError(
+        "config.parallel='pmap' runs on one process; use 'shard_map' on several hosts"
+      )
     devices = list(mesh.devices.flat)
-    pmapped = jax.pmap(per_device, axis_name=DATA_AXIS, devices=devices,
-                       in_axes=tuple(0 if i in sharded else None for i in range(num_args)),
-                       out_axes=None, donate_argnums=donate)
+    pmapped = jax.pmap(
+      per_device,
+      axis_name=DATA_AXIS,
+      devices=devices,
+      in_axes=tuple(0 if i in sharded else None for i in range(num_args)),
+      out_axes=None,
+      donate_argnums=donate,
+    )
 
     def mapped(*args):
       # pmap maps a leading device axis: split `axis` into (devices, rows per device)
       # and bring the devices to the front.
       def split(x):
-        x = x.reshape(x.shape[:axis] + (len(devices), -1) + x.shape[axis + 1:])
+        x = x.reshape(x.shape[:axis] + (len(devices), -1) + x.shape[axis + 1 :])
         return jnp.moveaxis(x, axis, 0)
+
       return pmapped(*(split(x) if i in sharded else x for i, x in enumerate(args)))
 
     return mapped
@@ -126,5 +142,12 @@ def map_step(per_device_step, mesh, num_rows, kind="shard_map"):
   """Maps per_device_step(state, *rows, rng) -> replicated outputs over `mesh`: the
   `num_rows` arguments after the state are global batches split along their rows
   (see `shard_rows`); the state is donated."""
-  return map_replicated(per_device_step, mesh, kind, num_args=num_rows + 2,
-                        sharded=tuple(range(1, num_rows + 1)), axis=0, donate=(0,))
+  return map_replicated(
+    per_device_step,
+    mesh,
+    kind,
+    num_args=num_rows + 2,
+    sharded=tuple(range(1, num_rows + 1)),
+    axis=0,
+    donate=(0,),
+  )

@@ -36,8 +36,10 @@ def scale_by_torch_adam(b1=0.9, b2=0.999, eps=1e-8):
       bc1, bc2 = _bias_correction(b1, count, m.dtype), _bias_correction(b2, count, m.dtype)
       return m / (jnp.sqrt(v) / jnp.sqrt(bc2) + eps) / bc1
 
-    return (jax.tree_util.tree_map(direction, mu, nu),
-            optax.ScaleByAdamState(count=count, mu=mu, nu=nu))
+    return (
+      jax.tree_util.tree_map(direction, mu, nu),
+      optax.ScaleByAdamState(count=count, mu=mu, nu=nu),
+    )
 
   return optax.GradientTransformation(init, update)
 
@@ -65,7 +67,8 @@ def generator_mask(cycle_params):
   that head no gradient.
   """
   return flax.traverse_util.path_aware_map(
-      lambda path, _: tuple(path[:2]) != ("latent", "hash"), cycle_params)
+    lambda path, _: tuple(path[:2]) != ("latent", "hash"), cycle_params
+  )
 
 
 def make_optimizers(weight_decay, semantics, cycle_params):
@@ -102,6 +105,7 @@ class TrainState:
   rng: the run's dropout key; outer iteration t folds in t, step s of it folds in s.
   iteration: outer iterations completed.
   """
+
   params: Any
   disc_params: Any
   opt_cycle: Any
@@ -115,10 +119,16 @@ class TrainState:
 def create_state(params, disc_params, optimizers, database_size, bits, rng, dtype=jnp.float32):
   """A fresh state; mmasia (no discriminator) passes disc_params={} and gets empty D/G states.
   Parameters and codes are cast to `dtype` (float64 for parity checks)."""
-  params, disc_params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), (params, disc_params))
+  params, disc_params = jax.tree_util.tree_map(
+    lambda x: jnp.asarray(x, dtype), (params, disc_params)
+  )
   return TrainState(
-      params=params, disc_params=disc_params, opt_cycle=optimizers.cycle.init(params),
-      opt_d=optimizers.discriminator.init(disc_params),
-      opt_g=optimizers.generator.init(params["cycle"]) if disc_params else optax.EmptyState(),
-      database_codes=jnp.zeros((database_size, bits), dtype), rng=rng,
-      iteration=jnp.zeros((), jnp.int32))
+    params=params,
+    disc_params=disc_params,
+    opt_cycle=optimizers.cycle.init(params),
+    opt_d=optimizers.discriminator.init(disc_params),
+    opt_g=optimizers.generator.init(params["cycle"]) if disc_params else optax.EmptyState(),
+    database_codes=jnp.zeros((database_size, bits), dtype),
+    rng=rng,
+    iteration=jnp.zeros((), jnp.int32),
+  )

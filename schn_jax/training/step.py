@@ -23,6 +23,7 @@ from schn_jax.training.state import adam_step
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
   """What the per-batch step needs of the run's config (configs/default.py)."""
+
   variant: str
   learning_rate: float
   gamma: float
@@ -35,8 +36,13 @@ class StepConfig:
   def from_config(cls, config):
     decay = config.adversarial_lr_decay
     milestones = decay.milestones_if_max_iter_50 if config.max_iter == 50 else decay.milestones
-    return cls(config.variant, learning_rate=config.learning_rate, gamma=config.gamma,
-               lr_milestones=tuple(milestones), lr_decay_factor=decay.factor)
+    return cls(
+      config.variant,
+      learning_rate=config.learning_rate,
+      gamma=config.gamma,
+      lr_milestones=tuple(milestones),
+      lr_decay_factor=decay.factor,
+    )
 
   @property
   def adversarial(self):
@@ -45,7 +51,7 @@ class StepConfig:
 
 def adversarial_learning_rate(config, iteration):
   passed = sum((iteration > m).astype(jnp.int32) for m in config.lr_milestones)
-  return config.learning_rate / config.lr_decay_factor ** passed
+  return config.learning_rate / config.lr_decay_factor**passed
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -109,9 +115,16 @@ def make_step_functions(model, discriminator, optimizers, config: StepConfig, ax
 
   def forward(params, batch, rng, train):
     labels = coll.gather(batch["labels"])
-    return model.apply({"params": params}, batch["images"], batch["labels"],
-                       losses.label_similarity(labels, labels), train, gather=coll.gather,
-                       first_row=coll.first_row(batch["images"].shape[0]), rngs={"dropout": rng})
+    return model.apply(
+      {"params": params},
+      batch["images"],
+      batch["labels"],
+      losses.label_similarity(labels, labels),
+      train,
+      gather=coll.gather,
+      first_row=coll.first_row(batch["images"].shape[0]),
+      rngs={"dropout": rng},
+    )
 
   def cycle_update(state, batch, rng, train=True):
     labels = coll.gather(batch["labels"])
@@ -119,13 +132,16 @@ def make_step_functions(model, discriminator, optimizers, config: StepConfig, ax
 
     def loss_fn(params):
       outputs = forward(params, batch, rng, train)
-      loss, terms = losses.cycle_loss(outputs, database_codes, losses.label_similarity(labels, labels),
-                                      config.gamma)
+      loss, terms = losses.cycle_loss(
+        outputs, database_codes, losses.label_similarity(labels, labels), config.gamma
+      )
       return loss / coll.size, (outputs, terms)
 
     (_, (outputs, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = coll.sum(grads)
-    params, opt_cycle = adam_step(optimizers.cycle, grads, state.opt_cycle, state.params, config.learning_rate)
+    params, opt_cycle = adam_step(
+      optimizers.cycle, grads, state.opt_cycle, state.params, config.learning_rate
+    )
     return state.replace(params=params, opt_cycle=opt_cycle), outputs, terms, grads
 
   def adversarial_update(state, batch, rng, train=True):
@@ -148,9 +164,12 @@ def make_step_functions(model, discriminator, optimizers, config: StepConfig, ax
       return (real_loss + fake_loss) / coll.size, (real_loss, fake_loss, real_probs, fake_probs)
 
     (_, (real_loss, fake_loss, real_probs, fake_probs)), grads_d = jax.value_and_grad(
-        d_loss, has_aux=True)(state.disc_params)
+      d_loss, has_aux=True
+    )(state.disc_params)
     grads_d = coll.sum(grads_d)
-    disc_params, opt_d = adam_step(optimizers.discriminator, grads_d, state.opt_d, state.disc_params, learning_rate)
+    disc_params, opt_d = adam_step(
+      optimizers.discriminator, grads_d, state.opt_d, state.disc_params, learning_rate
+    )
 
     def g_loss(fake_codes):
       probs = discriminator.apply({"params": disc_params}, *fake_codes)
@@ -160,13 +179,26 @@ def make_step_functions(model, discriminator, optimizers, config: StepConfig, ax
     (grads_g,) = pullback(fake_grad)
     grads_g = coll.sum(grads_g)
     g_loss_value = losses.binary_cross_entropy(g_probs, 1.0)
-    cycle, opt_g = adam_step(optimizers.generator, grads_g, state.opt_g, state.params["cycle"], learning_rate)
-    state = state.replace(params={**state.params, "cycle": cycle}, opt_g=opt_g,
-                          disc_params=disc_params, opt_d=opt_d)
-    metrics = {"lossD_real": real_loss, "lossD_fake": fake_loss, "lossD": real_loss + fake_loss,
-               "lossG": g_loss_value}
-    probes = {"reforward": outputs, "D_real_probs": real_probs, "D_fake_probs": fake_probs,
-              "G_probs": g_probs, "gradD": grads_d, "gradG": grads_g}
+    cycle, opt_g = adam_step(
+      optimizers.generator, grads_g, state.opt_g, state.params["cycle"], learning_rate
+    )
+    state = state.replace(
+      params={**state.params, "cycle": cycle}, opt_g=opt_g, disc_params=disc_params, opt_d=opt_d
+    )
+    metrics = {
+      "lossD_real": real_loss,
+      "lossD_fake": fake_loss,
+      "lossD": real_loss + fake_loss,
+      "lossG": g_loss_value,
+    }
+    probes = {
+      "reforward": outputs,
+      "D_real_probs": real_probs,
+      "D_fake_probs": fake_probs,
+      "G_probs": g_probs,
+      "gradD": grads_d,
+      "gradG": grads_g,
+    }
     return state, metrics, probes
 
   def train_step(state, batch, rng, train=True):

@@ -40,11 +40,18 @@ from schn_jax.training.state import OPTIMIZER_SEMANTICS
 ConfigError = errors.ConfigError
 
 # Keys a run folder is tied to: its checkpoints and codes mean nothing under others.
-RUN_KEYS = ("variant", "code_lengths", "backbone", "data.name", "data.image_size",
-            "data.num_channels")
+RUN_KEYS = (
+  "variant",
+  "code_lengths",
+  "backbone",
+  "data.name",
+  "data.image_size",
+  "data.num_channels",
+)
 
 
 # ---------------------------------------------------------------- configuration checks
+
 
 def check_config(config, database_size, train_size):
   """Refuse impossible combinations with a message naming the keys."""
@@ -55,19 +62,26 @@ def check_config(config, database_size, train_size):
   if not lengths or any(not isinstance(b, int) or b <= 0 for b in lengths):
     problems.append(f"config.code_lengths={lengths}: give positive integers, e.g. (12, 24, 32, 48)")
   if not 0 < config.sample_size <= train_size:
-    problems.append(f"config.sample_size={config.sample_size} must be in [1, {train_size}] "
-                    f"(the protocol trains on {train_size} of the {database_size} database items)")
+    problems.append(
+      f"config.sample_size={config.sample_size} must be in [1, {train_size}] "
+      f"(the protocol trains on {train_size} of the {database_size} database items)"
+    )
   devices = jax.device_count()
   if config.batch_size <= 0 or config.batch_size % devices:
-    problems.append(f"config.batch_size={config.batch_size} must be a positive multiple of the "
-                    f"{devices} devices")
+    problems.append(
+      f"config.batch_size={config.batch_size} must be a positive multiple of the {devices} devices"
+    )
   elif (config.sample_size % config.batch_size) % devices:
-    problems.append(f"the last batch of each epoch holds config.sample_size % config.batch_size = "
-                    f"{config.sample_size % config.batch_size} items, not a multiple of the "
-                    f"{devices} devices: change sample_size or batch_size")
+    problems.append(
+      f"the last batch of each epoch holds config.sample_size % config.batch_size = "
+      f"{config.sample_size % config.batch_size} items, not a multiple of the "
+      f"{devices} devices: change sample_size or batch_size"
+    )
   if config.optimizer_semantics not in OPTIMIZER_SEMANTICS:
-    problems.append(f"config.optimizer_semantics={config.optimizer_semantics!r}: one of "
-                    f"{OPTIMIZER_SEMANTICS} (the reference pins torch 1.8: 'torch18')")
+    problems.append(
+      f"config.optimizer_semantics={config.optimizer_semantics!r}: one of "
+      f"{OPTIMIZER_SEMANTICS} (the reference pins torch 1.8: 'torch18')"
+    )
   if config.dtype not in ("float32", "float64"):
     problems.append(f"config.dtype={config.dtype!r}: 'float32' or 'float64'")
   elif config.dtype == "float64" and not jax.config.jax_enable_x64:
@@ -75,30 +89,39 @@ def check_config(config, database_size, train_size):
   if config.parallel not in parallel.KINDS:
     problems.append(f"config.parallel={config.parallel!r}: one of {parallel.KINDS}")
   elif config.parallel == "pmap" and jax.process_count() > 1:
-    problems.append(f"config.parallel='pmap' runs on one process, this run has "
-                    f"{jax.process_count()}: use 'shard_map'")
+    problems.append(
+      f"config.parallel='pmap' runs on one process, this run has "
+      f"{jax.process_count()}: use 'shard_map'"
+    )
   for key in ("max_iter", "max_epoch", "eval_iter", "checkpoint_every"):
     if config[key] <= 0:
       problems.append(f"config.{key}={config[key]} must be positive")
   if config.loop_programs not in ("auto", "scan", "per_batch"):
     problems.append(f"config.loop_programs={config.loop_programs!r}: 'auto', 'scan' or 'per_batch'")
   if config.database_init not in DATABASE_INITS:
-    problems.append(f"config.database_init={config.database_init!r}: one of {DATABASE_INITS} "
-                    "('zeros' is the reference)")
+    problems.append(
+      f"config.database_init={config.database_init!r}: one of {DATABASE_INITS} "
+      "('zeros' is the reference)"
+    )
   if config.sampling not in ("uniform", "cover"):
     problems.append(f"config.sampling={config.sampling!r}: 'uniform' (the reference) or 'cover'")
   if config.eval.database_codes not in ("learned", "encoded"):
-    problems.append(f"config.eval.database_codes={config.eval.database_codes!r}: "
-                    "'learned' (the reference's asymmetric codes) or 'encoded'")
+    problems.append(
+      f"config.eval.database_codes={config.eval.database_codes!r}: "
+      "'learned' (the reference's asymmetric codes) or 'encoded'"
+    )
   if config.eval.ties not in metrics_lib.TIE_MODES:
     problems.append(f"config.eval.ties={config.eval.ties!r}: one of {metrics_lib.TIE_MODES}")
   if config.eval.topk != -1 and not 0 < config.eval.topk <= database_size:
-    problems.append(f"config.eval.topk={config.eval.topk} must be -1 (all) or in [1, {database_size}]")
+    problems.append(
+      f"config.eval.topk={config.eval.topk} must be -1 (all) or in [1, {database_size}]"
+    )
   if not isinstance(config.eval.batch_size, int) or config.eval.batch_size <= 0:
     problems.append(f"config.eval.batch_size={config.eval.batch_size!r} must be a positive integer")
   if not 0 <= config.dropout_rate < 1:
-    problems.append(f"config.dropout_rate={config.dropout_rate} must be in [0, 1): 1 drops every "
-                    "feature")
+    problems.append(
+      f"config.dropout_rate={config.dropout_rate} must be in [0, 1): 1 drops every feature"
+    )
   if problems:
     raise ConfigError("invalid configuration: " + "; ".join(problems))
 
@@ -109,8 +132,7 @@ def check_workdir(config, workdir):
   path = pathlib.Path(workdir) / "config.json"
   if not path.is_file():
     return
-  stored = reporting.read_json(path, "train.py writes it when a run starts: use another "
-                               "--workdir")
+  stored = reporting.read_json(path, "train.py writes it when a run starts: use another --workdir")
   differing = []
   for key in RUN_KEYS:
     ours, theirs = config, stored
@@ -121,27 +143,33 @@ def check_workdir(config, workdir):
     if ours != theirs:
       differing.append(f"{key}={theirs!r} there, {ours!r} here")
   if differing:
-    raise ConfigError(f"{path.parent} holds a run with other settings ({', '.join(differing)}): "
-                      "use another --workdir, or that run's settings to resume it")
+    raise ConfigError(
+      f"{path.parent} holds a run with other settings ({', '.join(differing)}): "
+      "use another --workdir, or that run's settings to resume it"
+    )
 
 
 # ---------------------------------------------------------------- the run
+
 
 def with_pretrained_backbone(config, state):
   """`state` with the backbone of config.pretrained_backbone (a torchvision AlexNet
   state dict; needs torch), cast to the state's dtypes."""
   template = state.params["visual"]["backbone"]
   backbone = interop.load_torchvision_alexnet(config.pretrained_backbone, template)
-  backbone = jax.tree_util.tree_map(lambda new, old: jnp.asarray(new, old.dtype), backbone,
-                                    template)
-  return state.replace(params={**state.params,
-                               "visual": {**state.params["visual"], "backbone": backbone}})
+  backbone = jax.tree_util.tree_map(
+    lambda new, old: jnp.asarray(new, old.dtype), backbone, template
+  )
+  return state.replace(
+    params={**state.params, "visual": {**state.params["visual"], "backbone": backbone}}
+  )
 
 
 @dataclasses.dataclass
 class Run:
   """One code length of a run: its model pieces, its state (replicated over `mesh`),
   its checkpoints and what they record beside the state (`meta`)."""
+
   model: Any
   discriminator: Any
   optimizers: Any
@@ -165,32 +193,48 @@ def restore_run(config, data, bits, workdir, read_only=False):
   channels = config.data.num_channels or data.source.image(0).shape[-1]
   image_shape = data.normalize(np.zeros((1, size, size, channels), np.uint8)).shape[1:]
   model, discriminator, optimizers, step_config, state = build(
-      config, bits, image_shape, data.source.num_classes, len(data.split.database))
+    config, bits, image_shape, data.source.num_classes, len(data.split.database)
+  )
   mesh = parallel.make_mesh()
   # Replicated before the restore, so the checkpoint is read into the same layout.
   state = parallel.replicate(state, mesh)
-  checkpoints = Checkpoints((directory / "checkpoints").absolute(), config.checkpoint_every,
-                            read_only=read_only)
-  meta = {"bits": bits, "variant": config.variant, "dataset": config.data.name,
-          "train_seconds": 0.0, "history": []}
+  checkpoints = Checkpoints(
+    (directory / "checkpoints").absolute(), config.checkpoint_every, read_only=read_only
+  )
+  meta = {
+    "bits": bits,
+    "variant": config.variant,
+    "dataset": config.data.name,
+    "train_seconds": 0.0,
+    "history": [],
+  }
   restored, saved_meta = checkpoints.restore(state)
   if restored is None and read_only:
-    raise errors.CheckpointError(f"{directory / 'checkpoints'}: no checkpoint to evaluate; train "
-                                 "this code length first (train.py with this --workdir)")
+    raise errors.CheckpointError(
+      f"{directory / 'checkpoints'}: no checkpoint to evaluate; train "
+      "this code length first (train.py with this --workdir)"
+    )
   if restored is None:
-    codes = initial_database_codes(config, data.labels[data.split.database], bits,
-                                   state.database_codes.dtype)
+    codes = initial_database_codes(
+      config, data.labels[data.split.database], bits, state.database_codes.dtype
+    )
     state = state.replace(database_codes=parallel.replicate(codes, mesh))
   if restored is None and config.pretrained_backbone:
     state = parallel.replicate(with_pretrained_backbone(config, state), mesh)
   if restored is not None:
     for key in ("bits", "variant", "dataset"):
       if saved_meta.get(key) != meta[key]:
-        raise ConfigError(f"{directory}: the checkpoint was written with {key}="
-                          f"{saved_meta.get(key)!r}, this run has {meta[key]!r}; use another --workdir")
+        raise ConfigError(
+          f"{directory}: the checkpoint was written with {key}="
+          f"{saved_meta.get(key)!r}, this run has {meta[key]!r}; use another --workdir"
+        )
     state, meta = restored, saved_meta
-    logging.info("bits %d: %s iteration %d", bits, "restored" if read_only else "resumed from",
-                 int(state.iteration))
+    logging.info(
+      "bits %d: %s iteration %d",
+      bits,
+      "restored" if read_only else "resumed from",
+      int(state.iteration),
+    )
     if not read_only:
       checkpoints.set_aside_damaged()
   return Run(model, discriminator, optimizers, step_config, state, mesh, checkpoints, meta)
@@ -201,15 +245,22 @@ def train_code_length(config, data, bits, workdir, writer):
   directory = workdir / f"bits_{bits}"
   run = restore_run(config, data, bits, workdir)
   model, state, checkpoints, meta = run.model, run.state, run.checkpoints, run.meta
-  iteration_program = Iteration(config, data, run.model, run.discriminator, run.optimizers,
-                                run.step_config, run.mesh)
+  iteration_program = Iteration(
+    config, data, run.model, run.discriminator, run.optimizers, run.step_config, run.mesh
+  )
   total = config.max_iter * batches_per_iteration(config)
   final = None
   # Leaving the block waits for the checkpoint being written, also on Ctrl-C or an error.
-  with checkpoints, tqdm.tqdm(
-      total=total, initial=int(state.iteration) * batches_per_iteration(config),
-      desc=f"{config.variant} {bits} bits", unit="batch",
-      disable=jax.process_index() != 0) as progress:
+  with (
+    checkpoints,
+    tqdm.tqdm(
+      total=total,
+      initial=int(state.iteration) * batches_per_iteration(config),
+      desc=f"{config.variant} {bits} bits",
+      unit="batch",
+      disable=jax.process_index() != 0,
+    ) as progress,
+  ):
     while int(state.iteration) < config.max_iter:
       started = time.perf_counter()
       state, step_losses, images_seen = iteration_program(state)
@@ -219,7 +270,9 @@ def train_code_length(config, data, bits, workdir, writer):
       meta["train_seconds"] += seconds
       iteration = int(state.iteration)
       scalars = {f"train/{k}": v for k, v in losses_mean.items()}
-      scalars.update({"train/iteration_seconds": seconds, "train/images_per_second": images_seen / seconds})
+      scalars.update(
+        {"train/iteration_seconds": seconds, "train/images_per_second": images_seen / seconds}
+      )
       # Before evaluating, so that an evaluation that fails loses no training; the
       # copy keeps the history appended below out of the save in flight.
       checkpoints.save(iteration, state, copy.deepcopy(meta), force=iteration == config.max_iter)
@@ -230,16 +283,23 @@ def train_code_length(config, data, bits, workdir, writer):
         meta["history"].append({"iteration": iteration, "map": result["map"]})
         scalars[f"eval/map@{config.eval.topk if config.eval.topk > 0 else 'all'}"] = result["map"]
       writer.write_scalars(iteration, {f"bits_{bits}/{k}": v for k, v in scalars.items()})
-      progress.set_postfix(loss=f"{losses_mean['loss_cycle']:.4g}", img_s=f"{images_seen / seconds:.0f}")
+      progress.set_postfix(
+        loss=f"{losses_mean['loss_cycle']:.4g}", img_s=f"{images_seen / seconds:.0f}"
+      )
   if final is None:  # resumed from a finished run, or after its last evaluation failed
     final = inference.evaluate(config, model, state, data, directory)
     iteration = int(state.iteration)
     if not meta["history"] or meta["history"][-1]["iteration"] != iteration:
       meta["history"].append({"iteration": iteration, "map": final["map"]})
   summary = {k: v for k, v in final.items() if k != "curves"}
-  summary.update(topk=config.eval.topk, ties=config.eval.ties, variant=config.variant,
-                 iterations=int(state.iteration), train_seconds=round(meta["train_seconds"], 2),
-                 history=meta["history"])
+  summary.update(
+    topk=config.eval.topk,
+    ties=config.eval.ties,
+    variant=config.variant,
+    iterations=int(state.iteration),
+    train_seconds=round(meta["train_seconds"], 2),
+    history=meta["history"],
+  )
   if meta["history"]:
     best = max(meta["history"], key=lambda h: h["map"])
     summary["best_map_selected_on_query_set"] = best
@@ -268,10 +328,14 @@ def train_and_evaluate(config, workdir):
   try:
     for bits in config.code_lengths:
       results[str(bits)] = train_code_length(config, data, bits, workdir, writer)
-      logging.info("bits %d: mAP %.4f (%s, %s ties, %s database codes)", bits,
-                   results[str(bits)]["map"],
-                   "all" if config.eval.topk == -1 else f"top {config.eval.topk}",
-                   config.eval.ties, config.eval.database_codes)
+      logging.info(
+        "bits %d: mAP %.4f (%s, %s ties, %s database codes)",
+        bits,
+        results[str(bits)]["map"],
+        "all" if config.eval.topk == -1 else f"top {config.eval.topk}",
+        config.eval.ties,
+        config.eval.database_codes,
+      )
       if jax.process_index() == 0:
         reporting.write_json(metrics_path, results)
   finally:
@@ -295,17 +359,24 @@ def evaluate_workdir(workdir, overrides=None, output_dir=None):
   workdir = pathlib.Path(workdir)
   path = workdir / "config.json"
   if not path.is_file():
-    raise errors.CheckpointError(f"{path} not found: --workdir must be a folder written by "
-                                 "train.py")
-  config = ml_collections.ConfigDict(reporting.read_json(
-      path, "train.py writes it when a run starts; without it the run cannot be evaluated"))
+    raise errors.CheckpointError(
+      f"{path} not found: --workdir must be a folder written by train.py"
+    )
+  config = ml_collections.ConfigDict(
+    reporting.read_json(
+      path, "train.py writes it when a run starts; without it the run cannot be evaluated"
+    )
+  )
   for key, value in (overrides or {}).items():
     config.eval[key] = value
   data = data_lib.build_dataset(config.data, str(workdir), config.seed, split_mode="load")
   check_config(config, len(data.split.database), len(training_positions(data.split)))
   if output_dir is None and not _writable(workdir):
-    logging.warning("%s is not writable: nothing is written; give --output_dir=DIR to keep "
-                    "codes.npz, curves.png and metrics.json", workdir)
+    logging.warning(
+      "%s is not writable: nothing is written; give --output_dir=DIR to keep "
+      "codes.npz, curves.png and metrics.json",
+      workdir,
+    )
   results = {}
   for bits in config.code_lengths:
     run = restore_run(config, data, bits, workdir, read_only=True)
