@@ -644,4 +644,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv))
+  errors.run(main)  # absl flags, as every entry point; main's return value is the exit status
