@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from schn_jax import errors
+from schn_jax import errors, inference
 from schn_jax.training import checkpoint, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -74,14 +74,14 @@ def damage_meta(step_dir):
 
 
 def test_a_failing_evaluation_loses_no_training(tmp_path, monkeypatch, finished_run):
-  evaluate = train.evaluate
+  evaluate = inference.evaluate
 
   def fails_at_the_end(config, model, state, data, output_dir=None):
     if int(state.iteration) == config.max_iter:
       raise RuntimeError("the disk filled up")
     return evaluate(config, model, state, data, output_dir)
 
-  monkeypatch.setattr(train, "evaluate", fails_at_the_end)
+  monkeypatch.setattr(inference, "evaluate", fails_at_the_end)
   with pytest.raises(RuntimeError, match="disk filled up"):
     train.train_and_evaluate(tiny_config(), tmp_path)
   assert (tmp_path / "bits_16" / "checkpoints" / "2").is_dir()
