@@ -332,7 +332,7 @@ def alexnet_programs(names, batch):
   for chunk in (8, 16, 32):
     if chunk < batch and batch % chunk == 0:
       programs[f"convs in row chunks of {chunk}"] = convs_in_chunks(chunk)
-      programs[f"convs in row chunks of {chunk}, lax.map"] = convs_in_chunks(chunk, loop=True)
+      programs[f"convs in row chunks of {chunk} (lax.map)"] = convs_in_chunks(chunk, loop=True)
       programs[f"VisualNet in row chunks of {chunk}"] = all_in_chunks(chunk)
   return {name: programs[name] for name in names if name in programs}
 
