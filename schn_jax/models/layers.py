@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from schn_jax.models.conv import conv_general_dilated
+
 
 def uniform(bound: float):
   """U(-bound, bound), torch's `uniform_(-bound, bound)`."""
@@ -41,7 +43,8 @@ def linear(x, features: int, name: str, kernel_init=None, bias_init=None):
 
 
 def conv(x, features: int, kernel: int, stride: int, padding: int, name: str):
-  """nn.Conv applied to NHWC `x`, initialised as torch.nn.Conv2d."""
+  """nn.Conv applied to NHWC `x`, initialised as torch.nn.Conv2d; its gradients are
+  written to run fast inside loops on XLA:CPU (models/conv.py)."""
   bound = 1.0 / np.sqrt(x.shape[-1] * kernel * kernel)
   return nn.Conv(
     features,
@@ -50,6 +53,7 @@ def conv(x, features: int, kernel: int, stride: int, padding: int, name: str):
     padding=((padding, padding), (padding, padding)),
     kernel_init=uniform(bound),
     bias_init=uniform(bound),
+    conv_general_dilated=conv_general_dilated,
     name=name,
   )(x)
 

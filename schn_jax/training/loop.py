@@ -16,10 +16,8 @@ Images reach the step in one of two ways:
 
 `config.loop_programs` = "per_batch" runs a program per batch instead of loops
 over batches inside one, still dispatched without waiting and synced once per
-iteration: XLA:CPU runs the step about 6x slower inside a while loop than as
-straight-line code (benchmarks/train_loop.py), so "auto" picks it on CPUs and
-the loops on GPUs and TPUs. All of these run the same per-batch body, so they
-give the same numbers.
+iteration (kept for comparison: benchmarks/train_loop.py). All of these run the
+same per-batch body, so they give the same numbers.
 """
 
 import dataclasses
@@ -238,9 +236,7 @@ class Iteration:
       max_bytes=config.device_pool_mb * 2**20,
     )
     self.on_device = images is not None
-    self.per_batch = config.loop_programs == "per_batch" or (
-      config.loop_programs == "auto" and jax.default_backend() == "cpu"
-    )
+    self.per_batch = config.loop_programs == "per_batch"
     kind = config.parallel
     self._pool = ()
     if self.on_device:
@@ -292,8 +288,6 @@ class Iteration:
 
     xs = (rows, positions, steps, images)
     if self.per_batch:
-      # One batch, no loop: XLA:CPU runs the step several times slower inside a
-      # while loop than as straight-line code.
       carry, metrics = body((state, buffers), jax.tree_util.tree_map(lambda x: x[0], xs))
       return carry, jax.tree_util.tree_map(lambda x: x[None], metrics)
     return jax.lax.scan(body, (state, buffers), xs)

@@ -96,8 +96,8 @@ def check_config(config, database_size, train_size):
   for key in ("max_iter", "max_epoch", "eval_iter", "checkpoint_every"):
     if config[key] <= 0:
       problems.append(f"config.{key}={config[key]} must be positive")
-  if config.loop_programs not in ("auto", "scan", "per_batch"):
-    problems.append(f"config.loop_programs={config.loop_programs!r}: 'auto', 'scan' or 'per_batch'")
+  if config.loop_programs not in ("scan", "per_batch"):
+    problems.append(f"config.loop_programs={config.loop_programs!r}: 'scan' or 'per_batch'")
   if config.database_init not in DATABASE_INITS:
     problems.append(
       f"config.database_init={config.database_init!r}: one of {DATABASE_INITS} "
