@@ -25,6 +25,9 @@ def base_config(dataset):
   config.adversarial_lr_decay = ml_collections.ConfigDict(
     dict(factor=5.0, milestones_if_max_iter_50=(5, 40), milestones=(130,))
   )
+  # All parameters' cycle-loss rate is divided by `factor` at the end of the listed
+  # 0-based outer iterations. The reference never decays it: no milestones.
+  config.cycle_lr_decay = ml_collections.ConfigDict(dict(factor=10.0, milestones=()))
   # What the G step does to a cycle parameter its loss does not reach (the latent
   # hash head): "torch18" (the version the reference pins: zero_grad() leaves zero
   # gradients, so Adam still steps it with weight decay alone) or "torch2"

@@ -2,6 +2,8 @@
 for everything trained from scratch. Whole-run parity is test_reference_check's
 trajectory test; these isolate each behaviour."""
 
+import dataclasses
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -14,7 +16,12 @@ from schn_jax import data as data_lib
 from schn_jax.models import SCHN, Discriminator
 from schn_jax.training import loop, parallel
 from schn_jax.training.state import adam_step, create_state, make_optimizers
-from schn_jax.training.step import StepConfig, adversarial_learning_rate, make_step_functions
+from schn_jax.training.step import (
+  StepConfig,
+  adversarial_learning_rate,
+  cycle_learning_rate,
+  make_step_functions,
+)
 
 
 def _config(variant="tomm", **overrides):
@@ -38,6 +45,33 @@ def test_adversarial_rate_decays_where_the_reference_does(max_iter, decayed_afte
     passed = sum(iteration > m for m in decayed_after)
     rate = float(adversarial_learning_rate(step_config, jnp.asarray(iteration)))
     np.testing.assert_allclose(rate, config.learning_rate / 5.0**passed, rtol=1e-6)
+
+
+def test_cycle_rate_decays_only_where_the_config_says():
+  """The reference never decays the cycle rate; `cycle_lr_decay` (an option of ours) divides
+  it at the end of its milestones, and the step then trains with the divided rate."""
+  assert tuple(_config().cycle_lr_decay.milestones) == ()
+  config = _config("mmasia")
+  config.cycle_lr_decay.milestones, config.cycle_lr_decay.factor = (2,), 10.0
+  step_config = StepConfig.from_config(config)
+  rates = [float(cycle_learning_rate(step_config, jnp.asarray(i))) for i in range(5)]
+  expected = [config.learning_rate] * 3 + [config.learning_rate / 10] * 2
+  np.testing.assert_allclose(rates, expected, rtol=1e-6)
+
+  model, discriminator, optimizers, _, state, batch = _small_run("mmasia")
+  state = state.replace(iteration=jnp.asarray(3))
+  undecayed = dataclasses.replace(step_config, learning_rate=step_config.learning_rate / 10)
+  undecayed = dataclasses.replace(undecayed, cycle_lr_milestones=())
+  params = [
+    make_step_functions(model, discriminator, optimizers, c)[0](state, batch, jax.random.key(0))[
+      0
+    ].params
+    for c in (step_config, undecayed)
+  ]
+  for a, b in zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.abs(a - b).max(), params[0], state.params))
+  assert max(float(m) for m in moved) > 0
 
 
 # ---------------------------------------------------------------- a small model

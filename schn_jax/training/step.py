@@ -31,6 +31,10 @@ class StepConfig:
   # outer iterations.
   lr_milestones: tuple
   lr_decay_factor: float
+  # The cycle rate (every parameter's cycle-loss step) is divided by
+  # `cycle_lr_decay_factor` at the end of these; the reference never decays it.
+  cycle_lr_milestones: tuple = ()
+  cycle_lr_decay_factor: float = 1.0
 
   @classmethod
   def from_config(cls, config):
@@ -42,6 +46,8 @@ class StepConfig:
       gamma=config.gamma,
       lr_milestones=tuple(milestones),
       lr_decay_factor=decay.factor,
+      cycle_lr_milestones=tuple(config.cycle_lr_decay.milestones),
+      cycle_lr_decay_factor=config.cycle_lr_decay.factor,
     )
 
   @property
@@ -49,9 +55,20 @@ class StepConfig:
     return self.variant == "tomm"
 
 
+def decayed(learning_rate, milestones, factor, iteration):
+  """`learning_rate` divided by `factor` once per milestone that `iteration` is past."""
+  passed = sum((iteration > m).astype(jnp.int32) for m in milestones)
+  return learning_rate / factor**passed
+
+
 def adversarial_learning_rate(config, iteration):
-  passed = sum((iteration > m).astype(jnp.int32) for m in config.lr_milestones)
-  return config.learning_rate / config.lr_decay_factor**passed
+  return decayed(config.learning_rate, config.lr_milestones, config.lr_decay_factor, iteration)
+
+
+def cycle_learning_rate(config, iteration):
+  return decayed(
+    config.learning_rate, config.cycle_lr_milestones, config.cycle_lr_decay_factor, iteration
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -140,7 +157,11 @@ def make_step_functions(model, discriminator, optimizers, config: StepConfig, ax
     (_, (outputs, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = coll.sum(grads)
     params, opt_cycle = adam_step(
-      optimizers.cycle, grads, state.opt_cycle, state.params, config.learning_rate
+      optimizers.cycle,
+      grads,
+      state.opt_cycle,
+      state.params,
+      cycle_learning_rate(config, state.iteration),
     )
     return state.replace(params=params, opt_cycle=opt_cycle), outputs, terms, grads
 

@@ -96,6 +96,13 @@ def check_config(config, database_size, train_size):
   for key in ("max_iter", "max_epoch", "eval_iter", "checkpoint_every"):
     if config[key] <= 0:
       problems.append(f"config.{key}={config[key]} must be positive")
+  for key in ("adversarial_lr_decay", "cycle_lr_decay"):
+    decay = config[key]
+    milestones = [m for k in decay if k.startswith("milestones") for m in decay[k]]
+    if not decay.factor > 0 or any(not isinstance(m, int) for m in milestones):
+      problems.append(
+        f"config.{key}: factor must be positive and milestones integers (0-based outer iterations)"
+      )
   if config.loop_programs not in ("scan", "per_batch"):
     problems.append(f"config.loop_programs={config.loop_programs!r}: 'scan' or 'per_batch'")
   if config.database_init not in DATABASE_INITS:
