@@ -37,3 +37,14 @@ def test_wrong_type_and_unknown_key_are_refused():
   config.lock()
   with pytest.raises(AttributeError):
     config.no_such_key = 1
+
+
+@pytest.mark.parametrize("name", ["cifar", "nuswide", "flickr25k"])
+def test_reference_protocol_configs_keep_the_reference_loop(name):
+  """The Fashion-MNIST schedule's departures (configs/fashion_mnist.py) stay options there."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  assert config.sampling == "uniform"
+  assert config.database_init == "zeros"
+  assert tuple(config.cycle_lr_decay.milestones) == ()
+  assert config.optimizer_semantics == "torch18"
+  assert config.learning_rate == 4e-5 and config.batch_size == 64
