@@ -139,12 +139,14 @@ def main():
   parser.add_argument("--iterations", type=int, default=2)
   parser.add_argument("--sample_size", type=int, default=5120)
   parser.add_argument("--bits", type=int, default=32)
+  parser.add_argument("--batch_size", type=int, default=None, help="default: the config's")
   parser.add_argument("--variants", default="mmasia,tomm")
   parser.add_argument("--loops", default="old per-batch,per_batch,scan")
   args = parser.parse_args()
   config = fashion_mnist.get_config()
   config.code_lengths = (args.bits,)
   config.sample_size = args.sample_size
+  config.batch_size = args.batch_size or config.batch_size
   data = data_lib.build_dataset(config.data, tempfile.mkdtemp(), config.seed, split_mode="defer")
   print(
     f"Fashion-MNIST, small CNN, {args.bits} bits, batch {config.batch_size}, sample "
@@ -155,11 +157,10 @@ def main():
   for variant in args.variants.split(","):
     config.variant = variant
     rates = {kind: measure(config, data, kind, args.iterations) for kind in args.loops.split(",")}
+    old = rates.get("old per-batch")
     for kind, rate in rates.items():
-      print(
-        f"{variant:7s} {kind:14s} {rate:8,.0f} images/s  "
-        f"{rate / rates['old per-batch']:.2f}x the old loop"
-      )
+      ratio = f"  {rate / old:.2f}x the old loop" if old else ""
+      print(f"{variant:7s} {kind:14s} {rate:8,.0f} images/s{ratio}")
 
 
 if __name__ == "__main__":
