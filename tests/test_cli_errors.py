@@ -67,6 +67,11 @@ CASES = [
     "config.dropout_rate=1.0",
   ),
   (
+    "cycle-rate-decay-factor",
+    train("--workdir={tmp}/out", "--config.cycle_lr_decay.factor=0"),
+    "config.cycle_lr_decay",
+  ),
+  (
     "missing-config-file",
     ("train.py", "--config=configs/no_such.py", "--workdir={tmp}/out"),
     "configs/no_such.py",
