@@ -3,6 +3,11 @@
 Any config key can be overridden: --config.variant=mmasia --config.code_lengths='(32,)'.
 A run resumes from the last checkpoint in --workdir.
 
+What a config downloads (CIFAR-10's archive, torchvision's ImageNet weights for
+config.pretrained_backbone=torchvision) is fetched, checked and cached before
+anything is written to --workdir; $SCHN_JAX_CACHE moves the cache folder
+(docs/data.md, "Downloads").
+
 Several hosts: run the same command on every host. On Cloud TPU pods (and
 SLURM or Open MPI clusters) the environment names the coordinator and the
 processes, so --distributed is enough; elsewhere give them as flags, e.g. on

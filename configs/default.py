@@ -14,7 +14,9 @@ def base_config(dataset):
   config.variant = "tomm"  # "mmasia" (no discriminator) or "tomm"
   config.code_lengths = (12, 24, 32, 48)
   config.backbone = "alexnet"  # "alexnet" or "small_cnn"
-  # A torchvision AlexNet state dict (alexnet-owt-*.pth) to start the backbone from.
+  # ImageNet weights to start the backbone from: "torchvision" (downloaded, cached),
+  # a path to a torchvision state dict, or "none" (random). Unset is refused for a
+  # backbone with published weights (schn_jax/interop/pretrained.py).
   config.pretrained_backbone = config_dict.placeholder(str)
   config.dropout_rate = 0.5
   config.learning_rate = 4e-5  # all three Adam optimizers

@@ -1,11 +1,10 @@
 """NUS-WIDE (21 most frequent labels), image list under --config.data.root.
 
     python train.py --config=configs/nuswide.py --workdir=runs/nuswide \
-        --config.data.root=/data/nus-wide \
-        --config.pretrained_backbone=/path/to/alexnet-owt-7be5be79.pth
+        --config.data.root=/data/nus-wide
 
 2,100 queries (100 per label), database = the rest (193,734 in the usual
-list), 10,500 database points sampled per outer iteration (SPEC section 5),
+list), 10,500 database points sampled per outer iteration,
 150 iterations; mAP@5000. The files expected under the root: docs/data.md.
 """
 
@@ -14,6 +13,7 @@ from configs import default
 
 def get_config():
   config = default.base_config("nuswide")
+  config.pretrained_backbone = "torchvision"  # AlexNet's ImageNet weights, downloaded once
   # The asymmetric loop samples from the whole database (ADSH), not a fixed train set.
   config.data.train_per_class = None
   config.sample_size = 10500

@@ -51,6 +51,11 @@ def train(*args):
   return ("train.py", "--config=configs/tiny.py", *args)
 
 
+def nuswide(*args):
+  # Without weights, so that the data mistakes are met without a download first.
+  return ("train.py", "--config=configs/nuswide.py", "--config.pretrained_backbone=none", *args)
+
+
 # (id, command after `python`, what the message must name; {tmp}, {root} and
 # {run} stand for the test's folders). The workdir {tmp}/out must not appear.
 CASES = [
@@ -78,18 +83,29 @@ CASES = [
   ),
   (
     "missing-dataset-root",
-    (
-      "train.py",
-      "--config=configs/nuswide.py",
-      "--config.data.root=/nonexistent/nus",
-      "--workdir={tmp}/out",
-    ),
+    nuswide("--config.data.root=/nonexistent/nus", "--workdir={tmp}/out"),
     "/nonexistent/nus",
   ),
   (
     "malformed-list-line",
-    ("train.py", "--config=configs/nuswide.py", "--config.data.root={root}", "--workdir={tmp}/out"),
+    nuswide("--config.data.root={root}", "--workdir={tmp}/out"),
     "images.txt:3",
+  ),
+  (
+    "pretrained-backbone-unset",
+    (
+      "train.py",
+      "--config=docs/examples/image_list.py",
+      "--config.backbone=alexnet",
+      "--config.data.root={root}",
+      "--workdir={tmp}/out",
+    ),
+    "--config.pretrained_backbone=none",
+  ),
+  (
+    "no-torchvision-weights-for-the-small-cnn",
+    train("--workdir={tmp}/out", "--config.pretrained_backbone=torchvision"),
+    "no weights for backbone 'small_cnn'",
   ),
   ("workdir-of-another-run", train("--workdir={run}"), "variant='mmasia' there"),
   ("codes-not-npz", ("eval.py", "--codes={root}/images.txt"), "images.txt: not an .npz"),

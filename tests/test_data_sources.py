@@ -1,4 +1,5 @@
-"""Fashion-MNIST IDX and TFDS sources, and the TFDS preparation command."""
+"""Fashion-MNIST IDX and TFDS sources, and the TFDS preparation command (CIFAR-10's
+archive: tests/test_fetch.py)."""
 
 import gzip
 import importlib.util
@@ -108,8 +109,8 @@ def test_tfds_source_reads_images_and_labels_through_data_source(tmp_path):
     np.testing.assert_array_equal(source.labels[i], np.eye(10)[example['label']])
 
 
-def test_cifar10_dataset_on_mock_tfds(tmp_path):
-  config = default_data_config('cifar10')
+def test_tfds_cifar10_dataset_on_mock_tfds(tmp_path):
+  config = default_data_config('tfds:cifar10')
   config.update(dict(query_per_class=1, image_size=32, test_resize=32))
   # Mock labels are random: give every class enough images.
   with tfds.testing.mock_data(num_examples=60):

@@ -1,4 +1,4 @@
-"""Data configs: the protocol defaults of each dataset (SPEC section 5).
+"""Data configs: the protocol defaults of each dataset (docs/data.md).
 
 `configs/<dataset>.py` calls `default_data_config(name)` and overrides what
 it needs; every key is documented in docs/data.md.
@@ -25,7 +25,7 @@ IMAGE_LISTS = {
 
 
 def is_tfds(name: str) -> bool:
-  return name == 'cifar10' or name.startswith('tfds:')
+  return name.startswith('tfds:')
 
 
 def tfds_name(name: str) -> str:
@@ -36,12 +36,13 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
   """The protocol defaults for `name`.
 
   Args:
-    name: 'fashion_mnist', 'cifar10', 'nuswide', 'flickr25k', 'coco',
-      'imagenet100', 'tfds:<name>' for any TFDS image-classification
-      dataset, or 'image_list' for any dataset in the list format (the
-      number of labels is read from its list files).
+    name: 'fashion_mnist', 'cifar10' (its python archive, downloaded),
+      'nuswide', 'flickr25k', 'coco', 'imagenet100', 'tfds:<name>' for any
+      TFDS image-classification dataset (CIFAR-10 too: 'tfds:cifar10'), or
+      'image_list' for any dataset in the list format (the number of labels
+      is read from its list files).
   """
-  if not (name == 'fashion_mnist' or is_tfds(name) or name in IMAGE_LISTS):
+  if not (name in ('fashion_mnist', 'cifar10') or is_tfds(name) or name in IMAGE_LISTS):
     raise errors.ConfigError(
       f'unknown dataset {name!r}: use fashion_mnist, cifar10, '
       f'{", ".join(IMAGE_LISTS)} or tfds:<name>'

@@ -8,9 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from schn_jax import errors
+from schn_jax import download, errors
 from schn_jax.data import config as config_lib
 from schn_jax.data import image_list, pipeline, protocols, sources
+
+
+def remote_files(config) -> list:
+  """The files the source of `config` downloads (schn_jax.download), if any."""
+  return [sources.CIFAR10_ARCHIVE] if config.name == 'cifar10' else []
 
 
 def open_source(config):
@@ -18,6 +23,9 @@ def open_source(config):
   name = config.name
   if name == 'fashion_mnist':
     return sources.fashion_mnist_source(config.root, config.tfds_data_dir)
+  if name == 'cifar10':
+    (archive,) = download.fetch_all(remote_files(config))
+    return sources.cifar10_source(archive)
   if config_lib.is_tfds(name):
     return sources.TfdsSource(
       config_lib.tfds_name(name), data_dir=config.tfds_data_dir, splits=tuple(config.tfds_splits)

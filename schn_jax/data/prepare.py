@@ -2,6 +2,8 @@ r"""Prepares a TFDS dataset as array_record files, readable without TensorFlow.
 
   python -m schn_jax.data.prepare --dataset=cifar10 [--data_dir=DIR]
 
+For the TFDS datasets a config names as data.name='tfds:<name>' (CIFAR-10 by
+its plain name needs none of this: training downloads its python archive).
 Generating a TFDS dataset needs TensorFlow, which the training environment
 deliberately lacks (training reads the prepared files with
 `tfds.data_source`). Run this once, with tensorflow-cpu installed, in this

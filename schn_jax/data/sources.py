@@ -12,11 +12,13 @@ TensorFlow is never imported here: TFDS datasets are read with
 
 import gzip
 import pathlib
+import pickle
+import tarfile
 from typing import Protocol, Sequence
 
 import numpy as np
 
-from schn_jax import errors
+from schn_jax import download, errors
 
 FASHION_MNIST_ROOT = '/usr/share/datasets/fashion-mnist'
 FASHION_MNIST_FILES = (
@@ -113,6 +115,49 @@ def fashion_mnist_source(root: str | None = None, tfds_data_dir: str | None = No
   return ArraySource('fashion_mnist', images, source.labels)
 
 
+# The CIFAR-10 python archive (the checksum its publisher gives) and its batches, in the
+# published order: the five training batches, then the test batch.
+CIFAR10_ARCHIVE = download.RemoteFile(
+  'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz', 'md5:c58f30108f718f92721af3b95e74349a'
+)
+CIFAR10_BATCHES = tuple(f'data_batch_{i}' for i in range(1, 6)) + ('test_batch',)
+
+
+def cifar10_source(archive) -> ArraySource:
+  """CIFAR-10 from its python archive: 60,000 images 32x32x3, train then test.
+
+  The batches are read from the archive as it is (one pass, nothing unpacked on
+  disk). They are pickles: `archive` must be the checked file (download.fetch_all).
+  """
+  batches = {}
+  try:
+    with tarfile.open(archive, 'r:gz') as tar:
+      for member in tar:
+        name = member.name.rsplit('/', 1)[-1]
+        if name in CIFAR10_BATCHES and member.isfile():
+          # Pickled by Python 2: byte-string keys.
+          batches[name] = pickle.load(tar.extractfile(member), encoding='bytes')
+  except (OSError, EOFError, tarfile.TarError, pickle.UnpicklingError) as e:
+    raise errors.DataError(
+      f'{archive}: not a readable CIFAR-10 python archive ({e}); delete it to download it again'
+    ) from None
+  missing = [name for name in CIFAR10_BATCHES if name not in batches]
+  if missing:
+    raise errors.DataError(
+      f'{archive}: no {", ".join(missing)} in it; delete it to download it again'
+    )
+  # Each row is one image, channel-major: 1024 red, 1024 green, 1024 blue bytes.
+  rows = np.concatenate([np.asarray(batches[name][b'data'], np.uint8) for name in CIFAR10_BATCHES])
+  class_ids = np.concatenate([np.asarray(batches[name][b'labels']) for name in CIFAR10_BATCHES])
+  if rows.ndim != 2 or rows.shape[1] != 3 * 32 * 32 or len(class_ids) != len(rows):
+    raise errors.DataError(
+      f'{archive}: batches of {rows.shape} pixels and {len(class_ids)} labels, expected '
+      '(n, 3072) and n; delete it to download it again'
+    )
+  images = rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  return ArraySource('cifar10', np.ascontiguousarray(images), one_hot(class_ids, 10))
+
+
 class DatasetNotPreparedError(errors.DataNotFoundError):
   """A TFDS dataset with no prepared array_record files."""
 
@@ -128,7 +173,8 @@ class TfdsSource:
   """A TFDS image-classification dataset, read through `tfds.data_source`.
 
   The splits in `splits` are concatenated in that order (for cifar10:
-  train then test, 60,000 images). Images are decoded on each access;
+  train then test, 60,000 images; TFDS stores each split shuffled, so the
+  order differs from `cifar10_source`'s). Images are decoded on each access;
   labels are read once, when the source is opened.
   """
 

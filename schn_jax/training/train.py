@@ -20,8 +20,9 @@ import numpy as np
 import tqdm
 
 from schn_jax import data as data_lib
-from schn_jax import errors, inference, interop
+from schn_jax import download, errors, inference, interop
 from schn_jax.evaluation import metrics as metrics_lib
+from schn_jax.interop import pretrained
 from schn_jax.models import VARIANTS
 from schn_jax.training import parallel, reporting
 from schn_jax.training.checkpoint import Checkpoints
@@ -160,10 +161,14 @@ def check_workdir(config, workdir):
 
 
 def with_pretrained_backbone(config, state):
-  """`state` with the backbone of config.pretrained_backbone (a torchvision AlexNet
-  state dict; needs torch), cast to the state's dtypes."""
+  """`state` with the backbone of config.pretrained_backbone (interop.pretrained: a
+  torchvision state dict, downloaded for 'torchvision'; .pth needs torch), cast to the
+  state's dtypes; `state` as it is when the backbone starts from random weights."""
+  path = pretrained.weights_path(config)
+  if path is None:
+    return state
   template = state.params["visual"]["backbone"]
-  backbone = interop.load_torchvision_alexnet(config.pretrained_backbone, template)
+  backbone = interop.load_torchvision_alexnet(path, template)
   backbone = jax.tree_util.tree_map(
     lambda new, old: jnp.asarray(new, old.dtype), backbone, template
   )
@@ -226,7 +231,7 @@ def restore_run(config, data, bits, workdir, read_only=False):
       config, data.labels[data.split.database], bits, state.database_codes.dtype
     )
     state = state.replace(database_codes=parallel.replicate(codes, mesh))
-  if restored is None and config.pretrained_backbone:
+  if restored is None:
     state = parallel.replicate(with_pretrained_backbone(config, state), mesh)
   if restored is not None:
     for key in ("bits", "variant", "dataset"):
@@ -325,6 +330,8 @@ def train_and_evaluate(config, workdir):
   results = {}
   if metrics_path.exists():
     results = reporting.read_json(metrics_path, "delete it: it is rebuilt from the checkpoints")
+  # Every download before anything is written; offline, one error names each missing file.
+  download.fetch_all(data_lib.remote_files(config.data) + pretrained.remote_files(config))
   data = data_lib.build_dataset(config.data, str(workdir), config.seed, split_mode="defer")
   check_config(config, len(data.split.database), len(training_positions(data.split)))
   workdir.mkdir(parents=True, exist_ok=True)
