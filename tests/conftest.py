@@ -1,25 +1,33 @@
-import pathlib
+# schn_jax first: importing it chooses XLA:CPU's float32 kernels, which must happen
+# before any test starts JAX's backends (schn_jax/xla_cpu.py).
+import schn_jax  # noqa: F401  isort: skip
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "reference"
-TRAJECTORIES = REPO.parent / "shared" / "fixtures" / "trajectory"
+from schn_jax.parity import fixtures
 
 
 @pytest.fixture(scope="session")
 def fixtures_root():
-  if not FIXTURES.is_dir():
-    pytest.skip(f"reference fixtures not found at {FIXTURES}")
-  return FIXTURES
+  """The repository's step fixtures: part of the repository, so a missing one fails."""
+  root = fixtures.REPOSITORY_FIXTURES / "reference"
+  assert root.is_dir(), f"{root} is missing from this checkout"
+  return root
 
 
 def pytest_generate_tests(metafunc):
   """Tests that take `fixture_dir` (`trajectory_dir`) run once per step (trajectory)
-  fixture folder."""
-  from schn_jax.interop.fixtures import find_fixture_dirs  # pylint: disable=g-import-not-at-top
-
-  for name, root in (("fixture_dir", FIXTURES), ("trajectory_dir", TRAJECTORIES)):
+  fixture folder: the repository's, and the shared ones beside the checkout not packed
+  into it."""
+  for name, kind in (("fixture_dir", "reference"), ("trajectory_dir", "trajectory")):
     if name in metafunc.fixturenames:
-      dirs = find_fixture_dirs(root) if root.is_dir() else []
-      metafunc.parametrize(name, dirs, ids=[d.relative_to(root).as_posix() for d in dirs])
+      dirs = fixtures.all_fixture_dirs(kind)
+      ids = [
+        (
+          d.relative_to(fixtures.REPOSITORY_FIXTURES)
+          if d.is_relative_to(fixtures.REPOSITORY_FIXTURES)
+          else "shared" / d.relative_to(fixtures.SHARED_FIXTURES)
+        ).as_posix()
+        for d in dirs
+      ]
+      metafunc.parametrize(name, dirs, ids=ids)

@@ -12,7 +12,7 @@ import pytest
 
 from schn_jax import interop
 from schn_jax.interop import torch_io
-from schn_jax.interop.fixtures import Fixture
+from schn_jax.parity.fixtures import Fixture
 from schn_jax.models import SCHN, Discriminator
 from schn_jax.models.visual import AlexNet
 

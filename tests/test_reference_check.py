@@ -10,15 +10,15 @@ import jax
 import numpy as np
 import pytest
 
-from schn_jax import reference_check
-from schn_jax.interop.fixtures import find_fixture_dirs
+from schn_jax.parity import build, check, fixtures, step
+from schn_jax.parity.fixtures import find_fixture_dirs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run_cli(*args):
   return subprocess.run(
-    [sys.executable, "-m", "schn_jax.reference_check", *map(str, args)],
+    [sys.executable, "-m", "schn_jax.parity.check", *map(str, args)],
     cwd=REPO,
     capture_output=True,
     text=True,
@@ -50,7 +50,7 @@ def test_every_fixture_set_is_found(fixtures_root):
 
 
 def test_fixture_matches_reference(fixture_dir):
-  results = reference_check.check_fixture(fixture_dir)
+  results = check.check_fixture(fixture_dir)
   quantities = {c.quantity for c in results}
   forward_keys = set(np.load(fixture_dir / "forward.npz").files)
   # loss.npz also stores its inputs (B_codes, batch_sim, gamma); these are the terms.
@@ -76,7 +76,7 @@ def test_fixture_matches_reference(fixture_dir):
 
 def test_trajectory_matches_reference(trajectory_dir):
   """The project's outer loop replays a whole reference run (trajectory README)."""
-  results = reference_check.check_fixture(trajectory_dir)
+  results = check.check_fixture(trajectory_dir)
   quantities = {c.quantity for c in results}
   with np.load(trajectory_dir / "float64.npz") as arrays:
     iterations, evaluations = len(arrays["samples"]), arrays["eval_iterations"]
@@ -179,18 +179,18 @@ def test_perturbed_parameter_is_reported(
 
   def check_perturbed(directory):
     # Forward and loss only: enough to show a wrong weight is caught, and much faster.
-    fixture = reference_check.Fixture(directory)
+    fixture = fixtures.Fixture(directory)
     _, bits, classes, size = fixture.dims()
-    model, params, _ = reference_check.build_model(fixture, bits, classes, size)
+    model, params, _ = build.build_model(fixture, bits, classes, size)
     head = params["semantic"]["hash"]["linear"]
     head["bias"] = np.array(head["bias"])
     head["bias"][0] += 0.05
-    config = reference_check.fixture_config(fixture, "float32")
-    checked.extend(reference_check.check_forward_and_loss(fixture, config, model, params))
+    config = build.fixture_config(fixture, "float32")
+    checked.extend(step.check_forward_and_loss(fixture, config, model, params))
     return checked
 
-  monkeypatch.setattr(reference_check, "check_fixture", check_perturbed)
-  code = reference_check.main(["reference_check", str(fixtures_root / "tomm")])
+  monkeypatch.setattr(check, "check_fixture", check_perturbed)
+  code = check.main(["check", str(fixtures_root / "tomm")])
   mismatched = {c.quantity for c in checked if not c.ok}
   assert code == 1
   assert f"1 fixture folder(s) checked: {len(mismatched)} mismatch(es)" in capsys.readouterr().out
@@ -201,16 +201,47 @@ def test_perturbed_parameter_is_reported(
 
 
 def test_dcc_check_catches_one_flipped_bit(fixtures_root, monkeypatch):
-  dcc_update = reference_check.dcc.dcc_update
+  dcc_update = step.dcc.dcc_update
 
   def flip_first_bit(codes, *args, **kwargs):
     out = dcc_update(codes, *args, **kwargs)
     return out.at[0, 0].multiply(-1.0)
 
-  monkeypatch.setattr(reference_check.dcc, "dcc_update", flip_first_bit)
-  fixture = reference_check.Fixture(fixtures_root / "mmasia")
-  config = reference_check.fixture_config(fixture, "float32")
-  results = {c.quantity: c for c in reference_check.check_dcc(fixture, config)}
+  monkeypatch.setattr(step.dcc, "dcc_update", flip_first_bit)
+  fixture = fixtures.Fixture(fixtures_root / "mmasia")
+  config = build.fixture_config(fixture, "float32")
+  results = {c.quantity: c for c in step.check_dcc(fixture, config)}
   for case in ("B_out_zero", "B_out_rand", "subset_B_out"):
     assert not results[f"dcc/{case}"].ok and results[f"dcc/{case}"].error == 1
   assert results["dcc/r"].ok
+
+
+@pytest.mark.parametrize("folder", ["reference/multilabel/tomm", "trajectory/mmasia-8-multilabel"])
+def test_packing_keeps_every_array(tmp_path, folder):
+  """Packing a folder again gives back what the checks read, array for array."""
+  source = fixtures.Fixture(fixtures.REPOSITORY_FIXTURES / folder)
+  fixtures.pack(source.dir, tmp_path)
+  packed = fixtures.Fixture(tmp_path)
+  names = ("float32", "float64") if source.kind == "trajectory" else ("inputs", "step", "map")
+  for name in names:
+    ours, theirs = packed.npz(name), source.npz(name)
+    assert sorted(ours) == sorted(theirs)
+    for key in theirs:
+      np.testing.assert_array_equal(ours[key], theirs[key], err_msg=f"{name}/{key}")
+  assert sum(f.stat().st_size for f in tmp_path.iterdir()) <= sum(
+    f.stat().st_size for f in source.dir.iterdir()
+  )
+
+
+def test_rebuilt_images_are_verified(tmp_path):
+  shutil.copytree(fixtures.REPOSITORY_FIXTURES / "reference" / "mmasia", tmp_path / "f")
+  packed = json.loads((tmp_path / "f" / "packed.json").read_text())
+  packed["images"]["seed"] += 1
+  (tmp_path / "f" / "packed.json").write_text(json.dumps(packed))
+  with pytest.raises(fixtures.FixtureFormatError, match="do not match their SHA-256"):
+    fixtures.Fixture(tmp_path / "f").npz("inputs")
+
+
+def test_repository_fixtures_fit_their_budget():
+  size = sum(f.stat().st_size for f in fixtures.REPOSITORY_FIXTURES.rglob("*") if f.is_file())
+  assert size <= 15e6, f"fixtures/ holds {size / 1e6:.1f} MB"

@@ -1,0 +1,187 @@
+"""Trajectory fixtures: the project's own outer loop (`training.loop.Iteration`,
+`should_evaluate`, `inference.encode_split`), with only the sample and batch order
+replaced by the recorded ones, replays a whole reference run: in float64 against
+the reference's float64 run (codes identical, losses to 1e-6 relative, mAP to 1e-9)
+and in float32 against its float32 run, within SPREAD_FACTOR x the reference's own
+float32-vs-float64 spread.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from schn_jax import data as data_lib
+from schn_jax import inference
+from schn_jax.evaluation import metrics as metrics_lib
+from schn_jax.parity.build import build_model, fixture_config, precision
+from schn_jax.parity.tolerances import (
+  SPREAD_FACTOR,
+  TRAJECTORY_FLOAT32,
+  TRAJECTORY_FLOAT64,
+  Comparison,
+  compare_exact,
+  fraction_differing,
+  relative_error,
+)
+from schn_jax.training import loop, parallel
+from schn_jax.training.state import create_state
+
+TRAJECTORY_LOSSES = {
+  "mmasia": ("loss_cycle",),
+  "tomm": ("loss_cycle", "lossD_real", "lossD_fake", "lossG"),
+}
+
+
+def trajectory_data(fixture, arrays, config):
+  """The fixture's images as a dataset: database rows first, then the queries."""
+  images = np.concatenate([arrays["database_images"], arrays["query_images"]])
+  labels = np.concatenate([arrays["database_labels"], arrays["query_labels"]])
+  source = data_lib.sources.ArraySource(fixture.dir.name, images, labels)
+  database, queries = len(arrays["database_images"]), len(arrays["query_images"])
+  split = data_lib.protocols.Split(
+    query=np.arange(database, database + queries),
+    database=np.arange(database),
+    train=np.arange(database),
+  )
+  return data_lib.RetrievalData(
+    config.data, source, split, data_lib.pipeline.Loader(source, config.data)
+  )
+
+
+def replay(fixture, dtype):
+  """Runs the project's outer loop (`loop.Iteration`, the program train.py runs) over
+  the recorded samples and batch orders.
+
+  Yields, per recorded iteration t: (t, state, per-step losses, evaluation or
+  None), the evaluation being (query codes, {ties mode: mAP}).
+  """
+  arrays = fixture.npz(dtype)
+  config = fixture_config(fixture, dtype)
+  data = trajectory_data(fixture, arrays, config)
+  bits, size = config.code_lengths[0], config.data.image_size
+  model, params, disc_params = build_model(fixture, bits, data.source.num_classes, size)
+  model, discriminator, optimizers, step_config, _ = loop.build(
+    config, bits, (size, size, 3), data.source.num_classes, len(data.split.database)
+  )
+  mesh = parallel.make_mesh()
+  state = parallel.replicate(
+    create_state(
+      params,
+      disc_params,
+      optimizers,
+      len(data.split.database),
+      bits,
+      jax.random.key(config.seed),
+      jnp.dtype(dtype),
+    ),
+    mesh,
+  )
+  iteration = loop.Iteration(config, data, model, discriminator, optimizers, step_config, mesh)
+  labels = data.labels
+  for t in range(int(fixture.meta["iterations_recorded"])):
+    state, step_losses, _ = iteration(state, plan=(arrays["samples"][t], arrays["epoch_orders"][t]))
+    evaluation = None
+    if loop.should_evaluate(config, t + 1):
+      query_codes = inference.encode_split(
+        model, state.params, data, data.split.query, config.eval.batch_size
+      )
+      database_codes = parallel.to_host(state.database_codes)
+      maps = {
+        ties: metrics_lib.evaluate_codes(
+          query_codes,
+          database_codes,
+          labels[data.split.query],
+          labels[data.split.database],
+          topk=-1,
+          ties=ties,
+        )["map"]
+        for ties in ("stable", "reference")
+      }
+      evaluation = (query_codes, maps)
+    yield t, state, step_losses, evaluation
+
+
+def check_trajectory(fixture, dtype):
+  """Every iteration's codes and losses and every evaluation of one run, in `dtype`."""
+  arrays = fixture.npz(dtype)
+  spread = fixture.meta["float32_vs_float64"]
+  eval_iterations = [int(i) for i in arrays["eval_iterations"]]
+  results, evaluated = [], []
+  for t, state, step_losses, evaluation in replay(fixture, dtype):
+    codes = parallel.to_host(state.database_codes)
+    if dtype == "float64":
+      results.append(compare_exact(f"iteration {t}/B_after", codes, arrays["B_after"][t]))
+    else:
+      limit = (
+        SPREAD_FACTOR * spread["B_after_fraction_differing"][t] + TRAJECTORY_FLOAT32["fraction"]
+      )
+      results.append(
+        Comparison(
+          f"iteration {t}/B_after",
+          fraction_differing(codes, arrays["B_after"][t]),
+          limit,
+          measure="fraction differing",
+        )
+      )
+    for name in TRAJECTORY_LOSSES[fixture.variant]:
+      error = relative_error(step_losses[name], arrays[name][t])
+      limit = (
+        TRAJECTORY_FLOAT64["loss"]
+        if dtype == "float64"
+        else SPREAD_FACTOR * spread[f"{name}_max_relative"][t] + TRAJECTORY_FLOAT32["loss"]
+      )
+      results.append(Comparison(f"iteration {t}/{name}", error, limit, measure="max rel"))
+    if evaluation is None:
+      continue
+    evaluated.append(t + 1)
+    if t + 1 not in eval_iterations:
+      continue  # reported below as a schedule mismatch
+    v = eval_iterations.index(t + 1)
+    query_codes, maps = evaluation
+    if dtype == "float64":
+      results.append(
+        compare_exact(f"eval {t + 1}/query_codes", query_codes, arrays["eval_query_codes"][v])
+      )
+      for ties, key in (("stable", "eval_map_stable"), ("reference", "eval_map_stable_refslice")):
+        results.append(
+          Comparison(
+            f"eval {t + 1}/map ({ties} ties)",
+            abs(maps[ties] - arrays[key][v]),
+            TRAJECTORY_FLOAT64["map"],
+            measure="|diff|",
+          )
+        )
+    else:
+      limit = (
+        SPREAD_FACTOR * spread["eval_query_codes_fraction_differing"][v]
+        + TRAJECTORY_FLOAT32["fraction"]
+      )
+      results.append(
+        Comparison(
+          f"eval {t + 1}/query_codes",
+          fraction_differing(query_codes, arrays["eval_query_codes"][v]),
+          limit,
+          measure="fraction differing",
+        )
+      )
+  recorded = [i for i in eval_iterations if i <= len(arrays["samples"])]
+  results.append(
+    Comparison(
+      f"evaluated after iterations {evaluated} (reference {recorded})",
+      float(evaluated != recorded),
+      0.0,
+      exact=True,
+    )
+  )
+  return [dataclasses.replace(c, quantity=f"{dtype} {c.quantity}") for c in results]
+
+
+def check(fixture):
+  return [c for dtype in ("float64", "float32") for c in _in_precision(fixture, dtype)]
+
+
+def _in_precision(fixture, dtype):
+  with precision(dtype):
+    return check_trajectory(fixture, dtype)
