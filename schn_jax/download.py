@@ -111,9 +111,9 @@ def _download_failure(error, url) -> str:
     return f'no answer for {TIMEOUT_S} s'
   if isinstance(error, requests.ConnectionError):
     return f'cannot connect to {urllib.parse.urlsplit(url).netloc}'
-  if isinstance(error, OSError):
-    return f'cannot write the cache folder ({error.strerror or error}; {CACHE_ENV} moves it)'
-  return f'{type(error).__name__}: {errors.one_line(error)}'
+  if isinstance(error, requests.RequestException):
+    return f'{type(error).__name__}: {errors.one_line(error)}'
+  return f'cannot write the cache folder ({error.strerror or error}; {CACHE_ENV} moves it)'
 
 
 def _fetch(remote: RemoteFile) -> pathlib.Path:

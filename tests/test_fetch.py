@@ -144,6 +144,18 @@ def test_a_damaged_cached_file_is_downloaded_again(server, tmp_path):
   assert server.requests == ['files/blob-0000.bin']
 
 
+def test_a_missing_file_and_an_unwritable_cache_are_named(server, tmp_path, monkeypatch):
+  with pytest.raises(
+    download.DownloadError, match=r'blob-0000.bin \(the server answered HTTP 404\)'
+  ):
+    download.fetch_all([BLOB_FILE])
+  serve(server, 'blob-0000.bin', BLOB)
+  (tmp_path / 'a_file').write_text('')
+  monkeypatch.setenv(download.CACHE_ENV, str(tmp_path / 'a_file' / 'cache'))
+  with pytest.raises(download.DownloadError, match='cannot write the cache folder'):
+    download.fetch_all([BLOB_FILE])
+
+
 def test_offline_names_every_missing_file_its_url_and_path(tmp_path, monkeypatch):
   port = unused_port()
   monkeypatch.setenv(download.URL_ENV, f'http://127.0.0.1:{port}')
@@ -190,6 +202,8 @@ def test_what_pretrained_backbone_asks_for(tmp_path):
   assert pretrained.remote_files(config_with('alexnet', 'torchvision')) == [alexnet]
   assert pretrained.remote_files(config_with('alexnet', 'none')) == []
   assert pretrained.weights_path(config_with('alexnet', 'none')) is None
+  assert pretrained.weights_path(config_with('alexnet', 'None')) is None
+  assert pretrained.remote_files(config_with('alexnet', 'TorchVision')) == [alexnet]
   assert pretrained.remote_files(config_with('alexnet', str(tmp_path / 'w.pth'))) == []
   assert pretrained.weights_path(config_with('alexnet', '~/w.pth')) == str(
     pathlib.Path.home() / 'w.pth'

@@ -30,13 +30,21 @@ TORCHVISION_WEIGHTS = {
 }
 
 
+def _choice(config):
+  """config.pretrained_backbone, its keywords in any case ('None' is what people type)."""
+  choice = config.pretrained_backbone
+  if choice is not None and choice.lower() in (TORCHVISION, FROM_SCRATCH):
+    return choice.lower()
+  return choice
+
+
 def remote_files(config) -> list:
   """The downloads `config.pretrained_backbone` needs (none, or the backbone's weights).
 
   Raises ConfigError when it is unset for a backbone with published weights, or
   'torchvision' for a backbone without.
   """
-  choice, backbone = config.pretrained_backbone, config.backbone
+  choice, backbone = _choice(config), config.backbone
   if choice is None and backbone in TORCHVISION_WEIGHTS:
     raise errors.ConfigError(
       f'config.pretrained_backbone is not set, and backbone {backbone!r} is meant to start '
@@ -50,7 +58,7 @@ def remote_files(config) -> list:
     raise errors.ConfigError(
       f"config.pretrained_backbone='torchvision': torchvision publishes no weights for "
       f'backbone {backbone!r} (it does for {", ".join(TORCHVISION_WEIGHTS)}); '
-      'give =none or =PATH'
+      'pass --config.pretrained_backbone=none or =PATH'
     )
   return [TORCHVISION_WEIGHTS[backbone]]
 
@@ -58,7 +66,7 @@ def remote_files(config) -> list:
 def weights_path(config) -> str | None:
   """The weight file the backbone starts from, downloaded first when 'torchvision'
   (a cached file is only checked), or None for random initial weights."""
-  choice = config.pretrained_backbone
+  choice = _choice(config)
   if choice in (None, FROM_SCRATCH):
     return None
   if choice == TORCHVISION:
