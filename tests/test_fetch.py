@@ -6,6 +6,7 @@ CIFAR-10 archive and fake AlexNet weights from that server."""
 import functools
 import hashlib
 import http.server
+import importlib.util
 import io
 import json
 import os
@@ -214,6 +215,15 @@ def test_what_pretrained_backbone_asks_for(tmp_path):
     pretrained.remote_files(config_with('alexnet', None))
   with pytest.raises(errors.ConfigError, match="no weights for backbone 'small_cnn'"):
     pretrained.remote_files(config_with('small_cnn', 'torchvision'))
+
+
+def test_torchvision_weights_without_torch_are_refused_before_downloading(monkeypatch):
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(
+    importlib.util, 'find_spec', lambda name, *a: None if name == 'torch' else find_spec(name, *a)
+  )
+  with pytest.raises(errors.MissingDependencyError, match='needs PyTorch, which is not installed'):
+    pretrained.remote_files(config_with('alexnet', 'torchvision'))
 
 
 # ---------------------------------------------------------------- CIFAR-10's archive

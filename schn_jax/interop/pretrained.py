@@ -9,8 +9,12 @@ config's backbone starts from.
 Left unset, it is refused for a backbone listed below, so that none of them trains
 from random weights by accident (the run would give no sign of it). The small CNN
 has no published weights and needs none.
+
+torchvision's files are .pth: reading them needs torch (requirements-dev.txt), which
+is checked before anything is downloaded.
 """
 
+import importlib.util
 import os
 
 from schn_jax import download, errors
@@ -42,7 +46,8 @@ def remote_files(config) -> list:
   """The downloads `config.pretrained_backbone` needs (none, or the backbone's weights).
 
   Raises ConfigError when it is unset for a backbone with published weights, or
-  'torchvision' for a backbone without.
+  'torchvision' for a backbone without; MissingDependencyError for torchvision's
+  weights without torch to read them.
   """
   choice, backbone = _choice(config), config.backbone
   if choice is None and backbone in TORCHVISION_WEIGHTS:
@@ -59,6 +64,13 @@ def remote_files(config) -> list:
       f"config.pretrained_backbone='torchvision': torchvision publishes no weights for "
       f'backbone {backbone!r} (it does for {", ".join(TORCHVISION_WEIGHTS)}); '
       'pass --config.pretrained_backbone=none or =PATH'
+    )
+  if importlib.util.find_spec('torch') is None:
+    raise errors.MissingDependencyError(
+      "config.pretrained_backbone='torchvision': torchvision's weights are .pth files, "
+      'and reading them needs PyTorch, which is not installed: pip install torch (CPU '
+      'build; the version in requirements-dev.txt), or pass a .safetensors copy as '
+      '--config.pretrained_backbone=PATH'
     )
   return [TORCHVISION_WEIGHTS[backbone]]
 
