@@ -3,8 +3,8 @@
     python train.py --config=configs/cifar.py --workdir=runs/cifar
 
 The first run downloads the CIFAR-10 python archive (163 MiB) and the AlexNet
-weights (233 MiB), checks them and caches them (docs/data.md: the cache folder,
-mirrors, working offline). --config.data.name=tfds:cifar10 reads a prepared TFDS
+weights (233 MiB; reading them needs torch), checks them and caches them
+(docs/data.md: the cache folder, mirrors, working offline). --config.data.name=tfds:cifar10 reads a prepared TFDS
 copy instead; --config.pretrained_backbone=PATH starts from another weight file,
 =none from random weights (not what the paper reports).
 
