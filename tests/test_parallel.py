@@ -215,6 +215,63 @@ def _worker(variant):
     print("OK", kind, flush=True)
 
 
+# ---------------------------------------------------------------- the real loop on 8 devices
+
+
+@pytest.mark.parametrize("variant", ["mmasia", "tomm"])
+def test_real_loop_on_eight_devices_equals_one(variant):
+  out = _run([__file__, "loop", variant], devices=8, timeout=600)
+  assert "OK loop" in out, out
+
+
+def _loop_worker(variant):
+  """Three outer iterations of `training.loop.Iteration`, the program train.py runs
+  (sampling, the scanned epochs and batches, DCC), in float64 over a 1-device mesh and
+  over all 8 devices: per-step losses to FLOAT64_RELATIVE, codes identical."""
+  import tempfile
+
+  import jax
+
+  jax.config.update("jax_enable_x64", True)
+  from configs import tiny
+  from schn_jax import data as data_lib
+  from schn_jax.training import loop, parallel
+
+  config = tiny.get_config()
+  config.variant, config.dtype, config.max_iter = variant, "float64", 3
+  config.sample_size, config.data.num_database = 128, 300
+  bits = config.code_lengths[0]
+  data = data_lib.build_dataset(config.data, tempfile.mkdtemp(), config.seed)
+  runs = {}
+  for devices in (1, 8):
+    mesh = jax.make_mesh(
+      (devices,),
+      (parallel.DATA_AXIS,),
+      devices=jax.devices()[:devices],
+      axis_types=(jax.sharding.AxisType.Auto,),
+    )
+    model, discriminator, optimizers, step_config, state = loop.build(
+      config, bits, (28, 28, 1), data.source.num_classes, len(data.split.database)
+    )
+    iteration = loop.Iteration(config, data, model, discriminator, optimizers, step_config, mesh)
+    state, losses = parallel.replicate(state, mesh), []
+    for _ in range(config.max_iter):
+      state, step_losses, _ = iteration(state)
+      losses.append({k: np.asarray(v) for k, v in step_losses.items()})
+    runs[devices] = (parallel.to_host(state.database_codes), losses, state)
+  (codes_1, losses_1, state_1), (codes_8, losses_8, state_8) = runs[1], runs[8]
+  np.testing.assert_array_equal(codes_8, codes_1)
+  assert np.abs(codes_1).sum() > 0, "no codes learned: a vacuous check"
+  _compare("losses", losses_8, losses_1)
+  _compare(
+    "params",
+    (state_8.params, state_8.disc_params),
+    (state_1.params, state_1.disc_params),
+    skip_key_bias=True,
+  )
+  print("OK loop", variant, flush=True)
+
+
 # ---------------------------------------------------------------- several processes
 
 # Tiny and quick: 64 sampled points in batches of 32, two outer iterations.
@@ -322,4 +379,7 @@ def test_two_processes_equal_one_and_resume(tmp_path):
 
 
 if __name__ == "__main__":
-  _worker(sys.argv[1])
+  if sys.argv[1] == "loop":
+    _loop_worker(sys.argv[2])
+  else:
+    _worker(sys.argv[1])

@@ -39,6 +39,15 @@ def report(directory, results, out=None):
       else f"{c.measure} {c.error:.3e}  (tol {c.tolerance:.1e})"
     )
     print(f"  {status:8s} {c.quantity:40s} {measure}", file=out)
+  for dtype in ("float64", "float32"):
+    ratios = [
+      (c.error / c.tolerance, c.quantity)
+      for c in results
+      if c.quantity.startswith(dtype) and not c.exact and c.tolerance > 0
+    ]
+    if ratios:
+      worst, quantity = max(ratios)
+      print(f"  worst {dtype} error/tolerance: {worst:.3f} ({quantity})", file=out)
 
 
 def main(argv):
