@@ -13,7 +13,16 @@ def base_config(dataset):
   config = ml_collections.ConfigDict()
   config.variant = "tomm"  # "mmasia" (no discriminator) or "tomm"
   config.code_lengths = (12, 24, 32, 48)
-  config.backbone = "alexnet"  # "alexnet" or "small_cnn"
+  # "alexnet", "resnet18", "resnet34", "resnet50", "vgg16" (torchvision's layouts;
+  # models/visual.py) or "small_cnn" (small images, no published weights).
+  config.backbone = "alexnet"
+  # BatchNorm while training (the ResNets): "train" normalises with the global batch's
+  # statistics and updates the running ones (torch's model.train(); any device count
+  # gives the same step), "frozen" with the running statistics, never updated. "train"
+  # by default: the global batch of 64 gives stable statistics, it works from random
+  # weights too (frozen ones leave a fresh ResNet unnormalised), and the statistics
+  # follow the data rather than ImageNet's. Evaluation uses the running statistics.
+  config.batchnorm = "train"
   # ImageNet weights to start the backbone from: "torchvision" (downloaded, cached),
   # a path to a torchvision state dict, or "none" (random). Unset is refused for a
   # backbone with published weights (schn_jax/interop/pretrained.py).

@@ -6,9 +6,10 @@
     model = TrainedModel.from_weights('model.safetensors')
 
 Restoring reads the run's `config.json` and the visual network's parameters
-from the latest orbax checkpoint of `bits_<bits>`, and nothing else: no
-dataset, no pretrained .pth backbone, no torch, no optimizer moments or
-learned database codes (the checkpoint is read partially). The parameter
+(and BatchNorm running statistics, for backbones that have them) from the
+latest orbax checkpoint of `bits_<bits>`, and nothing else: no dataset, no
+pretrained .pth backbone, no torch, no optimizer moments or learned database
+codes (the checkpoint is read partially). The parameter
 template comes from `jax.eval_shape` of the model's init, so a config that
 does not match the checkpoint is refused with the leaves that differ.
 
@@ -36,24 +37,26 @@ from schn_jax.evaluation import metrics as metrics_lib
 from schn_jax.evaluation import plots
 from schn_jax.interop import weights
 from schn_jax.models import SCHN
+from schn_jax.models.visual import input_channels
 from schn_jax.training import parallel
 
 EXPORT_FORMAT = 'schn_jax.TrainedModel/1'
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _hash_batch(model, num_channels, params, images):
+def _hash_batch(model, num_channels, variables, images):
   # Module and channel setting are static (hashable): one compiled function per
   # model and batch shape, however many batches are encoded. Computed in the
-  # parameters' dtype (float64 in parity checks).
-  dtype = jax.tree_util.tree_leaves(params)[0].dtype
+  # parameters' dtype (float64 in parity checks). `variables`: {'params', 'batch_stats'}.
+  dtype = jax.tree_util.tree_leaves(variables['params'])[0].dtype
   inputs = pipeline.normalize(images, num_channels, dtype)
-  return model.apply({'params': params}, inputs, method=SCHN.encode_images)
+  return model.apply(variables, inputs, method=SCHN.encode_images)
 
 
-def encode_split(model, params, data, indices, batch_size):
+def encode_split(model, params, data, indices, batch_size, batch_stats=None):
   """sign(U_image) of a dataset's images at `indices` (test transform), as float32
   {-1, 0, +1}: what training evaluates with and `eval.py --workdir` re-evaluates.
+  `batch_stats`: BatchNorm's running statistics, for backbones that have them.
 
   Batches are split over every device of every host (each host loads its own
   rows); the codes are gathered so that every host returns all of them.
@@ -61,14 +64,14 @@ def encode_split(model, params, data, indices, batch_size):
   mesh = parallel.make_mesh()
   # Batches are padded, so rounding up to a multiple of the devices only adds padding.
   batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
-  params = parallel.replicate(params, mesh)
+  variables = parallel.replicate({'params': params, 'batch_stats': batch_stats or {}}, mesh)
   out = []
   for start, batch in zip(
     range(0, len(indices), batch_size), data.batches(indices, batch_size, train=False)
   ):
     n = min(batch_size, len(indices) - start)
     (images,) = parallel.shard_rows(mesh, batch['image'])
-    hashes = _hash_batch(model, data.config.num_channels, params, images)
+    hashes = _hash_batch(model, data.config.num_channels, variables, images)
     out.append(np.sign(parallel.to_host(hashes)[:n]).astype(np.float32))
   return np.concatenate(out)
 
@@ -79,11 +82,13 @@ def evaluate(config, model, state, data, output_dir=None):
   With `output_dir`, process 0 writes codes.npz and curves.png there."""
   split = data.split
   batch = config.eval.batch_size
-  query_codes = encode_split(model, state.params, data, split.query, batch)
+  query_codes = encode_split(model, state.params, data, split.query, batch, state.batch_stats)
   if config.eval.database_codes == 'learned':
     database_codes = parallel.to_host(state.database_codes)
   else:
-    database_codes = encode_split(model, state.params, data, split.database, batch)
+    database_codes = encode_split(
+      model, state.params, data, split.database, batch, state.batch_stats
+    )
   query_labels, database_labels = data.labels[split.query], data.labels[split.database]
   metrics = metrics_lib.evaluate_codes(
     query_codes,
@@ -109,6 +114,8 @@ class TrainedModel:
     config: the run's ConfigDict (from config.json).
     bits: the code length.
     params: {'visual': ...}, the visual network's parameters (float32).
+    batch_stats: {'visual': ...}, its BatchNorm running statistics (float32; {} for
+      backbones without BatchNorm).
     step: the checkpoint's outer iteration (None when not known).
     workdir: the run folder (None when not from one).
     weights_file: the model file (None when not from one).
@@ -116,10 +123,14 @@ class TrainedModel:
     channels: channels of the images `encode` takes (1 or 3).
   """
 
-  def __init__(self, config, bits, params, *, step=None, workdir=None, weights_file=None):
+  def __init__(
+    self, config, bits, params, *, batch_stats=None, step=None, workdir=None, weights_file=None
+  ):
     self.config = config
     self.bits = bits
-    self.params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
+    self.params, self.batch_stats = jax.tree_util.tree_map(
+      lambda x: np.asarray(x, np.float32), (params, batch_stats or {})
+    )
     self.step = step
     self.workdir = workdir
     self.weights_file = weights_file
@@ -127,17 +138,26 @@ class TrainedModel:
       config.variant, bits, backbone=config.backbone, dropout_rate=config.dropout_rate
     )
     self.image_size = config.data.image_size
-    self.channels = int(self.params['visual']['backbone']['features_0']['kernel'].shape[2])
+    self.channels = int(input_channels(self.params['visual']['backbone']))
     self._mesh = parallel.make_mesh()
-    self._device_params = parallel.replicate(self.params, self._mesh)
+    self._device_variables = parallel.replicate(
+      {'params': self.params, 'batch_stats': self.batch_stats}, self._mesh
+    )
 
   @classmethod
   def from_workdir(cls, workdir, bits=None, step=None):
     """Restores `bits` (default: the run's only code length) at `step`
     (default: the latest checkpoint) from a folder written by train.py."""
     config, bits, step, state_dir = find_checkpoint(workdir, bits, step)
-    params = restore_params(config, bits, state_dir)
-    return cls(config, bits, params, step=step, workdir=pathlib.Path(workdir).absolute())
+    variables = restore_variables(config, bits, state_dir)
+    return cls(
+      config,
+      bits,
+      variables['params'],
+      batch_stats=variables['batch_stats'],
+      step=step,
+      workdir=pathlib.Path(workdir).absolute(),
+    )
 
   @classmethod
   def from_weights(cls, path):
@@ -150,18 +170,33 @@ class TrainedModel:
       )
     config = ml_collections.ConfigDict(json.loads(metadata['config']))
     bits = int(metadata['bits'])
-    channels = np.shape(arrays.get('visual/backbone/features_0/kernel', ()))
-    template = params_template(config, bits, channels[2] if len(channels) == 4 else 3)
-    params = weights.arrays_to_params(arrays, template, str(path))
+    tree = traverse_util.unflatten_dict(arrays, sep='/')
+    try:
+      channels = int(input_channels(tree['visual']['backbone']))
+    except (KeyError, TypeError, IndexError):  # refused below, naming what is missing
+      channels = 3
+    template = variables_template(config, bits, channels)
+    loaded = weights.arrays_to_params(
+      arrays, _file_tree(template['params'], template.get('batch_stats')), str(path)
+    )
+    batch_stats = loaded.pop('batch_stats', {})
     step = int(metadata['step']) if metadata.get('step', 'None') != 'None' else None
-    return cls(config, bits, params, step=step, weights_file=pathlib.Path(path).absolute())
+    return cls(
+      config,
+      bits,
+      loaded,
+      batch_stats=batch_stats,
+      step=step,
+      weights_file=pathlib.Path(path).absolute(),
+    )
 
   def export(self, path):
     """Writes the visual network, its config and code length as one .safetensors
     or .npz file, for `from_weights` (or any safetensors reader: Flax layout,
-    names like visual/backbone/features_0/kernel)."""
+    names like visual/backbone/features_0/kernel; BatchNorm's running statistics
+    as batch_stats/visual/backbone/bn1/mean)."""
     weights.save_params(
-      self.params,
+      _file_tree(self.params, self.batch_stats),
       path,
       {
         'format': EXPORT_FORMAT,
@@ -202,7 +237,7 @@ class TrainedModel:
     if pad:
       images = np.concatenate([images, np.zeros((pad,) + expected, np.uint8)])
     (sharded,) = parallel.shard_rows(self._mesh, images)
-    out = _hash_batch(self.model, self.config.data.num_channels, self._device_params, sharded)
+    out = _hash_batch(self.model, self.config.data.num_channels, self._device_variables, sharded)
     return parallel.to_host(out)[: len(images) - pad]
 
   def encode(self, images, batch_size=256):
@@ -214,6 +249,12 @@ class TrainedModel:
       np.sign(self.hash(images[i : i + batch_size])) for i in range(0, len(images), batch_size)
     ]
     return np.concatenate(out) if out else np.zeros((0, self.bits), np.float32)
+
+
+def _file_tree(params, batch_stats):
+  """What a model file holds: the parameters at the top, BatchNorm's running
+  statistics (where the backbone has them) under batch_stats/."""
+  return {**params, **({'batch_stats': batch_stats} if batch_stats else {})}
 
 
 def load(location, bits=None, step=None):
@@ -276,10 +317,10 @@ def read_config(workdir):
     raise errors.CheckpointError(f'{path}: not valid JSON ({error}).') from None
 
 
-def params_template(config, bits, channels, num_classes=None):
-  """Shapes and dtypes of SCHN's parameters, computed without computing them:
-  the visual network's only ({'visual': ...}) when num_classes is None, else
-  the whole model's."""
+def variables_template(config, bits, channels, num_classes=None):
+  """Shapes and dtypes of SCHN's variables ({'params'} and, for backbones with
+  BatchNorm, {'batch_stats'}), computed without computing them: the visual
+  network's only ({'visual': ...}) when num_classes is None, else the whole model's."""
   model = SCHN(config.variant, bits, backbone=config.backbone, dropout_rate=config.dropout_rate)
   size = config.data.image_size
   key = jax.random.PRNGKey(0)
@@ -290,31 +331,35 @@ def params_template(config, bits, channels, num_classes=None):
   else:
     images = jnp.zeros((2, size, size, channels), jnp.float32)
     init = lambda: model.init(key, images, jnp.zeros((2, num_classes)), jnp.ones((2, 2)))
-  return jax.eval_shape(init)['params']
+  return jax.eval_shape(init)
 
 
-def restore_params(config, bits, state_dir, whole=False):
-  """SCHN parameters of the TrainState saved in `state_dir`, as NumPy arrays:
+def restore_variables(config, bits, state_dir, whole=False):
+  """SCHN parameters and BatchNorm running statistics of the TrainState saved in
+  `state_dir`, as NumPy arrays: {'params': ..., 'batch_stats': ...}, each
   {'visual': ...} only, or with whole=True every part ({'visual', 'semantic',
-  'cycle'}). Optimizer moments and database codes are not read."""
+  'cycle'}); 'batch_stats' is {} for backbones without BatchNorm. Optimizer moments
+  and database codes are not read."""
   # Orbax reads absolute paths only.
   state_dir = pathlib.Path(state_dir).absolute()
   # The handler, not a Checkpointer: it reads the one item without looking for
   # step-level metadata, and restores a subtree (partial_restore).
   handler = ocp.PyTreeCheckpointHandler()
   try:
-    saved = handler.metadata(state_dir).tree['params']
+    tree = handler.metadata(state_dir).tree
+    saved = {'params': tree['params'], 'batch_stats': tree.get('batch_stats') or {}}
     if not whole:
-      saved = {'visual': saved['visual']}
-    channels = saved['visual']['backbone']['features_0']['kernel'].shape[2]
-    num_classes = saved['semantic']['mlp']['net_0']['kernel'].shape[0] if whole else None
+      saved = {k: {'visual': v['visual']} if 'visual' in v else {} for k, v in saved.items()}
+    channels = input_channels(saved['params']['visual']['backbone'])
+    num_classes = saved['params']['semantic']['mlp']['net_0']['kernel'].shape[0] if whole else None
   except (KeyError, TypeError, FileNotFoundError, ValueError) as error:
     handler.close()
     raise errors.CheckpointError(
       f'{state_dir}: not a training checkpoint with SCHN parameters '
       f'({type(error).__name__}: {error}).'
     ) from None
-  template = params_template(config, bits, channels, num_classes)
+  template = variables_template(config, bits, channels, num_classes)
+  template.setdefault('batch_stats', {})
   flat_template = traverse_util.flatten_dict(template, sep='/')
   flat_saved = traverse_util.flatten_dict(saved, sep='/')
   shape = lambda flat, key: tuple(flat[key].shape) if key in flat else None
@@ -332,7 +377,9 @@ def restore_params(config, bits, state_dir, whole=False):
     )
   # The saved dtypes (float64 runs exist); TrainedModel casts to float32.
   target = {
-    'params': jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)
+    k: jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), v)
+    for k, v in saved.items()
+    if v
   }
   restore_args = jax.tree_util.tree_map(
     lambda _: ocp.ArrayRestoreArgs(restore_type=np.ndarray), target
@@ -344,4 +391,9 @@ def restore_params(config, bits, state_dir, whole=False):
     )
   finally:
     handler.close()
-  return restored['params']
+  return {'params': restored['params'], 'batch_stats': restored.get('batch_stats', {})}
+
+
+def restore_params(config, bits, state_dir, whole=False):
+  """The 'params' of `restore_variables`."""
+  return restore_variables(config, bits, state_dir, whole)['params']

@@ -12,9 +12,9 @@ import pytest
 
 from schn_jax import interop
 from schn_jax.interop import torch_io
-from schn_jax.parity.fixtures import Fixture
 from schn_jax.models import SCHN, Discriminator
 from schn_jax.models.visual import AlexNet
+from schn_jax.parity.fixtures import Fixture
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -153,11 +153,12 @@ def alexnet_checkpoint(torch_alexnet, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def alexnet_template():
-  return _template(AlexNet(), jnp.zeros((1, 64, 64, 3)))
+  """The backbone's variables: parameters only (AlexNet has no BatchNorm)."""
+  return {"params": _template(AlexNet(), jnp.zeros((1, 64, 64, 3)))}
 
 
-def _ours_fc7(params, images_nchw):
-  return np.asarray(AlexNet().apply({"params": params}, jnp.transpose(images_nchw, (0, 2, 3, 1))))
+def _ours_fc7(variables, images_nchw):
+  return np.asarray(AlexNet().apply(variables, jnp.transpose(images_nchw, (0, 2, 3, 1))))
 
 
 # 64: 1x1 final map, replicated by the pool; 224: the 6x6 map torchvision is built for;
@@ -166,7 +167,8 @@ def _ours_fc7(params, images_nchw):
 def test_torchvision_checkpoint_gives_torch_fc7(
   torch_alexnet, alexnet_checkpoint, alexnet_template, size
 ):
-  params = interop.load_torchvision_alexnet(alexnet_checkpoint, alexnet_template)
+  params = interop.load_torchvision_backbone(alexnet_checkpoint, alexnet_template, "alexnet")
+  assert set(params) == {"params"}
   images = np.random.default_rng(size).standard_normal((2, 3, size, size), dtype=np.float32)
   reference = torch_fc7(torch_alexnet, images)
   assert np.abs(reference).max() > 0.5 and (reference > 0).mean() > 0.2  # non-trivial features
@@ -177,8 +179,8 @@ def test_torchvision_checkpoint_gives_torch_fc7(
 def test_export_loads_into_torch_and_reproduces_features(
   torch_alexnet, alexnet_checkpoint, alexnet_template, tmp_path
 ):
-  params = interop.load_torchvision_alexnet(alexnet_checkpoint, alexnet_template)
-  exported = interop.backbone_to_torchvision(params)
+  params = interop.load_torchvision_backbone(alexnet_checkpoint, alexnet_template, "alexnet")
+  exported = interop.backbone_to_torchvision(params, "alexnet")
   original = {
     k: v.numpy() for k, v in torch_alexnet.state_dict().items() if not k.startswith("classifier.6.")
   }
@@ -238,7 +240,9 @@ def _damaged(state, drop=(), add=(), reshape=()):
 )
 def test_misfit_state_dict_is_refused_naming_keys(alexnet_state, alexnet_template, damage, named):
   with pytest.raises(interop.WeightImportError) as error:
-    interop.backbone_from_torchvision(_damaged(alexnet_state, **damage), alexnet_template)
+    interop.backbone_from_torchvision(
+      _damaged(alexnet_state, **damage), alexnet_template, "alexnet"
+    )
   for text in named:
     assert text in str(error.value)
   # Keys that fit are not blamed.
@@ -254,7 +258,7 @@ def test_misfit_checkpoint_file_is_refused(alexnet_state, alexnet_template, tmp_
     path,
   )
   with pytest.raises(interop.WeightImportError) as error:
-    interop.load_torchvision_alexnet(path, alexnet_template)
+    interop.load_torchvision_backbone(path, alexnet_template, "alexnet")
   message = str(error.value)
   assert str(path) in message
   for key in ["features.8.weight", "head.weight", "features.0.weight (64, 2, 11, 11)"]:
@@ -266,7 +270,7 @@ def test_non_checkpoint_file_is_refused(tmp_path, alexnet_template, content):
   path = tmp_path / "alexnet.pth"
   path.write_bytes(content)
   with pytest.raises(ValueError, match="is not a readable torch checkpoint") as error:
-    interop.load_torchvision_alexnet(path, alexnet_template)
+    interop.load_torchvision_backbone(path, alexnet_template, "alexnet")
   assert str(path) in str(error.value)
 
 
@@ -274,12 +278,12 @@ def test_checkpoint_without_state_dict_is_refused(tmp_path, alexnet_template):
   path = tmp_path / "list.pth"
   torch.save([torch.zeros(3)], path)
   with pytest.raises(ValueError, match="does not hold a state dict"):
-    interop.load_torchvision_alexnet(path, alexnet_template)
+    interop.load_torchvision_backbone(path, alexnet_template, "alexnet")
 
 
 def test_missing_checkpoint_file(tmp_path, alexnet_template):
   with pytest.raises(FileNotFoundError, match="nowhere.pth"):
-    interop.load_torchvision_alexnet(tmp_path / "nowhere.pth", alexnet_template)
+    interop.load_torchvision_backbone(tmp_path / "nowhere.pth", alexnet_template, "alexnet")
 
 
 def test_wrapped_state_dict_is_unwrapped(tmp_path):

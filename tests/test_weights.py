@@ -77,7 +77,7 @@ def alexnet_shaped_template():
       'bias': rng.standard_normal(4).astype(np.float32),
     }
     channels = 4
-  for n, (fan_in, fan_out) in zip(layout.CLASSIFIER_FCS, ((36, 8), (8, 8))):
+  for n, (fan_in, fan_out) in zip(layout.CLASSIFIER_FCS['alexnet'], ((36, 8), (8, 8))):
     template[f'classifier_{n}'] = {
       'kernel': rng.standard_normal((fan_in, fan_out)).astype(np.float32),
       'bias': rng.standard_normal(fan_out).astype(np.float32),
@@ -86,12 +86,12 @@ def alexnet_shaped_template():
 
 
 def test_torchvision_backbone_from_safetensors_equals_pth_and_needs_no_torch(tmp_path):
-  backbone = alexnet_shaped_template()
-  state_dict = interop.backbone_to_torchvision(backbone)
+  backbone = {'params': alexnet_shaped_template()}
+  state_dict = interop.backbone_to_torchvision(backbone, 'alexnet')
   state_dict['classifier.6.weight'] = np.zeros((10, 8), np.float32)  # ImageNet head: ignored
   state_dict['classifier.6.bias'] = np.zeros(10, np.float32)
   weights.write_arrays(state_dict, tmp_path / 'alexnet.safetensors')
-  loaded = interop.load_torchvision_alexnet(tmp_path / 'alexnet.safetensors', backbone)
+  loaded = interop.load_torchvision_backbone(tmp_path / 'alexnet.safetensors', backbone, 'alexnet')
   for name, value in weights.params_to_arrays(backbone).items():
     np.testing.assert_array_equal(weights.params_to_arrays(loaded)[name], value)
   # The same file read in a fresh interpreter: torch is never imported.
@@ -105,6 +105,6 @@ def test_torchvision_backbone_from_safetensors_equals_pth_and_needs_no_torch(tmp
   assert result.stdout.strip() == 'False'
   pytest.importorskip('torch')
   weights.write_arrays(state_dict, tmp_path / 'alexnet.pth')
-  from_pth = interop.load_torchvision_alexnet(tmp_path / 'alexnet.pth', backbone)
+  from_pth = interop.load_torchvision_backbone(tmp_path / 'alexnet.pth', backbone, 'alexnet')
   for name, value in weights.params_to_arrays(loaded).items():
     np.testing.assert_array_equal(weights.params_to_arrays(from_pth)[name], value)

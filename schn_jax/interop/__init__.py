@@ -1,14 +1,18 @@
-"""Weights in and out of schn-jax: torchvision AlexNet checkpoints and reference SCHN
-state dicts, and weight files (`weights`: .safetensors, .npz, .pth). torch is imported
-only by `torch_io`, and only when a .pth file is read or written."""
+"""Weights in and out of schn-jax: torchvision backbone checkpoints (AlexNet, ResNet-18/34/50,
+VGG-16), reference SCHN state dicts, and weight files (`weights`: .safetensors, .npz,
+.pth). torch is imported only by `torch_io`, and only when a .pth file is read or
+written."""
 
 import jax
 
 from schn_jax.interop import layout, weights
-from schn_jax.interop.convert import WeightImportError, params_to_state_dict, state_dict_to_params
-
-# The ImageNet classifier of a torchvision AlexNet checkpoint: present, never used.
-TORCHVISION_CLASSIFIER = ("classifier.6.",)
+from schn_jax.interop.convert import (
+  WeightImportError,
+  params_to_state_dict,
+  state_dict_to_params,
+  state_dict_to_variables,
+  variables_to_state_dict,
+)
 
 
 def _shapes(tree):
@@ -37,27 +41,33 @@ def discriminator_to_reference(params):
   return params_to_state_dict(params, layout.discriminator_rules())
 
 
-def backbone_from_torchvision(state_dict, template, source="torchvision AlexNet state dict"):
-  """A torchvision AlexNet state dict (`features.N.*`, `classifier.1/4/6.*`) -> backbone
-  parameters. classifier.6 (the 1000-way ImageNet layer) is ignored by design."""
-  return state_dict_to_params(
+def backbone_from_torchvision(state_dict, template, backbone, source=None):
+  """A torchvision state dict of `backbone` -> the backbone's variables, shaped like
+  `template` ({'params': ..., 'batch_stats': ...}; 'batch_stats' empty or absent for
+  backbones without BatchNorm). The ImageNet classifier (AlexNet's and VGG's
+  `classifier.6`, a ResNet's `fc`) is ignored by design."""
+  head = layout.TORCHVISION_HEADS.get(backbone)
+  return state_dict_to_variables(
     state_dict,
-    layout.backbone_rules("", ()),
+    layout.backbone_rules("", (), backbone),
     _shapes(template),
-    source,
-    allowed_extra=TORCHVISION_CLASSIFIER,
+    source or f"torchvision {backbone} state dict",
+    allowed_extra=(head,) if head else (),
   )
 
 
-def backbone_to_torchvision(params):
-  return params_to_state_dict(params, layout.backbone_rules("", ()))
+def backbone_to_torchvision(variables, backbone):
+  """The inverse: backbone variables -> a torchvision state dict without the classifier
+  (torch's load_state_dict(strict=False) fills num_batches_tracked)."""
+  return variables_to_state_dict(variables, layout.backbone_rules("", (), backbone))
 
 
-def load_torchvision_alexnet(path, template):
-  """Read `alexnet-owt-*.pth` (or any torchvision AlexNet state dict, also as .safetensors
-  or .npz, which need no torch) into backbone parameters."""
+def load_torchvision_backbone(path, template, backbone):
+  """Read a torchvision state dict of `backbone` (e.g. `resnet50-*.pth`; also as
+  .safetensors or .npz, which need no torch) into the backbone's variables shaped like
+  `template`, as `backbone_from_torchvision`."""
   state_dict, _ = weights.read_arrays(path)
-  return backbone_from_torchvision(state_dict, template, source=str(path))
+  return backbone_from_torchvision(state_dict, template, backbone, source=str(path))
 
 
 __all__ = [
@@ -66,7 +76,7 @@ __all__ = [
   "backbone_to_torchvision",
   "discriminator_from_reference",
   "discriminator_to_reference",
-  "load_torchvision_alexnet",
+  "load_torchvision_backbone",
   "schn_from_reference",
   "schn_to_reference",
 ]

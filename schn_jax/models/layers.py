@@ -5,10 +5,13 @@ model initialised here matches the reference's in distribution (docs/method.md):
 `nn.Linear` and `nn.Conv2d` weights and biases U(+-1/sqrt(fan_in));
 `nn.MultiheadAttention` q/k/v projections xavier_uniform, their biases and the
 output projection's bias 0; the graph convolution U(+-1/sqrt(out_features)).
+The torchvision backbones that set their own initialisation (ResNet, VGG) pass
+theirs (`he_normal_fan_out`, `normal`) to `conv` and `linear`.
 Layers take their dtype from their inputs and parameters, so a model whose
 parameters are float64 computes in float64.
 """
 
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -28,6 +31,22 @@ def uniform(bound: float):
   return init
 
 
+def normal(std: float):
+  """N(0, std^2), torch's `normal_(0, std)`."""
+
+  def init(key, shape, dtype=jnp.float32):
+    return std * jax.random.normal(key, shape, dtype)
+
+  return init
+
+
+def he_normal_fan_out(key, shape, dtype=jnp.float32):
+  """torch's `kaiming_normal_(mode="fan_out", nonlinearity="relu")` for an HWIO kernel:
+  N(0, 2 / (kh * kw * out)), not truncated."""
+  height, width, _, out = shape
+  return normal(np.sqrt(2.0 / (height * width * out)))(key, shape, dtype)
+
+
 def linear(x, features: int, name: str, kernel_init=None, bias_init=None):
   """nn.Dense applied to `x`, initialised as torch.nn.Linear (bounds from x's width).
 
@@ -42,20 +61,110 @@ def linear(x, features: int, name: str, kernel_init=None, bias_init=None):
   )(x)
 
 
-def conv(x, features: int, kernel: int, stride: int, padding: int, name: str):
-  """nn.Conv applied to NHWC `x`, initialised as torch.nn.Conv2d; its gradients are
-  written to run fast inside loops on XLA:CPU (models/conv.py)."""
+def conv(
+  x,
+  features: int,
+  kernel: int,
+  stride: int,
+  padding: int,
+  name: str,
+  kernel_init=None,
+  bias_init=None,
+  use_bias: bool = True,
+):
+  """nn.Conv applied to NHWC `x`, initialised as torch.nn.Conv2d unless told otherwise;
+  its gradients are written to run fast inside loops on XLA:CPU (models/conv.py)."""
   bound = 1.0 / np.sqrt(x.shape[-1] * kernel * kernel)
   return nn.Conv(
     features,
     (kernel, kernel),
     strides=(stride, stride),
     padding=((padding, padding), (padding, padding)),
-    kernel_init=uniform(bound),
-    bias_init=uniform(bound),
+    use_bias=use_bias,
+    kernel_init=kernel_init or uniform(bound),
+    bias_init=bias_init or uniform(bound),
     conv_general_dilated=conv_general_dilated,
     name=name,
   )(x)
+
+
+class BatchNorm(nn.Module):
+  """torch.nn.BatchNorm2d over the channels of NHWC maps: `scale` (torch's weight) 1 and
+  `bias` 0 at first; running `mean` 0 and `var` 1 in the 'batch_stats' collection.
+
+  With `batch_sum` None it normalises with the running statistics (torch's eval mode).
+  Otherwise `batch_sum` sums a per-device value over the devices that hold the global
+  batch (the identity on one device), and the layer normalises with the GLOBAL batch's
+  mean and biased variance, so that N devices compute what one device does; when the
+  collection is mutable it also moves the running statistics toward the batch's by
+  `momentum`, the variance unbiased (n / (n - 1)), as torch's training mode does.
+  """
+
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x, batch_sum=None):
+    channels = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (channels,))
+    bias = self.param("bias", nn.initializers.zeros, (channels,))
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,))
+    running_var = self.variable("batch_stats", "var", jnp.ones, (channels,))
+    if batch_sum is None:
+      mean, var = running_mean.value, running_var.value
+    else:
+      axes = tuple(range(x.ndim - 1))
+      count = batch_sum(jnp.asarray(x.size // channels, x.dtype))
+      mean = batch_sum(x.sum(axes)) / count
+      # Two passes (mean, then squared deviations) rather than E[x^2] - E[x]^2, which
+      # cancels badly for ReLU outputs whose mean is large against their spread.
+      var = batch_sum(jnp.square(x - mean).sum(axes)) / count
+      if self.is_mutable_collection("batch_stats") and not self.is_initializing():
+        # torch refuses a single value per channel; n - 1 is kept >= 1 instead.
+        unbiased = var * count / jnp.maximum(count - 1, 1)
+        m = self.momentum
+        running_mean.value = (1 - m) * running_mean.value + m * jax.lax.stop_gradient(mean)
+        running_var.value = (1 - m) * running_var.value + m * jax.lax.stop_gradient(unbiased)
+    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+
+
+def adaptive_avg_pool(x, size: int):
+  """torch.nn.AdaptiveAvgPool2d(size) for NHWC input (bins floor(i*H/s)..ceil((i+1)*H/s))."""
+
+  def bins(n):
+    m = np.zeros((size, n))
+    for i in range(size):
+      lo, hi = (i * n) // size, -((-(i + 1) * n) // size)
+      m[i, lo:hi] = 1.0 / (hi - lo)
+    return jnp.asarray(m, x.dtype)
+
+  return jnp.einsum("ih,jw,bhwc->bijc", bins(x.shape[1]), bins(x.shape[2]), x)
+
+
+def max_pool(x, window: int, stride: int, padding: int = 0):
+  """Max pooling of NHWC maps (torch's MaxPool2d: -inf padding, floor) as an elementwise
+  max over strided slices.
+
+  Same values as nn.max_pool; on XLA:CPU its gradient (a select per slice) is
+  several times faster than the select-and-scatter of reduce_window.
+  """
+  if padding:
+    pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+    x = jnp.pad(x, pad, constant_values=-jnp.inf)
+  height = (x.shape[1] - window) // stride + 1
+  width = (x.shape[2] - window) // stride + 1
+  slices = [
+    x[:, i : i + stride * (height - 1) + 1 : stride, j : j + stride * (width - 1) + 1 : stride]
+    for i in range(window)
+    for j in range(window)
+  ]
+  return functools.reduce(jnp.maximum, slices)
+
+
+def flatten_like_torch(x):
+  # torch flattens NCHW feature maps channel-major; doing the same keeps fc6
+  # weights interchangeable with torchvision checkpoints.
+  return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
 
 
 class RowDropout(nn.Module):

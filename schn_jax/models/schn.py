@@ -62,17 +62,28 @@ class SCHN(nn.Module):
   bits: int
   backbone: str = "alexnet"
   dropout_rate: float = 0.5
+  batchnorm: str = "train"  # visual.BATCHNORM_MODES
 
   def setup(self):
-    self.visual = VisualNet(self.bits, self.backbone, self.dropout_rate)
+    self.visual = VisualNet(self.bits, self.backbone, self.dropout_rate, self.batchnorm)
     self.semantic = SemanticNet(self.bits)
     self.cycle = CycleNet(self.variant, self.bits, self.dropout_rate)
 
-  def __call__(self, images, labels, adjacency, train: bool = False, gather=None, first_row=0):
+  def __call__(
+    self,
+    images,
+    labels,
+    adjacency,
+    train: bool = False,
+    gather=None,
+    first_row=0,
+    device_sum=None,
+  ):
     """`gather` (per-device runs) maps this device's rows to the global batch's rows
     before the cycle part, which couples all samples; `adjacency` is then global.
-    `first_row` is the global index of this device's first row (its dropout masks)."""
-    f_image, u_image = self.visual(images, train, first_row)
+    `first_row` is the global index of this device's first row (its dropout masks);
+    `device_sum` sums over the devices (BatchNorm's global batch statistics)."""
+    f_image, u_image = self.visual(images, train, first_row, device_sum)
     f_label, u_label = self.semantic(labels)
     out = {"F_image": f_image, "U_image": u_image, "F_label": f_label, "U_label": u_label}
     if gather is not None:

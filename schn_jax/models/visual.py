@@ -1,41 +1,27 @@
-"""Visual space: image -> feature F_image, and its hash head."""
+"""Visual space: image -> feature F_image, and its hash head.
+
+Backbones (`BACKBONES`, chosen by config.backbone): torchvision's AlexNet (here),
+ResNet-18/34/50 (`resnet.py`) and VGG-16 (`vgg.py`) with torchvision's layouts,
+and a small CNN for small images. Each is called as
+`backbone(images, train, first_row, batch_sum)`; `batch_sum` is for BatchNorm
+(`layers.BatchNorm`) and ignored by backbones without it.
+"""
 
 import functools
 
 import flax.linen as nn
-import jax.numpy as jnp
-import numpy as np
 
-from schn_jax.models.layers import HashHead, RowDropout, conv, linear
-
-
-def adaptive_avg_pool(x, size: int):
-  """torch.nn.AdaptiveAvgPool2d(size) for NHWC input (bins floor(i*H/s)..ceil((i+1)*H/s))."""
-
-  def bins(n):
-    m = np.zeros((size, n))
-    for i in range(size):
-      lo, hi = (i * n) // size, -((-(i + 1) * n) // size)
-      m[i, lo:hi] = 1.0 / (hi - lo)
-    return jnp.asarray(m, x.dtype)
-
-  return jnp.einsum("ih,jw,bhwc->bijc", bins(x.shape[1]), bins(x.shape[2]), x)
-
-
-def max_pool(x, window: int, stride: int):
-  """VALID max pooling of NHWC maps as an elementwise max over strided slices.
-
-  Same values as nn.max_pool; on XLA:CPU its gradient (a select per slice) is
-  several times faster than the select-and-scatter of reduce_window.
-  """
-  height = (x.shape[1] - window) // stride + 1
-  width = (x.shape[2] - window) // stride + 1
-  slices = [
-    x[:, i : i + stride * (height - 1) + 1 : stride, j : j + stride * (width - 1) + 1 : stride]
-    for i in range(window)
-    for j in range(window)
-  ]
-  return functools.reduce(jnp.maximum, slices)
+from schn_jax.models.layers import (
+  HashHead,
+  RowDropout,
+  adaptive_avg_pool,
+  conv,
+  flatten_like_torch,
+  linear,
+  max_pool,
+)
+from schn_jax.models.resnet import ARCHITECTURES, ResNet
+from schn_jax.models.vgg import VGG16
 
 
 def _classifier(x, feature_dim, dropout_rate, train, first_row):
@@ -47,12 +33,6 @@ def _classifier(x, feature_dim, dropout_rate, train, first_row):
   return x
 
 
-def _flatten_like_torch(x):
-  # torch flattens NCHW feature maps channel-major; doing the same keeps fc6
-  # weights interchangeable with torchvision checkpoints.
-  return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
-
-
 class AlexNet(nn.Module):
   """torchvision AlexNet up to fc7 (ReLU). Submodule names mirror torchvision's
   state-dict keys: `features_N` <-> `features.N`, `classifier_N` <-> `classifier.N`."""
@@ -61,7 +41,8 @@ class AlexNet(nn.Module):
   feature_dim: int = 4096
 
   @nn.compact
-  def __call__(self, images, train: bool = False, first_row=0):
+  def __call__(self, images, train: bool = False, first_row=0, batch_sum=None):
+    del batch_sum  # no BatchNorm
     x = images
     for name, feats, k, s, p, pool in [
       ("features_0", 64, 11, 4, 2, True),
@@ -74,7 +55,7 @@ class AlexNet(nn.Module):
       if pool:
         x = max_pool(x, 3, 2)
     self.sow("intermediates", "conv_features", x)
-    x = _flatten_like_torch(adaptive_avg_pool(x, 6))
+    x = flatten_like_torch(adaptive_avg_pool(x, 6))
     return _classifier(x, self.feature_dim, self.dropout_rate, train, first_row)
 
 
@@ -86,31 +67,57 @@ class SmallCNN(nn.Module):
   feature_dim: int = 512
 
   @nn.compact
-  def __call__(self, images, train: bool = False, first_row=0):
+  def __call__(self, images, train: bool = False, first_row=0, batch_sum=None):
+    del batch_sum  # no BatchNorm
     x = images
     for name, feats in [("features_0", 32), ("features_3", 64)]:
       x = nn.relu(conv(x, feats, 3, 1, 1, name))
       x = max_pool(x, 2, 2)
-    return _classifier(
-      _flatten_like_torch(x), self.feature_dim, self.dropout_rate, train, first_row
-    )
+    return _classifier(flatten_like_torch(x), self.feature_dim, self.dropout_rate, train, first_row)
 
 
-BACKBONES = {"alexnet": AlexNet, "small_cnn": SmallCNN}
+BACKBONES = {
+  "alexnet": AlexNet,
+  "small_cnn": SmallCNN,
+  **{name: functools.partial(ResNet, name) for name in ARCHITECTURES},
+  "vgg16": VGG16,
+}
+
+# How BatchNorm layers normalise while training: "train" with the global batch's
+# statistics, updating the running ones (torch's training mode); "frozen" with the
+# running statistics, never updated (torch's eval mode). Outside training both use
+# the running statistics.
+BATCHNORM_MODES = ("train", "frozen")
+
+
+def input_channels(backbone_params):
+  """The channels of the images a backbone's parameters (or their shapes) take."""
+  first = "conv1" if "conv1" in backbone_params else "features_0"
+  return backbone_params[first]["kernel"].shape[2]
 
 
 class VisualNet(nn.Module):
-  """Image -> (F_image, U_image): a backbone and a tanh hash head."""
+  """Image -> (F_image, U_image): a backbone and a tanh hash head.
+
+  `device_sum` sums a per-device value over the devices holding the global batch
+  (None: one device); BatchNorm layers use it for the global batch's statistics.
+  """
 
   bits: int
   backbone: str = "alexnet"
   dropout_rate: float = 0.5
+  batchnorm: str = "train"
 
   @nn.compact
-  def __call__(self, images, train: bool = False, first_row=0):
+  def __call__(self, images, train: bool = False, first_row=0, device_sum=None):
     if self.backbone not in BACKBONES:
       raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
+    if self.batchnorm not in BATCHNORM_MODES:
+      raise ValueError(f"unknown batchnorm {self.batchnorm!r}; choose one of {BATCHNORM_MODES}")
+    batch_sum = None
+    if train and self.batchnorm == "train":
+      batch_sum = device_sum or (lambda x: x)
     features = BACKBONES[self.backbone](self.dropout_rate, name="backbone")(
-      images, train, first_row
+      images, train, first_row, batch_sum
     )
     return features, HashHead(self.bits, name="hash")(features)

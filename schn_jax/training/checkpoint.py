@@ -5,6 +5,7 @@ is skipped with a warning, and the run resumes from the newest older one that
 reads; only when none does is the restore refused, naming the folder.
 """
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -49,6 +50,22 @@ def _ignore_closed_event_loop_callbacks():
   sys.unraisablehook = hook
 
 
+def _without_batch_stats(state_dir, target):
+  """The restore target, as a dict of its fields, for a checkpoint written before the
+  training state held BatchNorm statistics; None for any other. Runs from then have
+  no BatchNorm (their batch_stats is empty), so nothing of theirs is lost."""
+  if target.batch_stats:
+    return None
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    saved = handler.metadata(state_dir).tree
+  finally:
+    handler.close()
+  if "batch_stats" in saved:
+    return None
+  return {f.name: getattr(target, f.name) for f in dataclasses.fields(target) if f.name in saved}
+
+
 class Checkpoints:
   """Saves TrainState (+ JSON metadata) every `every` outer iterations and on demand.
 
@@ -78,12 +95,15 @@ class Checkpoints:
     for step in sorted(self.manager.all_steps(), reverse=True):
       where = self.directory / str(step)
       try:
+        legacy = _without_batch_stats(where / "state", target)
         restored = self.manager.restore(
           step,
           args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+            state=ocp.args.StandardRestore(target if legacy is None else legacy),
+            meta=ocp.args.JsonRestore(),
           ),
         )
+        state = restored["state"] if legacy is None else target.replace(**restored["state"])
         meta = restored["meta"]
         if not isinstance(meta, dict):
           raise ValueError(f"metadata is {type(meta).__name__}, not a JSON object")
@@ -100,7 +120,7 @@ class Checkpoints:
         continue
       if self.damaged:
         logging.warning("using the older checkpoint %s instead", self.directory / str(step))
-      return restored["state"], meta
+      return state, meta
     if failures:
       raise errors.CheckpointError(
         f"no checkpoint in {self.directory} can be read ({'; '.join(failures)}). If the "

@@ -28,6 +28,7 @@ import numpy as np
 
 from schn_jax import errors
 from schn_jax.models import SCHN, Discriminator
+from schn_jax.models.visual import BATCHNORM_MODES
 from schn_jax.training import dcc, losses, parallel
 from schn_jax.training.state import create_state, make_optimizers
 from schn_jax.training.step import StepConfig, make_step_functions
@@ -40,17 +41,25 @@ CODE_NAMES = ("U_image", "U_label", "U_latent")
 
 def build(config, bits, image_shape, num_classes, database_size):
   """(model, discriminator, optimizers, step config, fresh state)."""
-  model = SCHN(config.variant, bits, backbone=config.backbone, dropout_rate=config.dropout_rate)
+  model = SCHN(
+    config.variant,
+    bits,
+    backbone=config.backbone,
+    dropout_rate=config.dropout_rate,
+    # Runs saved before the key existed have no BatchNorm: any mode reads them alike.
+    batchnorm=config.get("batchnorm", BATCHNORM_MODES[0]),
+  )
   discriminator = Discriminator()
   key = jax.random.PRNGKey(config.seed)
   init_key, disc_key, run_key = jax.random.split(jax.random.fold_in(key, bits), 3)
   batch = 2
-  params = model.init(
+  variables = model.init(
     init_key,
     jnp.zeros((batch,) + image_shape),
     jnp.zeros((batch, num_classes)),
     jnp.ones((batch, batch)),
-  )["params"]
+  )
+  params = variables["params"]
   disc_params = {}
   if config.variant == "tomm":
     disc_params = discriminator.init(disc_key, jnp.zeros((batch, bits)), jnp.zeros((batch, bits)))[
@@ -58,7 +67,14 @@ def build(config, bits, image_shape, num_classes, database_size):
     ]
   optimizers = make_optimizers(config.weight_decay, config.optimizer_semantics, params["cycle"])
   state = create_state(
-    params, disc_params, optimizers, database_size, bits, run_key, jnp.dtype(config.dtype)
+    params,
+    disc_params,
+    optimizers,
+    database_size,
+    bits,
+    run_key,
+    jnp.dtype(config.dtype),
+    batch_stats=variables.get("batch_stats", {}),
   )
   return model, discriminator, optimizers, StepConfig.from_config(config), state
 

@@ -95,6 +95,9 @@ class TrainState:
   """Everything a run needs to continue, as one pytree.
 
   params: SCHN parameters ({'visual', 'semantic', 'cycle'}).
+  batch_stats: BatchNorm running statistics ({'visual': ...} for backbones with
+    BatchNorm, {} otherwise); updated by the cycle step in training mode, used by
+    evaluation and encoding.
   disc_params: discriminator parameters ({} for mmasia).
   opt_cycle: Adam moments over all SCHN parameters (the cycle step).
   opt_d: Adam moments of the discriminator step.
@@ -107,6 +110,7 @@ class TrainState:
   """
 
   params: Any
+  batch_stats: Any
   disc_params: Any
   opt_cycle: Any
   opt_d: Any
@@ -116,14 +120,17 @@ class TrainState:
   iteration: jax.Array
 
 
-def create_state(params, disc_params, optimizers, database_size, bits, rng, dtype=jnp.float32):
+def create_state(
+  params, disc_params, optimizers, database_size, bits, rng, dtype=jnp.float32, batch_stats=None
+):
   """A fresh state; mmasia (no discriminator) passes disc_params={} and gets empty D/G states.
-  Parameters and codes are cast to `dtype` (float64 for parity checks)."""
-  params, disc_params = jax.tree_util.tree_map(
-    lambda x: jnp.asarray(x, dtype), (params, disc_params)
+  Parameters, running statistics and codes are cast to `dtype` (float64 for parity checks)."""
+  params, batch_stats, disc_params = jax.tree_util.tree_map(
+    lambda x: jnp.asarray(x, dtype), (params, batch_stats or {}, disc_params)
   )
   return TrainState(
     params=params,
+    batch_stats=batch_stats,
     disc_params=disc_params,
     opt_cycle=optimizers.cycle.init(params),
     opt_d=optimizers.discriminator.init(disc_params),

@@ -6,7 +6,10 @@ codes of the GLOBAL batch, because batch attention and the batch label graph
 couple all samples, computes the cycle part and the losses on that global
 batch, and differentiates loss / n_devices; summing gradients over devices
 then gives exactly the single-device gradient (backbone parameters receive
-their rows' share through `gather_rows`' backward pass).
+their rows' share through `gather_rows`' backward pass). BatchNorm layers, in
+training mode, normalise with the global batch's statistics (sums over the
+devices), so the running statistics, like everything else, are those of one
+device holding the whole batch.
 """
 
 import dataclasses
@@ -130,31 +133,40 @@ def make_step_functions(model, discriminator, optimizers, config: StepConfig, ax
   """
   coll = Collectives(axis_name)
 
-  def forward(params, batch, rng, train):
+  def forward(params, batch_stats, batch, rng, train, update_statistics=False):
+    """(outputs, batch_stats): the running statistics after this forward, which
+    moves them (in training mode) only when `update_statistics`."""
     labels = coll.gather(batch["labels"])
-    return model.apply(
-      {"params": params},
+    outputs, updated = model.apply(
+      {"params": params, "batch_stats": batch_stats},
       batch["images"],
       batch["labels"],
       losses.label_similarity(labels, labels),
       train,
       gather=coll.gather,
       first_row=coll.first_row(batch["images"].shape[0]),
+      device_sum=coll.sum,
       rngs={"dropout": rng},
+      mutable=["batch_stats"] if update_statistics else [],
     )
+    return outputs, updated.get("batch_stats", batch_stats)
 
   def cycle_update(state, batch, rng, train=True):
     labels = coll.gather(batch["labels"])
     database_codes = coll.gather(batch["database_codes"])
 
     def loss_fn(params):
-      outputs = forward(params, batch, rng, train)
+      outputs, batch_stats = forward(
+        params, state.batch_stats, batch, rng, train, update_statistics=True
+      )
       loss, terms = losses.cycle_loss(
         outputs, database_codes, losses.label_similarity(labels, labels), config.gamma
       )
-      return loss / coll.size, (outputs, terms)
+      return loss / coll.size, (outputs, terms, batch_stats)
 
-    (_, (outputs, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (outputs, terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params
+    )
     grads = coll.sum(grads)
     params, opt_cycle = adam_step(
       optimizers.cycle,
@@ -163,14 +175,19 @@ def make_step_functions(model, discriminator, optimizers, config: StepConfig, ax
       state.params,
       cycle_learning_rate(config, state.iteration),
     )
-    return state.replace(params=params, opt_cycle=opt_cycle), outputs, terms, grads
+    state = state.replace(params=params, batch_stats=batch_stats, opt_cycle=opt_cycle)
+    return state, outputs, terms, grads
 
   def adversarial_update(state, batch, rng, train=True):
-    """Re-forward with the updated parameters, one D step, one G step over the cycle part."""
+    """Re-forward with the updated parameters, one D step, one G step over the cycle part.
+
+    The re-forward normalises as the cycle step's did but leaves the running
+    statistics alone: each batch moves them once."""
     learning_rate = adversarial_learning_rate(config, state.iteration)
 
     def reconstructions(cycle_params):
-      outputs = forward({**state.params, "cycle": cycle_params}, batch, rng, train)
+      params = {**state.params, "cycle": cycle_params}
+      outputs, _ = forward(params, state.batch_stats, batch, rng, train)
       return (outputs["U_image_rec"], outputs["U_label_rec"]), outputs
 
     fake, pullback, outputs = jax.vjp(reconstructions, state.params["cycle"], has_aux=True)

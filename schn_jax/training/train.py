@@ -24,6 +24,7 @@ from schn_jax import download, errors, inference, interop
 from schn_jax.evaluation import metrics as metrics_lib
 from schn_jax.interop import pretrained
 from schn_jax.models import VARIANTS
+from schn_jax.models.visual import BACKBONES, BATCHNORM_MODES
 from schn_jax.training import parallel, reporting
 from schn_jax.training.checkpoint import Checkpoints
 from schn_jax.training.loop import (
@@ -59,6 +60,10 @@ def check_config(config, database_size, train_size):
   problems = []
   if config.variant not in VARIANTS:
     problems.append(f"config.variant={config.variant!r}: choose one of {VARIANTS}")
+  if config.backbone not in BACKBONES:
+    problems.append(f"config.backbone={config.backbone!r}: choose one of {tuple(BACKBONES)}")
+  if config.get("batchnorm", BATCHNORM_MODES[0]) not in BATCHNORM_MODES:
+    problems.append(f"config.batchnorm={config.batchnorm!r}: one of {BATCHNORM_MODES}")
   lengths = tuple(config.code_lengths)
   if not lengths or any(not isinstance(b, int) or b <= 0 for b in lengths):
     problems.append(f"config.code_lengths={lengths}: give positive integers, e.g. (12, 24, 32, 48)")
@@ -162,18 +167,25 @@ def check_workdir(config, workdir):
 
 def with_pretrained_backbone(config, state):
   """`state` with the backbone of config.pretrained_backbone (interop.pretrained: a
-  torchvision state dict, downloaded for 'torchvision'; .pth needs torch), cast to the
-  state's dtypes; `state` as it is when the backbone starts from random weights."""
+  torchvision state dict of config.backbone, downloaded for 'torchvision'; .pth needs
+  torch): its parameters, and BatchNorm's running statistics where it has them, cast
+  to the state's dtypes; `state` as it is when the backbone starts from random weights."""
   path = pretrained.weights_path(config)
   if path is None:
     return state
-  template = state.params["visual"]["backbone"]
-  backbone = interop.load_torchvision_alexnet(path, template)
-  backbone = jax.tree_util.tree_map(
-    lambda new, old: jnp.asarray(new, old.dtype), backbone, template
-  )
+  template = {
+    "params": state.params["visual"]["backbone"],
+    "batch_stats": state.batch_stats.get("visual", {}).get("backbone", {}),
+  }
+  loaded = interop.load_torchvision_backbone(path, template, config.backbone)
+  loaded = jax.tree_util.tree_map(lambda new, old: jnp.asarray(new, old.dtype), loaded, template)
+  batch_stats = state.batch_stats
+  if loaded["batch_stats"]:
+    visual = {**batch_stats["visual"], "backbone": loaded["batch_stats"]}
+    batch_stats = {**batch_stats, "visual": visual}
   return state.replace(
-    params={**state.params, "visual": {**state.params["visual"], "backbone": backbone}}
+    params={**state.params, "visual": {**state.params["visual"], "backbone": loaded["params"]}},
+    batch_stats=batch_stats,
   )
 
 
