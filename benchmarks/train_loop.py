@@ -17,7 +17,11 @@ iterations after one warm-up iteration that absorbs compilation:
   gathered on device and the host syncs once per iteration in both.
 
 Prints one line per (variant, loop) with images/s and the ratio, and the input
-pipeline alone (host gather of the same batches) for scale. Run it on a quiet
+pipeline alone (host gather of the same batches) for scale. For a figure that
+carries between machines it also measures this machine's float32 matmul rate
+(a 2048x2048 product, best of 5) and XLA's FLOP count of one training step
+(`compiled.cost_analysis()`, per image), and prints the fraction of the matmul
+rate the loop reaches: images/s x FLOP/image / matmul FLOP/s. Run it on a quiet
 machine: the figures are wall-clock.
 """
 
@@ -26,6 +30,7 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from configs import fashion_mnist
@@ -125,6 +130,38 @@ def measure(config, data, kind, iterations):
   return iterations * config.sample_size * config.max_epoch / (time.perf_counter() - started)
 
 
+def matmul_rate(n=2048, repeats=5):
+  """This machine's float32 matmul rate in FLOP/s, as XLA runs an (n, n) @ (n, n) product."""
+  a, b = (np.random.default_rng(i).standard_normal((n, n)).astype(np.float32) for i in (0, 1))
+  product = jax.jit(jnp.dot)
+  a, b = jax.device_put(a), jax.device_put(b)
+  product(a, b).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    started = time.perf_counter()
+    product(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - started)
+  return 2 * n**3 / best
+
+
+def step_flops_per_image(config, data):
+  """XLA's FLOP count of one training step at the config's batch, per image."""
+  bits, batch = config.code_lengths[0], config.batch_size
+  model, discriminator, optimizers, step_config, state = loop.build(
+    config, bits, (28, 28, 1), data.source.num_classes, len(data.split.database)
+  )
+  _, _, train_step = make_step_functions(model, discriminator, optimizers, step_config)
+  inputs = {
+    "images": jnp.zeros((batch, 28, 28, 1)),
+    "labels": jnp.zeros((batch, data.source.num_classes)),
+    "database_codes": jnp.zeros((batch, bits)),
+  }
+  compiled = jax.jit(train_step).lower(state, inputs, jax.random.key(0)).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return cost["flops"] / batch
+
+
 def input_pipeline(config, data):
   """Host-side gather of one iteration's batches, without training."""
   database = data.split.database
@@ -154,13 +191,20 @@ def main():
     f"after one warm-up, {jax.device_count()} {jax.devices()[0].platform} device(s)"
   )
   print(f"input pipeline alone (host gather): {input_pipeline(config, data):,.0f} images/s")
+  peak = matmul_rate()
+  print(f"float32 matmul rate (2048x2048, XLA): {peak / 1e9:,.1f} GFLOP/s")
   for variant in args.variants.split(","):
     config.variant = variant
+    flops = step_flops_per_image(config, data)
+    print(f"{variant}: {flops / 1e6:,.1f} MFLOP per image per step (XLA cost analysis)")
     rates = {kind: measure(config, data, kind, args.iterations) for kind in args.loops.split(",")}
     old = rates.get("old per-batch")
     for kind, rate in rates.items():
       ratio = f"  {rate / old:.2f}x the old loop" if old else ""
-      print(f"{variant:7s} {kind:14s} {rate:8,.0f} images/s{ratio}")
+      fraction = rate * flops / peak
+      print(
+        f"{variant:7s} {kind:14s} {rate:8,.0f} images/s  {fraction:6.1%} of the matmul rate{ratio}"
+      )
 
 
 if __name__ == "__main__":

@@ -51,13 +51,17 @@ def use_accurate_kernels():
 
 # ---------------------------------------------------------------- measuring it
 
-# The project's own float32 products at their own shapes (small CNN at batch 128 on
-# 28x28 images; its fc6 and the cycle part's dense layers; AlexNet's fc6 at batch 64):
-# name -> (batch, height, width, in channels, kernel, out channels) for convolutions,
-# (rows, inner, columns) for dots.
+# The project's own float32 products at their own shapes: the small CNN at batch 128 on
+# 28x28 images, AlexNet at batch 12 on 64x64 images (the trajectory fixtures' shapes),
+# the small CNN's fc6, the cycle part's dense layers and AlexNet's fc6.
+# Convolutions: name -> (batch, height, width, in channels, kernel, stride, padding,
+# out channels); dots: name -> (rows, inner, columns).
 CONVOLUTIONS = {
-  "small CNN conv1": (128, 28, 28, 1, 3, 32),
-  "small CNN conv2": (128, 14, 14, 32, 3, 64),
+  "small CNN conv1": (128, 28, 28, 1, 3, 1, 1, 32),
+  "small CNN conv2": (128, 14, 14, 32, 3, 1, 1, 64),
+  "AlexNet conv1": (12, 64, 64, 3, 11, 4, 2, 64),
+  "AlexNet conv2": (12, 7, 7, 64, 5, 1, 2, 192),
+  "AlexNet conv3": (12, 3, 3, 192, 3, 1, 1, 384),
 }
 DOTS = {
   "small CNN fc6": (128, 3136, 512),
@@ -75,9 +79,11 @@ def float32_errors(seed=0):
   the float64 result over the largest magnitude of that result.
 
   The BLAS column is numpy's float32 matmul (OpenBLAS, accumulating as torch's CPU
-  kernels do) of the same products: a convolution as its patches times its kernel,
-  the patches being exact copies of input values. A kernel that rounds as finely as
-  BLAS has a ratio near 1.
+  kernels do) of the same products. A convolution is its patches times its kernel
+  (the patches are exact copies of input values); its kernel gradient the patches'
+  transpose times the output gradient; its input gradient the output gradient times
+  the kernel's transpose, scattered back onto the image in float64. A kernel that
+  rounds as finely as BLAS has a ratio near 1.
   """
   # Imported here: this module runs when schn_jax is first imported, before the models.
   from schn_jax.models.conv import conv2d
@@ -89,30 +95,34 @@ def float32_errors(seed=0):
     a, b = normal(rows, inner), normal(inner, columns)
     exact = a.astype(np.float64) @ b.astype(np.float64)
     results[name] = (_relative(jax.jit(jnp.dot)(a, b), exact), _relative(a @ b, exact))
-  for name, (batch, height, width, channels, k, features) in CONVOLUTIONS.items():
-    x, w, dy = normal(batch, height, width, channels), normal(k, k, channels, features), None
-    padding = ((k // 2, k // 2), (k // 2, k // 2))
-    patches = np.asarray(
-      jax.lax.conv_general_dilated_patches(
-        x, (k, k), (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  for name, (batch, height, width, channels, k, stride, pad, features) in CONVOLUTIONS.items():
+    x, w = normal(batch, height, width, channels), normal(k, k, channels, features)
+    strides, padding = (stride, stride), ((pad, pad), (pad, pad))
+
+    def patches_of(image):
+      # A patch is ordered (channel, kh, kw).
+      return jax.lax.conv_general_dilated_patches(
+        image, (k, k), strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
       )
-    ).reshape(-1, channels * k * k)
-    # conv_general_dilated_patches orders a patch (channel, kh, kw).
+
+    patches, scatter = jax.vjp(patches_of, x.astype(np.float64))
+    out_shape = patches.shape[:3] + (features,)
+    patches = np.asarray(patches).reshape(-1, channels * k * k)
     w_matrix = np.transpose(w, (2, 0, 1, 3)).reshape(channels * k * k, features)
-    exact = (patches.astype(np.float64) @ w_matrix.astype(np.float64)).reshape(
-      batch, height, width, features
-    )
-    forward = jax.jit(lambda x, w: conv2d(x, w, (1, 1), padding))
-    results[name] = (
-      _relative(forward(x, w), exact),
-      _relative((patches @ w_matrix).reshape(exact.shape), exact),
-    )
-    dy = normal(batch, height, width, features)
-    _, vjp = jax.vjp(lambda w: conv2d(x, w, (1, 1), padding), w)
-    exact = patches.astype(np.float64).T @ dy.reshape(-1, features).astype(np.float64)
-    ours = np.transpose(np.asarray(jax.jit(vjp)(dy)[0]), (2, 0, 1, 3)).reshape(exact.shape)
-    results[f"{name} kernel gradient"] = (
-      _relative(ours, exact),
-      _relative(patches.T @ dy.reshape(-1, features), exact),
-    )
+    f64 = lambda a: a.astype(np.float64)
+    exact = (f64(patches) @ f64(w_matrix)).reshape(out_shape)
+    blas = (patches.astype(np.float32) @ w_matrix).reshape(out_shape)
+    ours, vjp = jax.vjp(lambda x, w: conv2d(x, w, strides, padding), x, w)
+    results[name] = (_relative(ours, exact), _relative(blas, exact))
+    dy = normal(*out_shape)
+    dx, dw = jax.jit(vjp)(dy)
+    dy_rows = dy.reshape(-1, features)
+    exact = f64(patches).T @ f64(dy_rows)
+    dw = np.transpose(np.asarray(dw), (2, 0, 1, 3)).reshape(exact.shape)
+    blas = patches.astype(np.float32).T @ dy_rows
+    results[f"{name} kernel gradient"] = (_relative(dw, exact), _relative(blas, exact))
+    col2im = lambda columns: np.asarray(scatter(columns.reshape(out_shape[:3] + (-1,)))[0])
+    exact = col2im(f64(dy_rows) @ f64(w_matrix).T)
+    blas = col2im(f64(dy_rows @ w_matrix.T))
+    results[f"{name} input gradient"] = (_relative(dx, exact), _relative(blas, exact))
   return results
