@@ -316,3 +316,23 @@ def pack(source, target):
           del arrays["images"]
       write_npz(target / f"{name}.npz", arrays)
   (target / "packed.json").write_text(json.dumps(packed, indent=1) + "\n")
+
+
+def write_trajectory(directory, manifest, meta, runs, readme=None):
+  """Writes a trajectory fixture folder in the capture layout: `runs` {"float32": arrays,
+  "float64": arrays}, each a self-contained `<dtype>.npz` (LZMA), manifest.json,
+  meta.json and, when given, README.md; returns it read back as a Fixture, so that a
+  folder the checks cannot read is never left looking finished."""
+  directory = pathlib.Path(directory)
+  lacking = [k for k in TRAJECTORY_META if k not in meta]
+  if lacking or set(runs) != {"float32", "float64"}:
+    raise ValueError(f"incomplete trajectory: meta lacks {lacking}, runs {sorted(runs)}")
+  directory.mkdir(parents=True, exist_ok=True)
+  for dtype, arrays in runs.items():
+    write_npz(directory / f"{dtype}.npz", arrays)
+  if readme is not None:
+    (directory / "README.md").write_text(readme)
+  (directory / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+  # Last: manifest.json is what marks a folder as a fixture (find_fixture_dirs).
+  (directory / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+  return Fixture(directory)

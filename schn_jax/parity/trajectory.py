@@ -4,6 +4,10 @@ replaced by the recorded ones, replays a whole reference run: in float64 against
 the reference's float64 run (codes identical, losses to 1e-6 relative, mAP to 1e-9)
 and in float32 against its float32 run, within SPREAD_FACTOR x the reference's own
 float32-vs-float64 spread.
+
+The backbone and the input channels come from meta.json (`build.py`); a fixture that
+records its input normalization (`image_mean`, `image_std`, captured by
+`parity/capture.py`) must have been normalized as our pipeline does.
 """
 
 import dataclasses
@@ -15,7 +19,8 @@ import numpy as np
 from schn_jax import data as data_lib
 from schn_jax import inference
 from schn_jax.evaluation import metrics as metrics_lib
-from schn_jax.parity.build import build_model, fixture_config, precision
+from schn_jax.parity.build import build_model, fixture_config, input_normalization, precision
+from schn_jax.parity.fixtures import FixtureFormatError
 from schn_jax.parity.tolerances import (
   SPREAD_FACTOR,
   TRAJECTORY_FLOAT32,
@@ -50,6 +55,23 @@ def trajectory_data(fixture, arrays, config):
   )
 
 
+def check_normalization(fixture, num_channels, stored_channels):
+  """Refuses a fixture whose recorded input normalization is not our pipeline's."""
+  if "image_mean" not in fixture.meta:
+    return  # captured before the key existed: ImageNet statistics on RGB (README)
+  ours = input_normalization(num_channels, stored_channels)
+  recorded = (fixture.meta["image_mean"], fixture.meta.get("image_std"))
+  if not all(
+    np.shape(r) == np.shape(o) and np.allclose(np.asarray(r, np.float64), o, rtol=0, atol=1e-9)
+    for r, o in zip(recorded, ours)
+  ):
+    raise FixtureFormatError(
+      f"{fixture.dir / 'meta.json'}: image_mean/image_std {list(recorded)} are not what "
+      f"schn_jax.data.normalize does for {stored_channels}-channel images and a "
+      f"{num_channels}-channel network ({list(ours)}): recapture the fixture"
+    )
+
+
 def replay(fixture, dtype):
   """Runs the project's outer loop (`loop.Iteration`, the program train.py runs) over
   the recorded samples and batch orders.
@@ -61,9 +83,11 @@ def replay(fixture, dtype):
   config = fixture_config(fixture, dtype)
   data = trajectory_data(fixture, arrays, config)
   bits, size = config.code_lengths[0], config.data.image_size
+  channels = config.data.num_channels
+  check_normalization(fixture, channels, data.source.images.shape[-1])
   model, params, disc_params = build_model(fixture, bits, data.source.num_classes, size)
   model, discriminator, optimizers, step_config, _ = loop.build(
-    config, bits, (size, size, 3), data.source.num_classes, len(data.split.database)
+    config, bits, (size, size, channels), data.source.num_classes, len(data.split.database)
   )
   mesh = parallel.make_mesh()
   state = parallel.replicate(
