@@ -584,7 +584,7 @@ def run_reference(root, config, data, dtype, weights="recipe", seed=None):
   channels, size = config.data.num_channels, config.data.image_size
   recorder = _Recorder(iterations)
   recipe = Recipe(seed) if weights == "recipe" else None
-  to_tensor = lambda x: torch.from_numpy(np.ascontiguousarray(x)).to(torch.get_default_dtype())
+  to_tensor = lambda x: torch.tensor(np.asarray(x), dtype=torch.get_default_dtype())
 
   with _default_dtype(torch, dtype):
     database = _Dataset(
