@@ -18,8 +18,8 @@ import sys
 
 SETTINGS = {
   "jaxlib default (YNNPACK on)": "+dot",
-  "all YNNPACK off (schn_jax's default)": "",
-  "YNNPACK dots off": "-dot,-individual_dot",
+  "all YNNPACK off (schn_jax without AVX-512)": "",
+  "YNNPACK dots off (schn_jax with AVX-512)": "-dot,-individual_dot",
   "YNNPACK convolutions off": "-individual_convolution",
 }
 

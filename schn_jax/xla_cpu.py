@@ -1,19 +1,24 @@
-"""XLA:CPU's kernel choice for float32: accurate dots and convolutions by default.
+"""XLA:CPU's kernel choice for float32: dots and convolutions as accurate as BLAS.
 
 This jaxlib routes float32 dots, convolutions and some fusions on CPUs to
-YNNPACK. On CPUs without AVX-512 its dot accumulates in a way that loses about
-three times more than Eigen, numpy or torch (1.4e-6 against 5e-7 of the largest
-value at 256x3136 @ 3136x512), enough to move a float32 training run away from
-torch's on the reference fixtures; its convolutions were also slower there
-(docs/performance.md, "float32 on CPUs", has the measurements and the CPUs).
-Importing schn_jax therefore turns the YNNPACK fusions off, through XLA_FLAGS,
-before JAX starts its CPU backend:
+YNNPACK. Measured against float64 (docs/performance.md, "float32 on CPUs";
+`float32_errors` below, `python -m benchmarks.cpu_numerics`):
+
+- on CPUs without AVX-512, YNNPACK's dots lose 2.6-4.5x more than BLAS (numpy,
+  torch) at this project's shapes, enough to move float32 training off torch's
+  within an iteration, and its convolutions were slower than Eigen's: there every
+  YNNPACK fusion is turned off;
+- on AVX-512 CPUs its dots lose 1.3-1.4x more than Eigen's and are turned off; its
+  convolutions round as finely as Eigen's and stay. (With Eigen's convolutions the
+  float32 trajectories left torch's an iteration or more sooner there.)
+
+Importing schn_jax sets this through XLA_FLAGS before JAX starts its CPU backend:
 
 - only for jaxlib releases known to accept the flag (an unknown XLA flag aborts
   the process at backend start);
 - never over the user's own choice: an XLA_FLAGS that already names the flag wins;
 - not after JAX's backends have started (the flag would no longer apply): then
-  it warns once and leaves things as they are.
+  it warns and leaves things as they are.
 """
 
 import os
@@ -25,14 +30,25 @@ import jaxlib.version
 import numpy as np
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
-# The value that enables no YNNPACK fusion type (the flag's list overwrites the default).
-ACCURATE = f"{YNN_FLAG}="
+# The flag's value per instruction set (module doc); a list with signs edits the default.
+WITHOUT_AVX512 = ""
+WITH_AVX512 = "-dot,-individual_dot"
 # jaxlib releases whose XLA:CPU has the flag (checked by tests/test_cpu_numerics.py).
 KNOWN_JAXLIB = ("0.10.2",)
 
 
+def has_avx512():
+  """Whether this CPU has AVX-512F, read from CPUID by numpy (so an emulated CPU counts)."""
+  features = getattr(np._core._multiarray_umath, "__cpu_features__", {})
+  return bool(features.get("AVX512F", False))
+
+
+def accurate_flag():
+  return f"{YNN_FLAG}={WITH_AVX512 if has_avx512() else WITHOUT_AVX512}"
+
+
 def use_accurate_kernels():
-  """Adds ACCURATE to XLA_FLAGS when allowed (module doc); returns what was decided."""
+  """Adds `accurate_flag()` to XLA_FLAGS when allowed (module doc); returns what was decided."""
   flags = os.environ.get("XLA_FLAGS", "")
   if YNN_FLAG in flags:
     return "user's XLA_FLAGS"
@@ -40,12 +56,13 @@ def use_accurate_kernels():
     return f"jaxlib {jaxlib.version.__version__} not known to accept {YNN_FLAG}"
   if jax._src.xla_bridge.backends_are_initialized():  # no public API says this
     warnings.warn(
-      f"JAX's backends started before schn_jax was imported, so {ACCURATE} (accurate "
-      "float32 kernels on CPUs) does not apply; import schn_jax first or set XLA_FLAGS",
+      f"JAX's backends started before schn_jax was imported, so {accurate_flag()} "
+      "(accurate float32 kernels on CPUs) does not apply; import schn_jax first or set "
+      "XLA_FLAGS",
       stacklevel=3,
     )
     return "backends already started"
-  os.environ["XLA_FLAGS"] = f"{flags} {ACCURATE}".strip()
+  os.environ["XLA_FLAGS"] = f"{flags} {accurate_flag()}".strip()
   return "set"
 
 
@@ -81,8 +98,8 @@ def float32_errors(seed=0):
   The BLAS column is numpy's float32 matmul (OpenBLAS, accumulating as torch's CPU
   kernels do) of the same products. A convolution is its patches times its kernel
   (the patches are exact copies of input values); its kernel gradient the patches'
-  transpose times the output gradient; its input gradient the output gradient times
-  the kernel's transpose, scattered back onto the image in float64. A kernel that
+  transpose times the output gradient; its input gradient the patches of the
+  dilated, padded output gradient times the flipped, transposed kernel. A kernel that
   rounds as finely as BLAS has a ratio near 1.
   """
   # Imported here: this module runs when schn_jax is first imported, before the models.
@@ -105,7 +122,7 @@ def float32_errors(seed=0):
         image, (k, k), strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
       )
 
-    patches, scatter = jax.vjp(patches_of, x.astype(np.float64))
+    patches = patches_of(x)
     out_shape = patches.shape[:3] + (features,)
     patches = np.asarray(patches).reshape(-1, channels * k * k)
     w_matrix = np.transpose(w, (2, 0, 1, 3)).reshape(channels * k * k, features)
@@ -121,8 +138,23 @@ def float32_errors(seed=0):
     dw = np.transpose(np.asarray(dw), (2, 0, 1, 3)).reshape(exact.shape)
     blas = patches.astype(np.float32).T @ dy_rows
     results[f"{name} kernel gradient"] = (_relative(dw, exact), _relative(blas, exact))
-    col2im = lambda columns: np.asarray(scatter(columns.reshape(out_shape[:3] + (-1,)))[0])
-    exact = col2im(f64(dy_rows) @ f64(w_matrix).T)
-    blas = col2im(f64(dy_rows @ w_matrix.T))
+    # The input gradient is a stride-1 convolution of the output gradient, dilated by
+    # the stride and padded back to the image, with the flipped, transposed kernel:
+    # as patches times a matrix it sums as many terms as the convolution does.
+    low = k - 1 - pad
+    high = height - 1 - (out_shape[1] - 1) * stride + pad
+    dy_patches = np.asarray(
+      jax.lax.conv_general_dilated_patches(
+        dy,
+        (k, k),
+        (1, 1),
+        ((low, high), (low, high)),
+        lhs_dilation=strides,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      )
+    ).reshape(-1, features * k * k)
+    flipped = np.transpose(w[::-1, ::-1], (3, 0, 1, 2)).reshape(features * k * k, channels)
+    exact = (f64(dy_patches) @ f64(flipped)).reshape(x.shape)
+    blas = (dy_patches @ flipped).reshape(x.shape)
     results[f"{name} input gradient"] = (_relative(dx, exact), _relative(blas, exact))
   return results

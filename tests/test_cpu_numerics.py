@@ -45,7 +45,7 @@ def test_import_turns_ynnpack_off_for_known_jaxlib():
   if jaxlib.version.__version__ not in xla_cpu.KNOWN_JAXLIB:
     assert xla_cpu.YNN_FLAG not in flags
   else:
-    assert flags == f"--xla_force_host_platform_device_count=2 {xla_cpu.ACCURATE}"
+    assert flags == f"--xla_force_host_platform_device_count=2 {xla_cpu.accurate_flag()}"
 
 
 def test_users_own_setting_wins():

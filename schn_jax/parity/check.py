@@ -32,7 +32,7 @@ def report(directory, results, out=None):
   out = out or sys.stdout
   print(f"== {directory}", file=out)
   for c in results:
-    status = "ok" if c.ok else "MISMATCH"
+    status = "MISMATCH" if not c.ok else ("info" if c.informational else "ok")
     measure = (
       f"{int(c.error)} differing"
       if c.exact
@@ -43,7 +43,7 @@ def report(directory, results, out=None):
     ratios = [
       (c.error / c.tolerance, c.quantity)
       for c in results
-      if c.quantity.startswith(dtype) and not c.exact and c.tolerance > 0
+      if c.quantity.startswith(dtype) and not c.exact and not c.informational and c.tolerance > 0
     ]
     if ratios:
       worst, quantity = max(ratios)

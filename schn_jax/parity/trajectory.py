@@ -29,6 +29,7 @@ from schn_jax.parity.tolerances import (
   compare_exact,
   fraction_differing,
   relative_error,
+  well_conditioned_iterations,
 )
 from schn_jax.training import loop, parallel
 from schn_jax.training.state import create_state
@@ -132,9 +133,11 @@ def check_trajectory(fixture, dtype):
   arrays = fixture.npz(dtype)
   spread = fixture.meta["float32_vs_float64"]
   eval_iterations = [int(i) for i in arrays["eval_iterations"]]
+  window = well_conditioned_iterations(spread, TRAJECTORY_LOSSES[fixture.variant])
   results, evaluated = [], []
   for t, state, step_losses, evaluation in replay(fixture, dtype):
     codes = parallel.to_host(state.database_codes)
+    chaotic = dtype == "float32" and t >= window
     if dtype == "float64":
       results.append(compare_exact(f"iteration {t}/B_after", codes, arrays["B_after"][t]))
     else:
@@ -147,6 +150,7 @@ def check_trajectory(fixture, dtype):
           fraction_differing(codes, arrays["B_after"][t]),
           limit,
           measure="fraction differing",
+          informational=chaotic,
         )
       )
     for name in TRAJECTORY_LOSSES[fixture.variant]:
@@ -156,7 +160,9 @@ def check_trajectory(fixture, dtype):
         if dtype == "float64"
         else SPREAD_FACTOR * spread[f"{name}_max_relative"][t] + TRAJECTORY_FLOAT32["loss"]
       )
-      results.append(Comparison(f"iteration {t}/{name}", error, limit, measure="max rel"))
+      results.append(
+        Comparison(f"iteration {t}/{name}", error, limit, measure="max rel", informational=chaotic)
+      )
     if evaluation is None:
       continue
     evaluated.append(t + 1)
@@ -188,6 +194,7 @@ def check_trajectory(fixture, dtype):
           fraction_differing(query_codes, arrays["eval_query_codes"][v]),
           limit,
           measure="fraction differing",
+          informational=chaotic,
         )
       )
   recorded = [i for i in eval_iterations if i <= len(arrays["samples"])]
