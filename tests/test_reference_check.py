@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from schn_jax.parity import build, check, fixtures, step
+from schn_jax.parity import build, check, fixtures, step, tolerances
 from schn_jax.parity.fixtures import find_fixture_dirs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -87,6 +87,12 @@ def test_trajectory_matches_reference(trajectory_dir):
       f"{dtype} eval {int(i)}/query_codes" for i in evaluations if i <= iterations
     } <= quantities
   assert any(q.startswith("float64 eval") and "map" in q for q in quantities)
+  # float32 is asserted over the reference's well-conditioned iterations (at least the
+  # first: none of the fixtures' own float32 runs leaves its float64 run in iteration 0);
+  # beyond them it is reported only. Why that holds on any CPU: docs/performance.md,
+  # "float32 on CPUs", and tolerances.well_conditioned_iterations.
+  asserted = [c for c in results if c.quantity.startswith("float32") and not c.informational]
+  assert any(c.quantity == "float32 iteration 0/loss_cycle" for c in asserted)
   failed = [(c.quantity, c.error, c.tolerance) for c in results if not c.ok]
   assert not failed
 
@@ -245,3 +251,15 @@ def test_rebuilt_images_are_verified(tmp_path):
 def test_repository_fixtures_fit_their_budget():
   size = sum(f.stat().st_size for f in fixtures.REPOSITORY_FIXTURES.rglob("*") if f.is_file())
   assert size <= 15e6, f"fixtures/ holds {size / 1e6:.1f} MB"
+
+
+def test_float32_window_ends_where_the_reference_leaves_float64():
+  spread = {
+    "B_after_fraction_differing": [0.0, 0.0, 0.0, 0.01, 0.0],
+    "loss_cycle_max_relative": [1e-7, 2e-7, 3e-5, 4e-4, 1e-7],
+  }
+  assert tolerances.well_conditioned_iterations(spread, ("loss_cycle",)) == 3
+  spread["loss_cycle_max_relative"][1] = 2e-4
+  assert tolerances.well_conditioned_iterations(spread, ("loss_cycle",)) == 1
+  assert tolerances.Comparison("q", 1.0, 0.1, informational=True).ok
+  assert not tolerances.Comparison("q", 1.0, 0.1).ok
