@@ -1,4 +1,4 @@
-"""Hyper-parameters shared by every dataset: the reference's (SPEC section 5).
+"""Hyper-parameters shared by every dataset: the reference's (docs/method.md).
 
 Not a runnable config by itself; configs/<dataset>.py build on `base_config`.
 """

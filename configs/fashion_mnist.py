@@ -2,7 +2,7 @@
 
     python train.py --config=configs/fashion_mnist.py --workdir=runs/fashion_mnist
 
-Protocol (SPEC section 5): 1,000 queries (100 per class), database = the other
+Protocol (docs/data.md, "Protocols"): 1,000 queries (100 per class), database = the other
 69,000 images, training points sampled from the database; mAP@all, learned
 (asymmetric) database codes, stable ties.
 

@@ -18,7 +18,7 @@ from schn_jax.training import dcc, losses
 BITS = [12, 32, 48]
 CLASSES = [10, 21, 80]
 
-# ---- parameter counts, written out from SPEC section 1 --------------------------------------
+# ---- parameter counts, written out from the layer shapes in docs/method.md, "Spaces" --------------------------------------
 
 
 def linear(n_in, n_out):
@@ -544,7 +544,7 @@ GAMMA = DCC_HYPER["gamma"]
 
 
 def numpy_dcc(codes, u, u_label, u_latent, similarity, alpha=2.0, beta=0.1, gamma=10.0):
-  """SPEC 3.5 written literally, in float64; also returns the pre-sign values."""
+  """DCC (docs/method.md) written literally, in float64; also returns the pre-sign values."""
   codes = codes.astype(np.float64).copy()
   bits = codes.shape[1]
   q = bits * similarity.T @ u + gamma * u

@@ -1,4 +1,4 @@
-"""The outer loop's behaviour as the reference runs it (issue 10), and torch's defaults
+"""The outer loop's behaviour as the reference runs it, and torch's defaults
 for everything trained from scratch. Whole-run parity is test_reference_check's
 trajectory test; these isolate each behaviour."""
 

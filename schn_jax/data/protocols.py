@@ -1,4 +1,4 @@
-"""Retrieval protocols: seeded query / train / database splits (SPEC section 5).
+"""Retrieval protocols: seeded query / train / database splits (docs/data.md, "Protocols").
 
 Three kinds of protocol:
   'per_class': `query_per_class` queries drawn for each label in turn, from

@@ -1,7 +1,7 @@
 """SCHN: visual and semantic spaces joined by a semantically cycle-consistent latent space.
 
 The two published variants differ only in what guides each reconstruction
-(SPEC section 1); `CYCLE_WIRING` is that difference, and `CycleNet` reads it.
+(docs/method.md, "Spaces"); `CYCLE_WIRING` is that difference, and `CycleNet` reads it.
 """
 
 import flax.linen as nn

@@ -1,4 +1,4 @@
-"""Discrete cyclic coordinate descent update of the sampled database codes (SPEC 3.5)."""
+"""Discrete cyclic coordinate descent update of the sampled database codes (docs/method.md, "The asymmetric loop")."""
 
 import jax
 import jax.numpy as jnp

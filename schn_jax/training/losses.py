@@ -1,4 +1,4 @@
-"""SCHN objectives (SPEC section 2), as pure jittable functions."""
+"""SCHN objectives (docs/method.md, "Losses"), as pure jittable functions."""
 
 import jax
 import jax.numpy as jnp
