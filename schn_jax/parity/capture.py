@@ -14,7 +14,8 @@ iterations of config.code_lengths' one code length, once in float32 and once in
 float64, with the config's hyper-parameters (learning_rate, alpha, beta, gamma,
 sample_size, batch_size, max_epoch, max_iter, eval_iter, optimizer_semantics). It
 writes a trajectory fixture (fixtures/trajectory/README.md) in the capture layout:
-both runs, the recipe's manifest.json, meta.json and a README.md.
+both runs, the recipe's manifest.json, meta.json and a README.md. torch runs with
+--torch_threads intra-op threads, 1 by default (`capture` says why).
 
 What is swapped around the reference's code, by replacing globals of the reference
 modules this command imports afresh for each run (`SWAPS`, listed again in the
@@ -491,11 +492,14 @@ class _Recorder:
     self.codes = []  # B_all after each DCC update
     self.evaluations = []
     self.excluded_seconds = 0.0  # evaluation and recording, not training
+    self.iteration_seconds = []  # sample to DCC update, recording excluded
+    self._iteration_start = (0.0, 0.0)
 
   def start_iteration(self):
     self.iteration += 1
     if self.iteration == self.iterations:
       raise _Stop
+    self._iteration_start = (time.perf_counter(), self.excluded_seconds)
     return self.iteration
 
   def loss(self, name, value):
@@ -504,6 +508,8 @@ class _Recorder:
   def debug(self, message, *args, **kwargs):
     # train() logs each iteration right after its DCC update: keep B_all.
     started = time.perf_counter()
+    began, excluded = self._iteration_start
+    self.iteration_seconds.append(started - began - (self.excluded_seconds - excluded))
     caller = sys._getframe(1).f_locals
     if caller.get("it") != self.iteration or len(self.codes) != self.iteration:
       raise RuntimeError(f"unexpected log call in the reference's loop: {message}")
@@ -575,8 +581,9 @@ def run_reference(root, config, data, dtype, weights="recipe", seed=None):
   "torch" (the networks' own torch initialization after torch.manual_seed(seed)).
 
   Returns {"arrays": the run's fixture arrays, "recipe": Recipe or None,
-  "train_seconds": training time (evaluation and recording excluded), "images": the
-  number of images trained on}.
+  "train_seconds": training time (evaluation and recording excluded),
+  "iteration_seconds": the same per outer iteration, "images": the number of images
+  trained on}.
   """
   torch = import_torch()
   main, package, networks = import_reference(root, config.variant)
@@ -721,6 +728,7 @@ def run_reference(root, config, data, dtype, weights="recipe", seed=None):
     "arrays": arrays,
     "recipe": recipe,
     "train_seconds": seconds,
+    "iteration_seconds": recorder.iteration_seconds,
     "images": int(data.epoch_orders.size),
   }
 
@@ -879,19 +887,40 @@ def fixture_readme(meta):
   return "\n".join(lines) + "\n"
 
 
-def capture(root, config, iterations, out, seed, dtypes=DTYPES):
-  """Runs the reference in both precisions and writes the fixture folder `out`."""
+@contextlib.contextmanager
+def torch_threads(torch, threads):
+  """torch's intra-op threads set to `threads` (None: left alone), then restored."""
+  before = torch.get_num_threads()
+  if threads:
+    torch.set_num_threads(threads)
+  try:
+    yield torch.get_num_threads()
+  finally:
+    torch.set_num_threads(before)
+
+
+def capture(root, config, iterations, out, seed, threads=1):
+  """Runs the reference in both precisions and writes the fixture folder `out`.
+
+  threads: torch's intra-op threads. One by default: beside JAX's thread pool in this
+  process, two of torch's spinning OpenMP threads ran its loop 5 to 25 times slower on
+  a busy 2-core machine. The float32 run's rounding depends on it (fixtures/reference
+  README: thread-count noise); the float64 run's codes do not.
+  """
+  torch = import_torch()
   commit, digests = expected_reference()
   data = load_capture_data(config, iterations)
   runs, manifests = {}, []
-  for dtype in dtypes:
-    run = run_reference(root, config, data, dtype, weights="recipe", seed=seed)
-    runs[dtype] = {**data.common_arrays(), **run["arrays"]}
-    manifests.append(run["recipe"].manifest(config.variant))
+  with torch_threads(torch, threads) as used:
+    for dtype in DTYPES:
+      run = run_reference(root, config, data, dtype, weights="recipe", seed=seed)
+      runs[dtype] = {**data.common_arrays(), **run["arrays"]}
+      manifests.append(run["recipe"].manifest(config.variant))
   if any(m != manifests[0] for m in manifests):
     raise RuntimeError("the recipe's weights differ between the runs")
   spread = float32_vs_float64(runs["float32"], runs["float64"], config.variant)
   meta = fixture_meta(config, data, seed, iterations, commit, digests, spread)
+  meta["torch_threads"] = used
   return fixtures.write_trajectory(out, manifests[0], meta, runs, fixture_readme(meta))
 
 
@@ -929,6 +958,9 @@ def define_flags():
       "dtypes", list(DTYPES), "The runs to make; a trajectory fixture holds both."
     ),
     seed=flags.DEFINE_integer("seed", None, "The weight recipe's seed (default: config.seed)."),
+    torch_threads=flags.DEFINE_integer(
+      "torch_threads", 1, "torch's intra-op threads (0: torch's default); see `capture`."
+    ),
   )
   flags.mark_flags_as_required(["config", "reference", "out"])
   return defined
@@ -959,7 +991,7 @@ def main(argv, defined):
   iterations = config.max_iter if iterations is None else iterations
   capturable(config, iterations)
   seed = config.seed if defined.seed.value is None else defined.seed.value
-  fixture = capture(root, config, iterations, out, seed)
+  fixture = capture(root, config, iterations, out, seed, defined.torch_threads.value)
   print(summary(fixture))
   return 0
 
