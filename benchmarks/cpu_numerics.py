@@ -17,9 +17,9 @@ import subprocess
 import sys
 
 SETTINGS = {
-  "jaxlib default (YNNPACK on)": "+dot",
+  "jaxlib default, YNNPACK on (schn_jax with AVX-512)": "+dot",
   "all YNNPACK off (schn_jax without AVX-512)": "",
-  "YNNPACK dots off (schn_jax with AVX-512)": "-dot,-individual_dot",
+  "YNNPACK dots off": "-dot,-individual_dot",
   "YNNPACK convolutions off": "-individual_convolution",
 }
 

@@ -1,16 +1,17 @@
-"""XLA:CPU's kernel choice for float32: dots and convolutions as accurate as BLAS.
+"""XLA:CPU's kernel choice for float32 on CPUs without AVX-512.
 
 This jaxlib routes float32 dots, convolutions and some fusions on CPUs to
-YNNPACK. Measured against float64 (docs/performance.md, "float32 on CPUs";
-`float32_errors` below, `python -m benchmarks.cpu_numerics`):
+YNNPACK. Measured against float64 and against torch's float32 runs
+(docs/performance.md, "float32 on CPUs"; `float32_errors` below,
+`python -m benchmarks.cpu_numerics`):
 
 - on CPUs without AVX-512, YNNPACK's dots lose 2.6-4.5x more than BLAS (numpy,
   torch) at this project's shapes, enough to move float32 training off torch's
-  within an iteration, and its convolutions were slower than Eigen's: there every
-  YNNPACK fusion is turned off;
-- on AVX-512 CPUs its dots lose 1.3-1.4x more than Eigen's and are turned off; its
-  convolutions round as finely as Eigen's and stay. (With Eigen's convolutions the
-  float32 trajectories left torch's an iteration or more sooner there.)
+  within an iteration, and its convolutions ran AlexNet's step slower than
+  Eigen's: there every YNNPACK fusion is turned off;
+- on AVX-512 CPUs its dots lose at most 1.4x what BLAS does, and with YNNPACK on
+  our float32 trajectories track torch's best (turning its convolutions off made
+  them leave torch's run in the first iterations): there jaxlib's default stays.
 
 Importing schn_jax sets this through XLA_FLAGS before JAX starts its CPU backend:
 
@@ -30,9 +31,8 @@ import jaxlib.version
 import numpy as np
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
-# The flag's value per instruction set (module doc); a list with signs edits the default.
-WITHOUT_AVX512 = ""
-WITH_AVX512 = "-dot,-individual_dot"
+# Every YNNPACK fusion off: the flag's value is the list of types to enable.
+WITHOUT_AVX512 = f"{YNN_FLAG}="
 # jaxlib releases whose XLA:CPU has the flag (checked by tests/test_cpu_numerics.py).
 KNOWN_JAXLIB = ("0.10.2",)
 
@@ -44,25 +44,28 @@ def has_avx512():
 
 
 def accurate_flag():
-  return f"{YNN_FLAG}={WITH_AVX512 if has_avx512() else WITHOUT_AVX512}"
+  """The XLA flag this CPU needs for accurate float32, or None for jaxlib's default."""
+  return None if has_avx512() else WITHOUT_AVX512
 
 
 def use_accurate_kernels():
-  """Adds `accurate_flag()` to XLA_FLAGS when allowed (module doc); returns what was decided."""
-  flags = os.environ.get("XLA_FLAGS", "")
+  """Adds `accurate_flag()` to XLA_FLAGS when needed and allowed (module doc); returns
+  what was decided."""
+  flags, flag = os.environ.get("XLA_FLAGS", ""), accurate_flag()
   if YNN_FLAG in flags:
     return "user's XLA_FLAGS"
+  if flag is None:
+    return "AVX-512: jaxlib's default"
   if jaxlib.version.__version__ not in KNOWN_JAXLIB:
     return f"jaxlib {jaxlib.version.__version__} not known to accept {YNN_FLAG}"
   if jax._src.xla_bridge.backends_are_initialized():  # no public API says this
     warnings.warn(
-      f"JAX's backends started before schn_jax was imported, so {accurate_flag()} "
-      "(accurate float32 kernels on CPUs) does not apply; import schn_jax first or set "
-      "XLA_FLAGS",
+      f"JAX's backends started before schn_jax was imported, so {flag} (accurate "
+      "float32 kernels on this CPU) does not apply; import schn_jax first or set XLA_FLAGS",
       stacklevel=3,
     )
     return "backends already started"
-  os.environ["XLA_FLAGS"] = f"{flags} {accurate_flag()}".strip()
+  os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
   return "set"
 
 

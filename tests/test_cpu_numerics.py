@@ -40,12 +40,21 @@ def _flags_after_import(xla_flags):
   ).stdout.strip()
 
 
-def test_import_turns_ynnpack_off_for_known_jaxlib():
-  flags = _flags_after_import("--xla_force_host_platform_device_count=2")
-  if jaxlib.version.__version__ not in xla_cpu.KNOWN_JAXLIB:
-    assert xla_cpu.YNN_FLAG not in flags
+def test_import_sets_the_flag_this_cpu_needs():
+  base = "--xla_force_host_platform_device_count=2"
+  flags = _flags_after_import(base)
+  needed = xla_cpu.accurate_flag()
+  if needed is None or jaxlib.version.__version__ not in xla_cpu.KNOWN_JAXLIB:
+    assert flags == base
   else:
-    assert flags == f"--xla_force_host_platform_device_count=2 {xla_cpu.accurate_flag()}"
+    assert flags == f"{base} {needed}"
+
+
+def test_cpus_without_avx512_get_every_ynnpack_fusion_off(monkeypatch):
+  monkeypatch.setattr(xla_cpu, "has_avx512", lambda: False)
+  assert xla_cpu.accurate_flag() == "--xla_cpu_experimental_ynn_fusion_type="
+  monkeypatch.setattr(xla_cpu, "has_avx512", lambda: True)
+  assert xla_cpu.accurate_flag() is None
 
 
 def test_users_own_setting_wins():
