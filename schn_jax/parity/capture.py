@@ -113,7 +113,7 @@ SWAPS = {
   "dropout": "every nn.Dropout's p and the GCN's dropout rate set to 0",
   "augmentation": "none",
   "zero_grad": "main_*.optim.Adam is a subclass whose zero_grad() fills zeros (torch 1.8.1)",
-  "float64": "float64 run: torch.set_default_dtype(torch.float64), networks .double(), "
+  "float64": "in the float64 run only: torch.set_default_dtype(torch.float64), networks .double(), "
   "Tensor.float() converts to the default dtype and main_*.torch.float is the default "
   "dtype (for the .float() similarity casts and dtype=torch.float BCE targets)",
   "logging": "logger (loguru) and tqdm replaced by a recorder and a pass-through; "
@@ -880,7 +880,7 @@ def fixture_readme(meta):
     "",
     *[f"- **{name}**: {text}" for name, text in meta["swapped"].items()],
     "",
-    f"Recorded, changing nothing: {meta['recorded']}.",
+    f"Recorded: {meta['recorded']}.",
     "",
     "Check it with `python -m schn_jax.parity.check <this folder>`.",
   ]
