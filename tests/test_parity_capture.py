@@ -16,7 +16,7 @@ import pytest
 
 from configs import tiny
 from schn_jax import errors
-from schn_jax.parity import build, capture, check, fixtures
+from schn_jax.parity import build, capture, fixtures, trajectory
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,8 @@ def test_captured_tiny_run_replays_in_float64(reference, variant, tmp_path):
   assert fixture.meta["backbone"] == "small_cnn" and fixture.meta["num_channels"] == 1
   assert fixture.npz("float64")["database_images"].shape == (300, 28, 28, 1)
   assert fixtures.find_fixture_dirs(tmp_path / variant) == [tmp_path / variant]
-  results = [c for c in check.check_fixture(fixture.dir) if c.quantity.startswith("float64")]
+  with build.precision("float64"):
+    results = trajectory.check_trajectory(fixture, "float64")
   quantities = {c.quantity for c in results}
   losses = ("loss_cycle",) if variant == "mmasia" else ("loss_cycle", "lossD_real", "lossG")
   for t in range(2):
