@@ -72,6 +72,13 @@ def test_a_changed_reference_file_is_named(tmp_path):
     capture.expected_reference = original
 
 
+def test_missing_torch_is_one_line(monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)  # what `import torch` sees uninstalled
+  with pytest.raises(errors.MissingDependencyError, match="requirements-dev.txt") as raised:
+    capture.import_torch()
+  assert "\n" not in str(raised.value)
+
+
 @pytest.mark.parametrize(
   "key, value, named",
   [
