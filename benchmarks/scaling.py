@@ -34,8 +34,8 @@ def measure(variant, backbone, image_size, batch_size, bits, classes, steps, pro
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
+  from schn_jax import sharding  # pylint: disable=g-import-not-at-top
   from schn_jax.models import SCHN, Discriminator  # pylint: disable=g-import-not-at-top
-  from schn_jax.training import parallel  # pylint: disable=g-import-not-at-top
   from schn_jax.training.state import (  # pylint: disable=g-import-not-at-top
     create_state,
     make_optimizers,
@@ -62,15 +62,15 @@ def measure(variant, backbone, image_size, batch_size, bits, classes, steps, pro
   config.variant = variant
   optimizers = make_optimizers(config.weight_decay, config.optimizer_semantics, params["cycle"])
   _, _, train_step = make_step_functions(
-    model, discriminator, optimizers, StepConfig.from_config(config), axis_name=parallel.DATA_AXIS
+    model, discriminator, optimizers, StepConfig.from_config(config), axis_name=sharding.DATA_AXIS
   )
 
   def per_device(state, images, labels, rows, rng):
     batch = {"images": images, "labels": labels, "database_codes": state.database_codes[rows]}
     return train_step(state, batch, rng)
 
-  mesh = parallel.make_mesh()
-  step = parallel.map_step(per_device, mesh, num_rows=3)
+  mesh = sharding.make_mesh()
+  step = sharding.map_step(per_device, mesh, num_rows=3)
   data = np.random.default_rng(0)
   batch = (
     data.normal(size=(batch_size,) + shape).astype(np.float32),
@@ -81,11 +81,11 @@ def measure(variant, backbone, image_size, batch_size, bits, classes, steps, pro
     jax.process_index() * batch_size // jax.process_count(),
     (jax.process_index() + 1) * batch_size // jax.process_count(),
   )
-  rows = parallel.shard_rows(mesh, *(x[mine] for x in batch))
-  state = parallel.replicate(
+  rows = sharding.shard_rows(mesh, *(x[mine] for x in batch))
+  state = sharding.replicate(
     create_state(params, disc_params, optimizers, batch_size, bits, key), mesh
   )
-  rng = parallel.replicate(key, mesh)
+  rng = sharding.replicate(key, mesh)
   memory = step.lower(state, *rows, rng).compile().memory_analysis()
   state = jax.block_until_ready(step(state, *rows, rng))[0]
   times = []

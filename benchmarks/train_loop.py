@@ -35,7 +35,8 @@ import numpy as np
 
 from configs import fashion_mnist
 from schn_jax import data as data_lib
-from schn_jax.training import loop, parallel
+from schn_jax import sharding
+from schn_jax.training import loop
 from schn_jax.training.losses import positive_ratio
 from schn_jax.training.step import make_step_functions
 
@@ -63,15 +64,15 @@ def per_batch_iteration(config, data, state, step, mesh, dcc):
         jax.random.fold_in(key, steps),
       )
       for name, value in metrics.items():
-        if not np.isfinite(parallel.to_host(value)):
+        if not np.isfinite(sharding.to_host(value)):
           raise FloatingPointError(name)
       for name, value in batch_codes.items():
-        codes[name][positions] = parallel.to_host(value)
+        codes[name][positions] = sharding.to_host(value)
       steps += 1
   r = np.float32(positive_ratio(labels[sample], labels))
   database_codes = dcc(
     state.database_codes,
-    *parallel.replicate(
+    *sharding.replicate(
       (
         sample.astype(np.int32),
         labels,
@@ -88,7 +89,7 @@ def per_batch_iteration(config, data, state, step, mesh, dcc):
 def make_per_batch_step(config, data, pieces, mesh):
   model, discriminator, optimizers, step_config = pieces
   _, _, train_step = make_step_functions(
-    model, discriminator, optimizers, step_config, axis_name=parallel.DATA_AXIS
+    model, discriminator, optimizers, step_config, axis_name=sharding.DATA_AXIS
   )
 
   def per_device(state, images, labels, rows, rng):
@@ -99,9 +100,9 @@ def make_per_batch_step(config, data, pieces, mesh):
     }
     return train_step(state, batch, rng)
 
-  mapped = parallel.map_step(per_device, mesh, num_rows=3, kind=config.parallel)
+  mapped = sharding.map_step(per_device, mesh, num_rows=3, kind=config.parallel)
   return lambda state, images, labels, rows, rng: mapped(
-    state, *parallel.shard_rows(mesh, images, labels, rows), parallel.replicate(rng, mesh)
+    state, *sharding.shard_rows(mesh, images, labels, rows), sharding.replicate(rng, mesh)
   )
 
 
@@ -111,8 +112,8 @@ def measure(config, data, kind, iterations):
   model, discriminator, optimizers, step_config, state = loop.build(
     config, bits, (28, 28, 1), data.source.num_classes, len(data.split.database)
   )
-  mesh = parallel.make_mesh()
-  state = parallel.replicate(state, mesh)
+  mesh = sharding.make_mesh()
+  state = sharding.replicate(state, mesh)
   if kind != "old per-batch":
     config.loop_programs = kind
     program = loop.Iteration(config, data, model, discriminator, optimizers, step_config, mesh)

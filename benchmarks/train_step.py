@@ -50,10 +50,11 @@ from torch import nn
 from benchmarks import input_pipeline
 from benchmarks.train_loop import make_per_batch_step
 from configs import default
+from schn_jax import sharding
 from schn_jax.data import image_list, pipeline, sources
 from schn_jax.models import visual
 from schn_jax.models.layers import RowDropout
-from schn_jax.training import loop, parallel
+from schn_jax.training import loop
 
 BITS, BATCH, SIZE, NUM_CLASSES = 32, 64, 224, 10
 DATABASE_SIZE = 59_000  # CIFAR-10's database; only the codes' gather depends on it
@@ -98,8 +99,8 @@ def time_schn_step(variant, steps, jpegs, data_config):
   model, discriminator, optimizers, step_config, state = loop.build(
     config, BITS, (SIZE, SIZE, 3), NUM_CLASSES, DATABASE_SIZE
   )
-  mesh = parallel.make_mesh()
-  state = parallel.replicate(state, mesh)
+  mesh = sharding.make_mesh()
+  state = sharding.replicate(state, mesh)
   # The per-batch step only needs the dataset's normalisation, not a whole dataset.
   data = types.SimpleNamespace(normalize=pipeline.normalize)
   batch_step = make_per_batch_step(
@@ -374,7 +375,7 @@ def time_in_turns(names, batch, reps, with_torch=True, check=False):
   nearly the same load."""
   params, images, labels, key = alexnet_inputs(batch)
   if jax.device_count() > 1:  # --xla_force_host_platform_device_count: split the images
-    images = parallel.shard_rows(parallel.make_mesh(), images)[0]
+    images = sharding.shard_rows(sharding.make_mesh(), images)[0]
   programs = alexnet_programs(names, batch)
   result = {"torch": []}
   if check:

@@ -30,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from schn_jax import errors
+from schn_jax import errors, sharding
 from schn_jax.data import pipeline
 from schn_jax.evaluation import codes as codes_lib
 from schn_jax.evaluation import metrics as metrics_lib
@@ -38,7 +38,6 @@ from schn_jax.evaluation import plots
 from schn_jax.interop import weights
 from schn_jax.models import SCHN
 from schn_jax.models.visual import input_channels
-from schn_jax.training import parallel
 
 EXPORT_FORMAT = 'schn_jax.TrainedModel/1'
 
@@ -61,18 +60,18 @@ def encode_split(model, params, data, indices, batch_size, batch_stats=None):
   Batches are split over every device of every host (each host loads its own
   rows); the codes are gathered so that every host returns all of them.
   """
-  mesh = parallel.make_mesh()
+  mesh = sharding.make_mesh()
   # Batches are padded, so rounding up to a multiple of the devices only adds padding.
   batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
-  variables = parallel.replicate({'params': params, 'batch_stats': batch_stats or {}}, mesh)
+  variables = sharding.replicate({'params': params, 'batch_stats': batch_stats or {}}, mesh)
   out = []
   for start, batch in zip(
     range(0, len(indices), batch_size), data.batches(indices, batch_size, train=False)
   ):
     n = min(batch_size, len(indices) - start)
-    (images,) = parallel.shard_rows(mesh, batch['image'])
+    (images,) = sharding.shard_rows(mesh, batch['image'])
     hashes = _hash_batch(model, data.config.num_channels, variables, images)
-    out.append(np.sign(parallel.to_host(hashes)[:n]).astype(np.float32))
+    out.append(np.sign(sharding.to_host(hashes)[:n]).astype(np.float32))
   return np.concatenate(out)
 
 
@@ -84,7 +83,7 @@ def evaluate(config, model, state, data, output_dir=None):
   batch = config.eval.batch_size
   query_codes = encode_split(model, state.params, data, split.query, batch, state.batch_stats)
   if config.eval.database_codes == 'learned':
-    database_codes = parallel.to_host(state.database_codes)
+    database_codes = sharding.to_host(state.database_codes)
   else:
     database_codes = encode_split(
       model, state.params, data, split.database, batch, state.batch_stats
@@ -139,8 +138,8 @@ class TrainedModel:
     )
     self.image_size = config.data.image_size
     self.channels = int(input_channels(self.params['visual']['backbone']))
-    self._mesh = parallel.make_mesh()
-    self._device_variables = parallel.replicate(
+    self._mesh = sharding.make_mesh()
+    self._device_variables = sharding.replicate(
       {'params': self.params, 'batch_stats': self.batch_stats}, self._mesh
     )
 
@@ -236,9 +235,9 @@ class TrainedModel:
     pad = -len(images) % devices
     if pad:
       images = np.concatenate([images, np.zeros((pad,) + expected, np.uint8)])
-    (sharded,) = parallel.shard_rows(self._mesh, images)
+    (sharded,) = sharding.shard_rows(self._mesh, images)
     out = _hash_batch(self.model, self.config.data.num_channels, self._device_variables, sharded)
-    return parallel.to_host(out)[: len(images) - pad]
+    return sharding.to_host(out)[: len(images) - pad]
 
   def encode(self, images, batch_size=256):
     """sign(U_image) as float32 (n, bits) in {-1, 0, +1}; 0 only where U_image

@@ -384,7 +384,8 @@ def _loop_worker():
 
   jax.config.update("jax_enable_x64", True)
   from schn_jax import data as data_lib
-  from schn_jax.training import loop, parallel
+  from schn_jax import sharding
+  from schn_jax.training import loop
 
   assert jax.device_count() == 8, jax.devices()
   config = tiny_resnet_config(dtype="float64", max_iter=2)
@@ -394,7 +395,7 @@ def _loop_worker():
   for devices in (1, 8):
     mesh = jax.make_mesh(
       (devices,),
-      (parallel.DATA_AXIS,),
+      (sharding.DATA_AXIS,),
       devices=jax.devices()[:devices],
       axis_types=(jax.sharding.AxisType.Auto,),
     )
@@ -403,11 +404,11 @@ def _loop_worker():
     )
     initial_stats = state.batch_stats
     iteration = loop.Iteration(config, data, model, discriminator, optimizers, step_config, mesh)
-    state, losses = parallel.replicate(state, mesh), []
+    state, losses = sharding.replicate(state, mesh), []
     for _ in range(config.max_iter):
       state, step_losses, _ = iteration(state)
       losses.append(step_losses)
-    runs[devices] = (parallel.to_host(state.database_codes), losses, jax.device_get(state))
+    runs[devices] = (sharding.to_host(state.database_codes), losses, jax.device_get(state))
   (codes_1, losses_1, state_1), (codes_8, losses_8, state_8) = runs[1], runs[8]
   np.testing.assert_array_equal(codes_8, codes_1)
   assert np.abs(codes_1).sum() > 0, "no codes learned: a vacuous check"

@@ -125,8 +125,8 @@ def _worker(variant):
   jax.config.update("jax_enable_x64", True)
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
+  from schn_jax import sharding  # pylint: disable=g-import-not-at-top
   from schn_jax.models import SCHN, Discriminator  # pylint: disable=g-import-not-at-top
-  from schn_jax.training import parallel  # pylint: disable=g-import-not-at-top
   from schn_jax.training.loop import dcc_rows  # pylint: disable=g-import-not-at-top
   from schn_jax.training.state import (  # pylint: disable=g-import-not-at-top
     create_state,
@@ -190,12 +190,12 @@ def _worker(variant):
   single = jax.jit(make_per_device(None))(state, images, labels, rows, rng)
   single_codes = dcc(state.database_codes, single[1])
 
-  mesh = parallel.make_mesh()
-  for kind in parallel.KINDS:
-    step = parallel.map_step(make_per_device(parallel.DATA_AXIS), mesh, num_rows=3, kind=kind)
-    replicated = parallel.replicate(state, mesh)
+  mesh = sharding.make_mesh()
+  for kind in sharding.KINDS:
+    step = sharding.map_step(make_per_device(sharding.DATA_AXIS), mesh, num_rows=3, kind=kind)
+    replicated = sharding.replicate(state, mesh)
     multi = step(
-      replicated, *parallel.shard_rows(mesh, images, labels, rows), parallel.replicate(rng, mesh)
+      replicated, *sharding.shard_rows(mesh, images, labels, rows), sharding.replicate(rng, mesh)
     )
     assert all(x.sharding.is_fully_replicated for x in jax.tree_util.tree_leaves(multi[:3])), kind
     _compare(f"{kind} metrics", multi[2], single[2])
@@ -209,7 +209,7 @@ def _worker(variant):
       skip_key_bias=True,
     )
     multi_codes = dcc(
-      multi[0].database_codes, {k: parallel.to_host(v) for k, v in multi[1].items()}
+      multi[0].database_codes, {k: sharding.to_host(v) for k, v in multi[1].items()}
     )
     np.testing.assert_array_equal(multi_codes, single_codes, err_msg=kind)
     assert np.any(multi_codes[rows] != database_codes[rows]), "DCC changed nothing: a vacuous check"
@@ -236,7 +236,8 @@ def _loop_worker(variant):
   jax.config.update("jax_enable_x64", True)
   from configs import tiny
   from schn_jax import data as data_lib
-  from schn_jax.training import loop, parallel
+  from schn_jax import sharding
+  from schn_jax.training import loop
 
   config = tiny.get_config()
   config.variant, config.dtype, config.max_iter = variant, "float64", 3
@@ -247,7 +248,7 @@ def _loop_worker(variant):
   for devices in (1, 8):
     mesh = jax.make_mesh(
       (devices,),
-      (parallel.DATA_AXIS,),
+      (sharding.DATA_AXIS,),
       devices=jax.devices()[:devices],
       axis_types=(jax.sharding.AxisType.Auto,),
     )
@@ -255,11 +256,11 @@ def _loop_worker(variant):
       config, bits, (28, 28, 1), data.source.num_classes, len(data.split.database)
     )
     iteration = loop.Iteration(config, data, model, discriminator, optimizers, step_config, mesh)
-    state, losses = parallel.replicate(state, mesh), []
+    state, losses = sharding.replicate(state, mesh), []
     for _ in range(config.max_iter):
       state, step_losses, _ = iteration(state)
       losses.append({k: np.asarray(v) for k, v in step_losses.items()})
-    runs[devices] = (parallel.to_host(state.database_codes), losses, state)
+    runs[devices] = (sharding.to_host(state.database_codes), losses, state)
   (codes_1, losses_1, state_1), (codes_8, losses_8, state_8) = runs[1], runs[8]
   np.testing.assert_array_equal(codes_8, codes_1)
   assert np.abs(codes_1).sum() > 0, "no codes learned: a vacuous check"

@@ -13,8 +13,9 @@ import torch
 
 from configs import default as default_config
 from schn_jax import data as data_lib
+from schn_jax import sharding
 from schn_jax.models import SCHN, Discriminator
-from schn_jax.training import loop, parallel
+from schn_jax.training import loop
 from schn_jax.training.state import adam_step, create_state, make_optimizers
 from schn_jax.training.step import (
   StepConfig,
@@ -172,8 +173,8 @@ def test_streamed_iteration_equals_the_on_device_one(variant):
   for device_pool_mb in (2048, 0):
     config.device_pool_mb = device_pool_mb
     model, discriminator, optimizers, step_config, state = loop.build(config, 8, (28, 28, 1), 4, 30)
-    mesh = parallel.make_mesh()
-    state = parallel.replicate(state, mesh)
+    mesh = sharding.make_mesh()
+    state = sharding.replicate(state, mesh)
     iteration = loop.Iteration(config, data, model, discriminator, optimizers, step_config, mesh)
     assert iteration.on_device == (device_pool_mb > 0)
     loads = []
@@ -187,7 +188,7 @@ def test_streamed_iteration_equals_the_on_device_one(variant):
     finally:
       data.batches = batches
     assert seen == 40 and step_losses["loss_cycle"].shape == (2, 3)
-    results[device_pool_mb] = (parallel.to_host(state.database_codes), step_losses, loads)
+    results[device_pool_mb] = (sharding.to_host(state.database_codes), step_losses, loads)
   (on_device, on_losses, no_loads), (streamed, streamed_losses, loads) = results[2048], results[0]
   assert not no_loads and np.abs(on_device).sum() > 0
   np.testing.assert_array_equal(streamed, on_device)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from schn_jax import data as data_lib
-from schn_jax import inference
+from schn_jax import inference, sharding
 from schn_jax.evaluation import metrics as metrics_lib
 from schn_jax.parity.build import build_model, fixture_config, input_normalization, precision
 from schn_jax.parity.fixtures import FixtureFormatError
@@ -31,7 +31,7 @@ from schn_jax.parity.tolerances import (
   relative_error,
   well_conditioned_iterations,
 )
-from schn_jax.training import loop, parallel
+from schn_jax.training import loop
 from schn_jax.training.state import create_state
 
 TRAJECTORY_LOSSES = {
@@ -90,8 +90,8 @@ def replay(fixture, dtype):
   model, discriminator, optimizers, step_config, _ = loop.build(
     config, bits, (size, size, channels), data.source.num_classes, len(data.split.database)
   )
-  mesh = parallel.make_mesh()
-  state = parallel.replicate(
+  mesh = sharding.make_mesh()
+  state = sharding.replicate(
     create_state(
       params,
       disc_params,
@@ -112,7 +112,7 @@ def replay(fixture, dtype):
       query_codes = inference.encode_split(
         model, state.params, data, data.split.query, config.eval.batch_size
       )
-      database_codes = parallel.to_host(state.database_codes)
+      database_codes = sharding.to_host(state.database_codes)
       maps = {
         ties: metrics_lib.evaluate_codes(
           query_codes,
@@ -136,7 +136,7 @@ def check_trajectory(fixture, dtype):
   window = well_conditioned_iterations(spread, TRAJECTORY_LOSSES[fixture.variant])
   results, evaluated = [], []
   for t, state, step_losses, evaluation in replay(fixture, dtype):
-    codes = parallel.to_host(state.database_codes)
+    codes = sharding.to_host(state.database_codes)
     chaotic = dtype == "float32" and t >= window
     if dtype == "float64":
       results.append(compare_exact(f"iteration {t}/B_after", codes, arrays["B_after"][t]))

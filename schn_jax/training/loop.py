@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from schn_jax import errors
+from schn_jax import errors, sharding
 from schn_jax.models import SCHN, Discriminator
 from schn_jax.models.visual import BATCHNORM_MODES
-from schn_jax.training import dcc, losses, parallel
+from schn_jax.training import dcc, losses
 from schn_jax.training.state import create_state, make_optimizers
 from schn_jax.training.step import StepConfig, make_step_functions
 
@@ -232,19 +232,19 @@ class Iteration:
   """Trains outer iterations of one code length: `iteration(state, plan=None)`.
 
   Built once per run: it compiles the per-device programs (the step written once
-  in `step.py`, mapped over every device of `mesh` by `parallel.map_replicated`)
+  in `step.py`, mapped over every device of `mesh` by `sharding.map_replicated`)
   and, on the on-device path, uploads the training pool.
   """
 
   def __init__(self, config, data, model, discriminator, optimizers, step_config, mesh):
     self.config, self.data, self.mesh = config, data, mesh
     _, _, self._train_step = make_step_functions(
-      model, discriminator, optimizers, step_config, axis_name=parallel.DATA_AXIS
+      model, discriminator, optimizers, step_config, axis_name=sharding.DATA_AXIS
     )
     split = data.split
     self.pool = training_positions(split)
     labels = data.labels[split.database]
-    self._labels = parallel.replicate(labels, mesh)
+    self._labels = sharding.replicate(labels, mesh)
     self._database_labels = labels
     images = data.loader.stored_images(
       split.database[self.pool],
@@ -259,17 +259,17 @@ class Iteration:
       # pool_index maps a database position to its row of the uploaded pool.
       pool_index = np.full(len(split.database), -1, np.int32)
       pool_index[self.pool] = np.arange(len(self.pool), dtype=np.int32)
-      self._pool = parallel.replicate((images, pool_index), mesh)
+      self._pool = sharding.replicate((images, pool_index), mesh)
     if self.on_device and not self.per_batch:
-      self._program = parallel.map_replicated(
+      self._program = sharding.map_replicated(
         self._per_device_iteration, mesh, kind, num_args=13, donate=(0,)
       )
     elif self.on_device:
-      self._chunk = parallel.map_replicated(
+      self._chunk = sharding.map_replicated(
         self._per_device_pool_chunk, mesh, kind, num_args=9, donate=(0, 1)
       )
     else:
-      self._chunk = parallel.map_replicated(
+      self._chunk = sharding.map_replicated(
         self._per_device_chunk, mesh, kind, num_args=8, sharded=(7,), donate=(0, 1)
       )
     self._dcc = jax.jit(dcc_rows)
@@ -281,9 +281,9 @@ class Iteration:
   ):
     """lax.scan of the step over batches: rows/positions (k, B) of the global batches,
     steps (k,); images (k, b, ...) this device's rows, or gathered from `pool`."""
-    devices = jax.lax.axis_size(parallel.DATA_AXIS)
+    devices = jax.lax.axis_size(sharding.DATA_AXIS)
     local = rows.shape[1] // devices
-    first = jax.lax.axis_index(parallel.DATA_AXIS) * local
+    first = jax.lax.axis_index(sharding.DATA_AXIS) * local
 
     def body(carry, xs):
       state, buffers = carry
@@ -390,18 +390,18 @@ class Iteration:
       state.database_codes.dtype,
     )
     batches = Batches.of(sample, epoch_orders, config.batch_size)
-    key = parallel.replicate(jax.random.fold_in(state.rng, iteration), mesh)
+    key = sharding.replicate(jax.random.fold_in(state.rng, iteration), mesh)
     if self.on_device and not self.per_batch:
       state, full, rest = self._program(
         state,
         *self._pool,
         self._labels,
-        *parallel.replicate(batches.arrays() + (sample, r), mesh),
+        *sharding.replicate(batches.arrays() + (sample, r), mesh),
         key,
       )
       step_losses = {
         k: np.concatenate(
-          [parallel.to_host(full[k])] + ([parallel.to_host(rest[k])] if rest else []), axis=1
+          [sharding.to_host(full[k])] + ([sharding.to_host(rest[k])] if rest else []), axis=1
         )
         for k in full
       }
@@ -420,7 +420,7 @@ class Iteration:
     on the last one, and syncs once, on the losses, after DCC."""
     config, mesh = self.config, self.mesh
     bits, dtype = state.database_codes.shape[1], state.database_codes.dtype
-    buffers = parallel.replicate(
+    buffers = sharding.replicate(
       {k: np.zeros((len(sample), bits), dtype) for k in CODE_NAMES}, mesh
     )
     per_epoch = []
@@ -436,7 +436,7 @@ class Iteration:
         chunk_size = 1 if self.per_batch else config.stream_chunk
         for start in range(0, len(rows), chunk_size):
           chunk = slice(start, start + chunk_size)
-          indices = parallel.replicate((rows[chunk], positions[chunk], steps[chunk]), mesh)
+          indices = sharding.replicate((rows[chunk], positions[chunk], steps[chunk]), mesh)
           if self.on_device:
             state, buffers, metrics = self._chunk(
               state, buffers, *self._pool, self._labels, *indices, key
@@ -444,16 +444,16 @@ class Iteration:
           else:
             images = np.stack([next(loaded)["image"] for _ in range(len(rows[chunk]))])
             state, buffers, metrics = self._chunk(
-              state, buffers, self._labels, *indices, key, parallel.shard_batches(mesh, images)
+              state, buffers, self._labels, *indices, key, sharding.shard_batches(mesh, images)
             )
           outputs.append(metrics)
       per_epoch.append(
-        {k: np.concatenate([parallel.to_host(m[k]) for m in outputs]) for k in outputs[0]}
+        {k: np.concatenate([sharding.to_host(m[k]) for m in outputs]) for k in outputs[0]}
       )
     step_losses = {k: np.stack([e[k] for e in per_epoch]) for k in per_epoch[0]}
     codes = self._dcc(
       state.database_codes,
-      *parallel.replicate(
+      *sharding.replicate(
         (sample, self._database_labels, r, buffers, self._dcc_hyper(state)), mesh
       ),
     )

@@ -20,12 +20,12 @@ import numpy as np
 import tqdm
 
 from schn_jax import data as data_lib
-from schn_jax import download, errors, inference, interop
+from schn_jax import download, errors, inference, interop, sharding
 from schn_jax.evaluation import metrics as metrics_lib
 from schn_jax.interop import pretrained
 from schn_jax.models import VARIANTS
 from schn_jax.models.visual import BACKBONES, BATCHNORM_MODES
-from schn_jax.training import parallel, reporting
+from schn_jax.training import reporting
 from schn_jax.training.checkpoint import Checkpoints
 from schn_jax.training.loop import (
   DATABASE_INITS,
@@ -92,8 +92,8 @@ def check_config(config, database_size, train_size):
     problems.append(f"config.dtype={config.dtype!r}: 'float32' or 'float64'")
   elif config.dtype == "float64" and not jax.config.jax_enable_x64:
     problems.append("config.dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1")
-  if config.parallel not in parallel.KINDS:
-    problems.append(f"config.parallel={config.parallel!r}: one of {parallel.KINDS}")
+  if config.parallel not in sharding.KINDS:
+    problems.append(f"config.parallel={config.parallel!r}: one of {sharding.KINDS}")
   elif config.parallel == "pmap" and jax.process_count() > 1:
     problems.append(
       f"config.parallel='pmap' runs on one process, this run has "
@@ -219,9 +219,9 @@ def restore_run(config, data, bits, workdir, read_only=False):
   model, discriminator, optimizers, step_config, state = build(
     config, bits, image_shape, data.source.num_classes, len(data.split.database)
   )
-  mesh = parallel.make_mesh()
+  mesh = sharding.make_mesh()
   # Replicated before the restore, so the checkpoint is read into the same layout.
-  state = parallel.replicate(state, mesh)
+  state = sharding.replicate(state, mesh)
   checkpoints = Checkpoints(
     (directory / "checkpoints").absolute(), config.checkpoint_every, read_only=read_only
   )
@@ -242,9 +242,9 @@ def restore_run(config, data, bits, workdir, read_only=False):
     codes = initial_database_codes(
       config, data.labels[data.split.database], bits, state.database_codes.dtype
     )
-    state = state.replace(database_codes=parallel.replicate(codes, mesh))
+    state = state.replace(database_codes=sharding.replicate(codes, mesh))
   if restored is None:
-    state = parallel.replicate(with_pretrained_backbone(config, state), mesh)
+    state = sharding.replicate(with_pretrained_backbone(config, state), mesh)
   if restored is not None:
     for key in ("bits", "variant", "dataset"):
       if saved_meta.get(key) != meta[key]:

@@ -1,4 +1,7 @@
-"""Maps the per-device step over a ('data',) mesh of every device of every process.
+"""The mesh and host<->device transfers, for training, inference, parity and benchmarks.
+
+One ('data',) mesh of every device of every process; the per-device step is mapped
+over it here.
 
 The step (`step.make_step_functions(..., axis_name=DATA_AXIS)`) is written once
 with named-axis collectives; this module only decides how it is mapped:
