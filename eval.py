@@ -68,7 +68,7 @@ def load_inputs():
 
 def evaluate_workdir():
   """--workdir mode: the run's checkpoints, the flags given explicitly as overrides."""
-  from schn_jax.training import train  # pylint: disable=g-import-not-at-top
+  from schn_jax.training import train
 
   given = [
     f'--{name}'

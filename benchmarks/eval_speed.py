@@ -65,16 +65,16 @@ def measure(task, num_queries):
   if task == 'map_numpy':
     run = lambda: numpy_map(*arrays)
   elif task.startswith('map_'):
-    from schn_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+    from schn_jax.evaluation import metrics
 
     ties = task[len('map_') :]
     run = lambda: metrics.evaluate_codes(*arrays, ties=ties)['map']
   elif task == 'topk_ours':
-    from schn_jax.evaluation import hamming  # pylint: disable=g-import-not-at-top
+    from schn_jax.evaluation import hamming
 
     run = lambda: hamming.hamming_topk(*arrays, 100)[1].mean()
   else:
-    from schn_jax.evaluation import search  # pylint: disable=g-import-not-at-top
+    from schn_jax.evaluation import search
 
     index = search.build_index(arrays[1])
     run = lambda: np.mean([d.mean() for _, d in search.knn(index, arrays[0], 100)])

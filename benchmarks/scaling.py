@@ -27,20 +27,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def measure(variant, backbone, image_size, batch_size, bits, classes, steps, process=None):
   """`process`: (coordinator, count, id) to join a multi-process run first."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   if process:
     jax.distributed.initialize(*process)
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
+  import numpy as np
 
-  from schn_jax import sharding  # pylint: disable=g-import-not-at-top
-  from schn_jax.models import SCHN, Discriminator  # pylint: disable=g-import-not-at-top
-  from schn_jax.training.state import (  # pylint: disable=g-import-not-at-top
+  from schn_jax import sharding
+  from schn_jax.models import SCHN, Discriminator
+  from schn_jax.training.state import (
     create_state,
     make_optimizers,
   )
-  from schn_jax.training.step import (  # pylint: disable=g-import-not-at-top
+  from schn_jax.training.step import (
     StepConfig,
     make_step_functions,
   )
@@ -56,7 +56,7 @@ def measure(variant, backbone, image_size, batch_size, bits, classes, steps, pro
     if variant == "tomm"
     else {}
   )
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from configs import default
 
   config = default.base_config("fashion_mnist")
   config.variant = variant

@@ -236,7 +236,7 @@ def features_nhwc(backbone, images, conv=conv_nhwc):
     if pool:
       x = visual.max_pool(x, 3, 2)
   pooled = visual.adaptive_avg_pool(x, 6)
-  return visual._flatten_like_torch(pooled)  # pylint: disable=protected-access
+  return visual._flatten_like_torch(pooled)
 
 
 def features_nchw(backbone, images):

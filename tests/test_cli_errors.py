@@ -118,7 +118,7 @@ CASES = [
   ("prepare-without-dataset", ("-m", "schn_jax.data.prepare"), "--dataset"),
   (
     "reference-check-missing-folder",
-    ("-m", "schn_jax.reference_check", "{tmp}/no_fixtures"),
+    ("-m", "schn_jax.parity.check", "{tmp}/no_fixtures"),
     "no_fixtures: not a directory",
   ),
 ]

@@ -297,7 +297,7 @@ def test_wrapped_state_dict_is_unwrapped(tmp_path):
 
 def test_torch_is_imported_only_for_checkpoint_files():
   code = (
-    "import sys, schn_jax.interop, schn_jax.models, schn_jax.reference_check; "
+    "import sys, schn_jax.interop, schn_jax.models, schn_jax.parity.check; "
     "sys.exit('torch' in sys.modules)"
   )
   repo = pathlib.Path(__file__).resolve().parents[1]

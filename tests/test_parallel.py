@@ -80,7 +80,7 @@ KEY_BIAS = "['k_proj']['bias']"
 def _compare(name, ours, reference, skip_key_bias=False):
   """Leaf by leaf: max |ours - reference| / max |reference| <= FLOAT64_RELATIVE (the
   key bias: relative to the largest entry of the tree, or skipped)."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   flat_ref = jax.tree_util.tree_leaves_with_path(reference)
   flat_ours = jax.tree_util.tree_leaves(ours)
@@ -120,19 +120,19 @@ def _assert_params_close(mine, reference, name):
 
 def _worker(variant):
   """One step of `variant` on one device and on 8 devices (shard_map, pmap); asserts equality."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   jax.config.update("jax_enable_x64", True)
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
 
-  from schn_jax import sharding  # pylint: disable=g-import-not-at-top
-  from schn_jax.models import SCHN, Discriminator  # pylint: disable=g-import-not-at-top
-  from schn_jax.training.loop import dcc_rows  # pylint: disable=g-import-not-at-top
-  from schn_jax.training.state import (  # pylint: disable=g-import-not-at-top
+  from schn_jax import sharding
+  from schn_jax.models import SCHN, Discriminator
+  from schn_jax.training.loop import dcc_rows
+  from schn_jax.training.state import (
     create_state,
     make_optimizers,
   )
-  from schn_jax.training.step import (  # pylint: disable=g-import-not-at-top
+  from schn_jax.training.step import (
     StepConfig,
     make_step_functions,
   )
@@ -288,7 +288,7 @@ TINY = [
 
 
 def _free_port():
-  import socket  # pylint: disable=g-import-not-at-top
+  import socket
 
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -332,8 +332,8 @@ def _train_two_processes(workdir, devices_per_process, timeout, extra=(), **env)
 def _restore(checkpoint):
   """A checkpoint's state as {key path: NumPy array}, read onto this process's one device
   whatever topology wrote it."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  import jax
+  import orbax.checkpoint as ocp
 
   checkpointer = ocp.StandardCheckpointer()
   path = checkpoint / "state"

@@ -39,7 +39,7 @@ def main(argv):
       f'it with `pip install {TENSORFLOW_REQUIREMENT}`, then rerun this '
       'command'
     ) from None
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
 
   builder = tfds.builder(_DATASET.value, data_dir=_DATA_DIR.value)
   builder.download_and_prepare(file_format='array_record')

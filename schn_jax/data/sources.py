@@ -181,14 +181,14 @@ class TfdsSource:
   def __init__(
     self, name: str, data_dir: str | None = None, splits: Sequence[str] = ('train', 'test')
   ):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds
 
     self.name = name
     try:
       self._parts = [
         tfds.data_source(name, split=s, data_dir=data_dir, download=False) for s in splits
       ]
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       # TFDS reports an unprepared dataset as an unsupported file format (or
       # a missing file): say what is actually wrong and how to fix it.
       builder = tfds.builder(name, data_dir=data_dir)

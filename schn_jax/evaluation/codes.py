@@ -169,7 +169,7 @@ def load_torch_codes(query_codes, database_codes, query_labels, database_labels)
   one-hot. torch is optional, so it is imported only here.
   """
   try:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
   except ImportError as error:
     raise CodesError(
       'Reading .t files needs torch (pip install torch); or convert them to a code npz elsewhere.'

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 matplotlib.use('Agg')  # Files only; evaluation runs on headless machines.
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import matplotlib.pyplot as plt
 
 
 def plot_curves(metrics, path):

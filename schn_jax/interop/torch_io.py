@@ -9,7 +9,7 @@ from schn_jax import errors
 
 def _torch():
   try:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
   except ImportError as e:
     raise errors.MissingDependencyError(
       "reading or writing torch checkpoints needs PyTorch, an optional dependency: "

@@ -109,7 +109,7 @@ class Checkpoints:
           raise ValueError(f"metadata is {type(meta).__name__}, not a JSON object")
       # Orbax and TensorStore raise many types for unreadable files, the bare
       # Exception included; a checkpoint that cannot be read is skipped alike.
-      except Exception as error:  # pylint: disable=broad-except
+      except Exception as error:
         if isinstance(error, json.JSONDecodeError):
           where = where / "meta"
         failures.append(f"{where}: {_brief(error)}")
