@@ -78,8 +78,8 @@ def test_trajectory_matches_reference(trajectory_dir):
   """The project's outer loop replays a whole reference run (trajectory README)."""
   results = check.check_fixture(trajectory_dir)
   quantities = {c.quantity for c in results}
-  with np.load(trajectory_dir / "float64.npz") as arrays:
-    iterations, evaluations = len(arrays["samples"]), arrays["eval_iterations"]
+  arrays = fixtures.Fixture(trajectory_dir).npz("float64")
+  iterations, evaluations = len(arrays["samples"]), arrays["eval_iterations"]
   for dtype in ("float64", "float32"):
     assert {f"{dtype} iteration {t}/B_after" for t in range(iterations)} <= quantities
     assert {f"{dtype} iteration {t}/loss_cycle" for t in range(iterations)} <= quantities

@@ -45,6 +45,9 @@ def fixture_config(fixture, dtype):
     config[key] = float(meta[meta_key])
   # Step fixtures were made with torch 2 (fixtures README); trajectories say which.
   config.optimizer_semantics = meta.get("zero_grad", "torch2")
+  # Captures of configs that start from label codes say so (the codes depend on the seed).
+  config.database_init = meta.get("database_init", "zeros")
+  config.seed = int(meta.get("split_seed", config.seed))
   if fixture.kind == "trajectory":
     config.code_lengths = (int(meta["code_length"]),)
     for key, meta_key in (

@@ -53,7 +53,7 @@ arguments and result of every `evaluate.mean_average_precision` call.
 Configs the reference cannot run as ours would are refused with one line naming the
 key (`capturable`): another weight_decay (the reference's Adams hard-code 1e-5) or
 D/G learning-rate rule, a cycle learning-rate milestone inside the recorded
-iterations, database_init other than "zeros", another backbone, top-k or
+iterations, another backbone, top-k or
 database-code mode.
 """
 
@@ -220,11 +220,6 @@ def capturable(config, iterations):
       f"config.cycle_lr_decay.milestones={tuple(config.cycle_lr_decay.milestones)}: the "
       f"reference never decays the cycle rate, and {early} falls inside the "
       f"{iterations} recorded iterations; add --config.cycle_lr_decay.milestones='()'"
-    )
-  if config.database_init != "zeros":
-    problems.append(
-      f"config.database_init={config.database_init!r}: the reference starts from zero "
-      "codes; add --config.database_init=zeros"
     )
   if config.eval.database_codes != "learned":
     problems.append(
@@ -691,8 +686,21 @@ def run_reference(root, config, data, dtype, weights="recipe", seed=None):
           super().zero_grad(set_to_none=set_to_none)
 
       main.optim = _Namespace(torch.optim, Adam=ZeroFillingAdam)
-    if dtype == "float64":
-      main.torch = _Namespace(torch, float=torch.float64)
+    torch_swaps = {"float": torch.float64} if dtype == "float64" else {}
+    if config.database_init != "zeros":
+      # train()'s first torch.zeros is B_all, the database codes before iteration 0.
+      initial = loop.initial_database_codes(config, data.database_labels, bits, np.float64)
+      calls = itertools.count()
+
+      def zeros(*shape, **kwargs):
+        codes = torch.zeros(*shape, **kwargs)
+        if next(calls) == 0:
+          codes[:] = torch.as_tensor(initial, dtype=codes.dtype)
+        return codes
+
+      torch_swaps["zeros"] = zeros
+    if torch_swaps:
+      main.torch = _Namespace(torch, **torch_swaps)
 
     args = types.SimpleNamespace(
       device="cpu",
@@ -843,6 +851,7 @@ def fixture_meta(config, data, seed, iterations, commit, digests, spread):
     "zero_grad": config.optimizer_semantics,
     "dropout": "off",
     "sampling": config.sampling,
+    "database_init": config.database_init,
     "dataset": config.data.name,
     "split_seed": int(config.seed),
     "normalization": f"uint8 HWC ({stored_channels} channels) -> /255 -> (x - image_mean) / "

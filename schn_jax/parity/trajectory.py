@@ -91,18 +91,17 @@ def replay(fixture, dtype):
     config, bits, (size, size, channels), data.source.num_classes, len(data.split.database)
   )
   mesh = sharding.make_mesh()
-  state = sharding.replicate(
-    create_state(
-      params,
-      disc_params,
-      optimizers,
-      len(data.split.database),
-      bits,
-      jax.random.key(config.seed),
-      jnp.dtype(dtype),
-    ),
-    mesh,
+  state = create_state(
+    params,
+    disc_params,
+    optimizers,
+    len(data.split.database),
+    bits,
+    jax.random.key(config.seed),
+    jnp.dtype(dtype),
   )
+  initial = loop.initial_database_codes(config, data.labels[data.split.database], bits, dtype)
+  state = sharding.replicate(state.replace(database_codes=jnp.asarray(initial)), mesh)
   iteration = loop.Iteration(config, data, model, discriminator, optimizers, step_config, mesh)
   labels = data.labels
   for t in range(int(fixture.meta["iterations_recorded"])):
