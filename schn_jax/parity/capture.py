@@ -28,6 +28,8 @@ fixture's meta.json `swapped` and its README):
 - sampling: every outer iteration's sample and every epoch's batch order come from
   `training.loop.plan_iteration` (config.sampling, config.seed) instead of
   torch.randperm and a shuffling DataLoader, and are recorded;
+- initial codes, only when config.database_init is "label_codes": train()'s B_all
+  (its first torch.zeros) starts from `training.loop.initial_database_codes`;
 - weights: the deterministic recipe (manifest.json) is loaded into CycleHashNet and,
   for tomm, the discriminator as soon as train() builds them; `alexnet_feature_output`
   builds the reference's AlexNet_feature_output without downloading ImageNet weights;
@@ -104,6 +106,8 @@ SWAPS = {
   "sampling": "every iteration's sample and every epoch's batch order from "
   "schn_jax.training.loop.plan_iteration (config.sampling, config.seed), recorded in "
   "`samples` and `epoch_orders`, instead of torch.randperm and a shuffling DataLoader",
+  "database_init": "config.database_init='label_codes' only: train()'s B_all (its first "
+  "torch.zeros) starts from schn_jax.training.loop.initial_database_codes",
   "weights": "the recipe (manifest.json) loaded as soon as train() builds CycleHashNet "
   "(and, for tomm, the discriminator); alexnet_feature_output builds the reference's "
   "AlexNet_feature_output without downloading ImageNet weights",
@@ -825,6 +829,8 @@ def fixture_meta(config, data, seed, iterations, commit, digests, spread):
     del swapped["backbone"]
   if config.optimizer_semantics != "torch18":
     del swapped["zero_grad"]
+  if config.database_init == "zeros":
+    del swapped["database_init"]
   labels = np.concatenate([data.database_labels, data.query_labels])
   return {
     "variant": config.variant,
