@@ -5,14 +5,16 @@ network's input channels (`num_channels`, default 3) in meta.json; the fixtures 
 before those keys existed are AlexNet runs on RGB images.
 """
 
+import importlib.util
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import default as default_config
 from schn_jax import data as data_lib
 from schn_jax import interop
 from schn_jax.models import SCHN, Discriminator
+from schn_jax.parity import fixtures
 from schn_jax.parity.fixtures import FixtureFormatError
 
 
@@ -24,11 +26,22 @@ def fixture_channels(fixture):
   return int(fixture.meta.get("num_channels", 3))
 
 
+def reference_defaults():
+  """configs/default.py of this checkout (the reference's hyper-parameters), loaded from
+  its file: configs/ are not a package the library imports, and the parity kit runs
+  from a checkout, where its fixtures are."""
+  path = fixtures.REPOSITORY_FIXTURES.parent / "configs" / "default.py"
+  spec = importlib.util.spec_from_file_location("schn_jax_reference_defaults", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def fixture_config(fixture, dtype):
   """The run's config: the reference's defaults (configs/default.py) with the
   fixture's hyper-parameters, dropout and augmentation off, as the fixtures ran."""
   meta = fixture.meta
-  config = default_config.base_config("fashion_mnist")
+  config = reference_defaults().base_config("fashion_mnist")
   config.variant = fixture.variant
   config.backbone = fixture_backbone(fixture)
   config.dropout_rate = 0.0
