@@ -64,10 +64,11 @@ def main():
   args, extra = parser.parse_known_args()
   seeds = range(args.first_seed, args.first_seed + args.seeds)
   root = pathlib.Path(args.workdir).resolve()
-  results = {
-    variant: [run(variant, seed, root / f"{variant}_seed{seed}", extra) for seed in seeds]
-    for variant in args.variants.split(",")
-  }
+  variants = args.variants.split(",")
+  results = {variant: [] for variant in variants}
+  for seed in seeds:  # seed by seed, so that a stopped run leaves every variant some seeds
+    for variant in variants:
+      results[variant].append(run(variant, seed, root / f"{variant}_seed{seed}", extra))
   passes = len(results[next(iter(results))][0]["history"])
   print(f"\nFashion-MNIST, {BITS} bits, seeds {list(seeds)}, on {cpu_name()}:\n")
   header = [f"pass {i + 1}" for i in range(passes)]
