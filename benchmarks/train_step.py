@@ -1,768 +1,261 @@
-r"""Speed of the AlexNet-224 SCHN training step (batch 64, 32 bits) on this machine.
+r"""Training-step speed and memory of each backbone, ours against torch, on this machine.
 
-  python -m benchmarks.train_step [--steps=3] [--variants=mmasia,tomm] [--num_images=256]
-  python -m benchmarks.train_step --xla_options [--options_batch=64] [--reps=3] [--only=NAME,...]
+  python -m benchmarks.train_step [--batch_size=64] [--image_size=224] [--repeats=3]
+      [--backbones=alexnet,resnet18,resnet34,resnet50,vgg16] [--variant=tomm]
 
-Default run. For each variant: the first call of the jitted per-batch step
-the former per-batch loop used (`benchmarks.train_loop.make_per_batch_step`: cycle update, plus re-forward, D
-and G for tomm), i.e. compilation plus one step, then the steady-state step
-time on synthetic uint8 batches, and again fed by the library's loader
-decoding JPEGs in its threads while the step runs (both share the same
-cores). In the same run: the same AlexNet (up to fc7, a 32-bit tanh hash
-layer, a simple loss) forward+backward in torch and in JAX, timed in turns,
-and the loader's train-mode images/s at 224 (`benchmarks.input_pipeline`),
-printed beside the step's consumption rate.
+For each backbone, three measurements, each in a fresh process (so that its peak
+resident memory is its own; the figure includes the interpreter and libraries):
 
---xla_options: the AlexNet forward+backward alone, JAX against torch, under
-XLA:CPU's options (which library runs the convolutions and dots, fast math,
-threads, vector width, simulated devices) and under rewrites of the same
-math (NCHW layout, im2col, the batch in row chunks). Each XLA_FLAGS setting
-runs in a fresh process (XLA reads the flags once); every process times
-torch in turns with JAX, so each option is reported as JAX/torch and as
-that ratio over the default's, which cancels most of the drift of a shared
-machine. Rewrites are timed in one process, against VisualNet in the same
-process. docs/performance.md holds the results and what they mean.
+- ours, SCHN: the trainer's per-batch step (`training.step.make_step_functions`
+  under jax.jit, the state donated): the whole SCHN forward, cycle loss and
+  Adam on every parameter, plus for tomm the re-forward, D and G steps;
+- ours, backbone: the backbone, a tanh hash layer and a squared-error loss,
+  forward, backward and torch-style Adam, jitted;
+- torch: the same torchvision model up to the same feature, the same hash
+  layer and loss, forward, backward and torch.optim.Adam (train mode).
 
-The machine is shared and absolute times drift: compare the ratios measured
-in one run. The load average is printed at the start and the end.
+"ours, backbone" against "torch" is like for like; the SCHN step adds the
+semantic and cycle parts (small MLPs and attention on a batch of rows) and
+the adversarial steps. Times are the median of --repeats steps after one
+warm-up step (for JAX, the compilation); all on synthetic batches, float32.
+The machine may be shared: absolute times drift with its load (printed).
 """
 
-import argparse
-import functools
-import gc
 import json
 import os
-import pathlib
+import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import types
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import torch
-from jax import lax
-from torch import nn
+from absl import app, flags
 
-from benchmarks import input_pipeline
-from benchmarks.train_loop import make_per_batch_step
-from configs import default
-from schn_jax import sharding
-from schn_jax.data import image_list, pipeline, sources
-from schn_jax.models import visual
-from schn_jax.models.layers import RowDropout
-from schn_jax.training import loop
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Images per step.")
+_SIZE = flags.DEFINE_integer("image_size", 224, "Image side in pixels.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed steps after the warm-up one.")
+_BACKBONES = flags.DEFINE_list(
+  "backbones", ["alexnet", "resnet18", "resnet34", "resnet50", "vgg16"], "Backbones to time."
+)
+_VARIANT = flags.DEFINE_enum("variant", "tomm", ["mmasia", "tomm"], "SCHN variant of the step.")
+_MEASURE = flags.DEFINE_string(
+  "measure", None, "Internal: KIND:BACKBONE, run one measurement and print it as JSON."
+)
 
-BITS, BATCH, SIZE, NUM_CLASSES = 32, 64, 224, 10
-DATABASE_SIZE = 59_000  # CIFAR-10's database; only the codes' gather depends on it
-# The official PyTorch implementation's full step on this kind of machine
-# (torch 2.13 CPU, 2 threads), from issue 5; the target is at most 0.7x of it.
-OFFICIAL_SECONDS = {"mmasia": 2.7, "tomm": 2.95}
-TARGET = 0.7
+BITS, NUM_CLASSES, DATABASE_SIZE, WEIGHT_DECAY = 32, 10, 5000, 1e-5
+KINDS = ("schn", "backbone", "torch")
 
 
-def load():
-  return "load average %.2f %.2f %.2f" % os.getloadavg()
-
-
-def timed(call, steps):
-  """(seconds of the first call, median seconds of the next `steps` calls)."""
+def timed(step, repeats):
+  """(seconds of the first call, median seconds of the next `repeats`)."""
   start = time.perf_counter()
-  call()
+  step()
   first = time.perf_counter() - start
   times = []
-  for _ in range(steps):
+  for _ in range(repeats):
     start = time.perf_counter()
-    call()
+    step()
     times.append(time.perf_counter() - start)
   return first, statistics.median(times)
 
 
-def synthetic_batch(seed=0, batch=BATCH):
+def synthetic(batch, size, seed=0):
+  import numpy as np
+
   rng = np.random.default_rng(seed)
-  images = rng.integers(0, 256, (batch, SIZE, SIZE, 3), dtype=np.uint8)
+  images = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
   labels = np.eye(NUM_CLASSES, dtype=np.float32)[rng.integers(0, NUM_CLASSES, batch)]
-  rows = rng.choice(DATABASE_SIZE, batch, replace=False)
-  return images, labels, rows
+  targets = np.sign(rng.standard_normal((batch, BITS))).astype(np.float32)
+  return images, labels, targets
 
 
-# ---------------------------------------------------------------- the SCHN step
+# ---------------------------------------------------------------- the three measurements
 
 
-def time_schn_step(variant, steps, jpegs, data_config):
-  """{'first', 'step', 'fed'} seconds of the trainer's per-batch step."""
+def measure_schn(backbone, batch, size, repeats, variant):
+  import jax
+
+  from configs import default
+  from schn_jax.training import loop
+  from schn_jax.training.step import make_step_functions
+
   config = default.base_config("cifar10")
-  config.variant, config.backbone, config.batch_size = variant, "alexnet", BATCH
+  config.variant, config.backbone, config.batch_size = variant, backbone, batch
   model, discriminator, optimizers, step_config, state = loop.build(
-    config, BITS, (SIZE, SIZE, 3), NUM_CLASSES, DATABASE_SIZE
+    config, BITS, (size, size, 3), NUM_CLASSES, DATABASE_SIZE
   )
-  mesh = sharding.make_mesh()
-  state = sharding.replicate(state, mesh)
-  # The per-batch step only needs the dataset's normalisation, not a whole dataset.
-  data = types.SimpleNamespace(normalize=pipeline.normalize)
-  batch_step = make_per_batch_step(
-    config, data, (model, discriminator, optimizers, step_config), mesh
-  )
-  images, labels, rows = synthetic_batch()
-  key = jax.random.PRNGKey(0)
+  params = sum(x.size for x in jax.tree_util.tree_leaves(state.params["visual"]["backbone"]))
+  _, _, train_step = make_step_functions(model, discriminator, optimizers, step_config)
+  step_fn = jax.jit(train_step, donate_argnums=(0,))
+  images, labels, codes = synthetic(batch, size)
+  batch_inputs = {"images": images, "labels": labels, "database_codes": codes}
   count = 0
 
-  def step(images):
-    # The state is donated, so each call must carry it on; blocking matches the
-    # trainer, which reads the metrics back after every step.
+  def step():
     nonlocal state, count
-    state, codes, metrics = batch_step(state, images, labels, rows, jax.random.fold_in(key, count))
+    state, codes, metrics = step_fn(
+      state, batch_inputs, jax.random.fold_in(jax.random.key(0), count)
+    )
     jax.block_until_ready((state, codes, metrics))
     count += 1
 
-  first, seconds = timed(lambda: step(images), steps)
-  # Fed: the loader decodes and augments the next batches in its threads while
-  # the step runs. The first batch is not timed: nothing runs beside its decode.
-  loader = pipeline.Loader(jpegs, data_config)
-  batches = loader.batches(np.arange((steps + 1) * BATCH) % len(jpegs), BATCH, train=True, seed=0)
-  step(next(batches)["image"])
-  start = time.perf_counter()
-  for batch in batches:
-    step(batch["image"])
-  fed = (time.perf_counter() - start) / steps
-  loader.close()
-  return {"first": first, "step": seconds, "fed": fed}
+  return params, timed(step, repeats)
 
 
-# ---------------------------------------------------------------- AlexNet forward+backward
+def measure_backbone(backbone, batch, size, repeats):
+  import jax
+  import jax.numpy as jnp
 
+  from schn_jax.models.visual import VisualNet
+  from schn_jax.training.state import adam_step, torch_adam
 
-def torch_alexnet():
-  """torchvision's AlexNet layout up to fc7 (ReLU), then a tanh hash layer."""
-  return nn.Sequential(
-    nn.Conv2d(3, 64, 11, 4, 2),
-    nn.ReLU(),
-    nn.MaxPool2d(3, 2),
-    nn.Conv2d(64, 192, 5, padding=2),
-    nn.ReLU(),
-    nn.MaxPool2d(3, 2),
-    nn.Conv2d(192, 384, 3, padding=1),
-    nn.ReLU(),
-    nn.Conv2d(384, 256, 3, padding=1),
-    nn.ReLU(),
-    nn.Conv2d(256, 256, 3, padding=1),
-    nn.ReLU(),
-    nn.MaxPool2d(3, 2),
-    nn.AdaptiveAvgPool2d(6),
-    nn.Flatten(),
-    nn.Dropout(0.5),
-    nn.Linear(256 * 6 * 6, 4096),
-    nn.ReLU(),
-    nn.Dropout(0.5),
-    nn.Linear(4096, 4096),
-    nn.ReLU(),
-    nn.Linear(4096, BITS),
-    nn.Tanh(),
-  )
+  model = VisualNet(BITS, backbone)
+  images, _, targets = synthetic(batch, size)
+  variables = model.init(jax.random.key(0), images[:2])
+  params, batch_stats = variables["params"], variables.get("batch_stats", {})
+  adam = torch_adam(WEIGHT_DECAY)
+  opt_state = adam.init(params)
 
+  def train_step(params, batch_stats, opt_state, key):
+    def loss_fn(params):
+      (_, codes), updated = model.apply(
+        {"params": params, "batch_stats": batch_stats},
+        images,
+        True,
+        mutable=["batch_stats"],
+        rngs={"dropout": key},
+      )
+      return jnp.mean((codes - targets) ** 2), updated.get("batch_stats", batch_stats)
 
-def pair_loss(codes, labels, xp):
-  """Code inner products against label similarity: simple, touches every output."""
-  similarity = (labels @ labels.T > 0) * 2.0 - 1.0
-  return xp.mean((codes @ codes.T / BITS - similarity) ** 2)
+    (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    params, opt_state = adam_step(adam, grads, opt_state, params, 1e-4)
+    return params, batch_stats, opt_state
 
-
-def usable_cpus():
-  # os.cpu_count() ignores `taskset`: give torch the cores this process may use.
-  return len(os.sched_getaffinity(0))
-
-
-def make_torch_step(batch=BATCH):
-  """A torch forward+backward callable, timed beside each of our measurements so
-  that every ratio compares times taken under the same load."""
-  torch.set_num_threads(usable_cpus())
-  torch.manual_seed(0)
-  net = torch_alexnet().train()
-  images, labels, _ = synthetic_batch(batch=batch)
-  images = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).contiguous()
-  labels = torch.from_numpy(labels)
+  step_fn = jax.jit(train_step, donate_argnums=(0, 1, 2))
+  count = 0
 
   def step():
-    net.zero_grad(set_to_none=True)
-    pair_loss(net(images), labels, torch).backward()
+    nonlocal params, batch_stats, opt_state, count
+    params, batch_stats, opt_state = step_fn(
+      params, batch_stats, opt_state, jax.random.fold_in(jax.random.key(1), count)
+    )
+    jax.block_until_ready(params)
+    count += 1
 
-  return step
-
-
-# VisualNet's AlexNet written out with lax over VisualNet's own parameters, so
-# that one thing at a time can change: the convolution's layout or algorithm,
-# or which part of the network runs over row chunks of the batch.
-CONV_LAYERS = [
-  ("features_0", 4, 2, True),
-  ("features_3", 1, 2, True),
-  ("features_6", 1, 1, False),
-  ("features_8", 1, 1, False),
-  ("features_10", 1, 1, True),
-]
+  return sum(x.size for x in jax.tree_util.tree_leaves(params["backbone"])), timed(step, repeats)
 
 
-def conv_nhwc(x, kernel, stride, padding):
-  """What nn.Conv runs."""
-  return lax.conv_general_dilated(
-    x,
-    kernel,
-    (stride, stride),
-    [(padding, padding)] * 2,
-    dimension_numbers=("NHWC", "HWIO", "NHWC"),
-  )
+def torch_feature_model(backbone):
+  """torchvision's model up to the feature our backbone returns."""
+  import torch
+  import torchvision
+
+  model = getattr(torchvision.models, backbone)(weights=None)
+  if backbone.startswith("resnet"):
+    model.fc = torch.nn.Identity()
+  else:  # AlexNet: up to fc7's ReLU (classifier[:6]); VGG-16: the same (classifier[:5])
+    model.classifier = model.classifier[: 6 if backbone == "alexnet" else 5]
+  return model
 
 
-def conv_im2col(x, kernel, stride, padding):
-  """NHWC convolution as one matmul: (pixels, k*k*C) patches @ the (k*k*C, F) kernel."""
-  size = kernel.shape[0]
-  x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  height, width = ((n - size) // stride + 1 for n in x.shape[1:3])
-  patches = [
-    x[:, i : i + stride * (height - 1) + 1 : stride, j : j + stride * (width - 1) + 1 : stride]
-    for i in range(size)
-    for j in range(size)
+def measure_torch(backbone, batch, size, repeats):
+  import torch
+
+  features = torch_feature_model(backbone)
+  params = sum(p.numel() for p in features.parameters())
+  width = features(torch.zeros(1, 3, size, size)).shape[1]
+  model = torch.nn.Sequential(features, torch.nn.Linear(width, BITS), torch.nn.Tanh()).train()
+  adam = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=WEIGHT_DECAY)
+  images, _, targets = synthetic(batch, size)
+  images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+  targets = torch.from_numpy(targets)
+
+  def step():
+    adam.zero_grad()
+    torch.mean((model(images) - targets) ** 2).backward()
+    adam.step()
+
+  return params, timed(step, repeats)
+
+
+def measure(kind, backbone):
+  batch, size, repeats = _BATCH.value, _SIZE.value, _REPEATS.value
+  if kind == "schn":
+    params, (first, seconds) = measure_schn(backbone, batch, size, repeats, _VARIANT.value)
+  elif kind == "backbone":
+    params, (first, seconds) = measure_backbone(backbone, batch, size, repeats)
+  else:
+    params, (first, seconds) = measure_torch(backbone, batch, size, repeats)
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB -> MiB on Linux
+  return {"params": int(params), "first": first, "seconds": seconds, "peak_mib": peak}
+
+
+# ---------------------------------------------------------------- the table
+
+
+def run_child(kind, backbone):
+  args = [
+    sys.executable,
+    "-m",
+    "benchmarks.train_step",
+    f"--measure={kind}:{backbone}",
+    f"--batch_size={_BATCH.value}",
+    f"--image_size={_SIZE.value}",
+    f"--repeats={_REPEATS.value}",
+    f"--variant={_VARIANT.value}",
   ]
-  return jnp.concatenate(patches, axis=-1) @ kernel.reshape(-1, kernel.shape[-1])
+  result = subprocess.run(args, capture_output=True, text=True, check=False)
+  if result.returncode:
+    return {"error": (result.stderr.strip().splitlines() or ["?"])[-1][:80]}
+  return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def features_nhwc(backbone, images, conv=conv_nhwc):
-  """(B, 224, 224, 3) -> flattened pool5 features (B, 9216), as VisualNet computes them."""
-  x = images
-  for name, stride, padding, pool in CONV_LAYERS:
-    x = jax.nn.relu(conv(x, backbone[name]["kernel"], stride, padding) + backbone[name]["bias"])
-    if pool:
-      x = visual.max_pool(x, 3, 2)
-  pooled = visual.adaptive_avg_pool(x, 6)
-  return visual._flatten_like_torch(pooled)
+def cpu_name():
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown CPU"
+  names = [line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line]
+  return names[0] if names else "unknown CPU"
 
 
-def features_nchw(backbone, images):
-  """The same in torch's layout: NCHW activations, OIHW kernels."""
-  x = jnp.transpose(images, (0, 3, 1, 2))
-  for name, stride, padding, pool in CONV_LAYERS:
-    kernel = jnp.transpose(backbone[name]["kernel"], (3, 2, 0, 1))
-    x = lax.conv_general_dilated(
-      x,
-      kernel,
-      (stride, stride),
-      [(padding, padding)] * 2,
-      dimension_numbers=("NCHW", "OIHW", "NCHW"),
-    )
-    x = jax.nn.relu(x + backbone[name]["bias"][:, None, None])
-    if pool:
-      size = (x.shape[2] - 3) // 2 + 1
-      x = functools.reduce(
-        jnp.maximum,
-        [
-          x[:, :, i : i + 2 * size - 1 : 2, j : j + 2 * size - 1 : 2]
-          for i in range(3)
-          for j in range(3)
-        ],
-      )
-  bins = np.zeros((6, x.shape[2]), np.float32)  # adaptive_avg_pool's bins (13 -> 6)
-  for i in range(6):
-    low, high = (i * x.shape[2]) // 6, -((-(i + 1) * x.shape[2]) // 6)
-    bins[i, low:high] = 1.0 / (high - low)
-  return jnp.einsum("ih,jw,bchw->bcij", bins, bins, x).reshape(x.shape[0], -1)
-
-
-def head(params, features, key, first_row):
-  """fc6, fc7 (dropout before each, as RowDropout draws it) and the tanh hash layer."""
-  backbone = params["backbone"]
-  for name in ("classifier_1", "classifier_4"):
-    if key is not None:
-      features = RowDropout(0.5).apply({}, features, True, first_row, rngs={"dropout": key})
-    features = jax.nn.relu(features @ backbone[name]["kernel"] + backbone[name]["bias"])
-  return jnp.tanh(features @ params["hash"]["linear"]["kernel"] + params["hash"]["linear"]["bias"])
-
-
-def in_chunks(function, chunk, *arrays, loop=False):
-  """function(first row, *row chunks of arrays) over consecutive row chunks, concatenated.
-
-  Unrolled: each chunk's convolutions are separate ops that XLA:CPU hands to its
-  libraries. loop=True runs them in lax.map instead, whose while loop XLA:CPU
-  compiles to its own element-by-element convolution kernels.
-  """
-  count = arrays[0].shape[0] // chunk
-  if loop:
-    chunks = [a.reshape(count, chunk, *a.shape[1:]) for a in arrays]
-    out = lax.map(lambda xs: function(xs[0] * chunk, *xs[1:]), (jnp.arange(count), *chunks))
-    return out.reshape(count * chunk, *out.shape[2:])
-  return jnp.concatenate(
-    [function(i * chunk, *(a[i * chunk : (i + 1) * chunk] for a in arrays)) for i in range(count)]
-  )
-
-
-def alexnet_programs(names, batch):
-  """{name: codes(params, images, key)} for the programs named; `key`=None: no dropout."""
-  net = visual.VisualNet(BITS, "alexnet")
-
-  def visualnet(params, images, key, first_row=0):
-    train = key is not None
-    _, codes = net.apply(
-      {"params": params}, images, train, first_row, rngs={"dropout": key} if train else {}
-    )
-    return codes
-
-  def lax_net(features):
-    return lambda params, images, key: head(params, features(params["backbone"], images), key, 0)
-
-  def convs_in_chunks(chunk, loop=False):
-    def codes(params, images, key):
-      features = in_chunks(
-        lambda _, x: features_nhwc(params["backbone"], x), chunk, images, loop=loop
-      )
-      return head(params, features, key, 0)
-
-    return codes
-
-  def all_in_chunks(chunk):
-    return lambda params, images, key: in_chunks(
-      lambda first, x: visualnet(params, x, key, first), chunk, images
-    )
-
-  programs = {
-    "VisualNet": visualnet,
-    "lax NHWC (as VisualNet)": lax_net(features_nhwc),
-    "lax NCHW": lax_net(features_nchw),
-    "lax im2col + matmul": lax_net(lambda b, x: features_nhwc(b, x, conv_im2col)),
-  }
-  for chunk in (8, 16, 32):
-    if chunk < batch and batch % chunk == 0:
-      programs[f"convs in row chunks of {chunk}"] = convs_in_chunks(chunk)
-      programs[f"convs in row chunks of {chunk} (lax.map)"] = convs_in_chunks(chunk, loop=True)
-      programs[f"VisualNet in row chunks of {chunk}"] = all_in_chunks(chunk)
-  return {name: programs[name] for name in names if name in programs}
-
-
-def alexnet_inputs(batch):
-  images, labels, _ = synthetic_batch(batch=batch)
-  images = pipeline.normalize(images)
-  params = visual.VisualNet(BITS, "alexnet").init(jax.random.PRNGKey(0), images[:2])["params"]
-  return params, images, jnp.asarray(labels), jax.random.PRNGKey(1)
-
-
-def jitted_grads(codes_fn):
-  @jax.jit
-  def grads(params, images, labels, key):
-    return jax.grad(lambda p: pair_loss(codes_fn(p, images, key), labels, jnp))(params)
-
-  return grads
-
-
-def gradient_errors(calls_without_dropout):
-  """Max |difference| / max |value| over the gradients of each program from VisualNet's,
-  dropout off (the lax programs draw other masks than VisualNet's), in float32."""
-  reference = jax.tree.leaves(calls_without_dropout["VisualNet"]())
-  return {
-    name: max(
-      float(jnp.max(jnp.abs(g - r)) / jnp.max(jnp.abs(r)))
-      for g, r in zip(jax.tree.leaves(call()), reference)
-    )
-    for name, call in calls_without_dropout.items()
-  }
-
-
-def time_in_turns(names, batch, reps, with_torch=True, check=False):
-  """Forward+backward (jitted grads) of each program named, `reps` turns of one call each,
-  a turn timing torch first when `with_torch`: {'torch': [s per turn], name: {'first': s of
-  compilation plus one call, 'jax': [s per turn], 'cores': [the process's CPU seconds per
-  second of the turn]}}, and 'errors': gradient_errors when `check`. A program's
-  turn-by-turn ratio to another (or to torch) compares calls a few seconds apart, under
-  nearly the same load."""
-  params, images, labels, key = alexnet_inputs(batch)
-  if jax.device_count() > 1:  # --xla_force_host_platform_device_count: split the images
-    images = sharding.shard_rows(sharding.make_mesh(), images)[0]
-  programs = alexnet_programs(names, batch)
-  result = {"torch": []}
-  if check:
-    result["errors"] = gradient_errors(
-      {
-        name: functools.partial(jitted_grads(codes_fn), params, images, labels, None)
-        for name, codes_fn in programs.items()
-      }
-    )
-  calls = {
-    name: functools.partial(jitted_grads(codes_fn), params, images, labels, key)
-    for name, codes_fn in programs.items()
-  }
-  for name, call in calls.items():
-    start = time.perf_counter()
-    jax.block_until_ready(call())
-    result[name] = {"first": time.perf_counter() - start, "jax": [], "cores": []}
-  torch_step = make_torch_step(batch) if with_torch else None
-  if torch_step:
-    torch_step()
-  for _ in range(reps):
-    if torch_step:
-      start = time.perf_counter()
-      torch_step()
-      result["torch"].append(time.perf_counter() - start)
-    for name, call in calls.items():
-      start, cpu = time.perf_counter(), time.process_time()
-      jax.block_until_ready(call())
-      result[name]["jax"].append(time.perf_counter() - start)
-      result[name]["cores"].append((time.process_time() - cpu) / result[name]["jax"][-1])
-  return result
-
-
-# (name, in channels, out channels, kernel, input height and width) of VisualNet's convolutions.
-CONV_SHAPES = [
-  ("conv1", 3, 64, 11, 224),
-  ("conv2", 64, 192, 5, 27),
-  ("conv3", 192, 384, 3, 13),
-  ("conv4", 384, 256, 3, 13),
-  ("conv5", 256, 256, 3, 13),
-]
-
-
-def time_layers(batch, reps):
-  """Each convolution alone, its forward, input gradient and kernel gradient, in JAX
-  (jitted, as VisualNet's backward computes them) and in torch (conv2d and aten's
-  convolution_backward for one gradient at a time), in turns: {layer: {call: [(seconds,
-  CPU seconds of the process)]}}."""
-  rng = np.random.default_rng(0)
-  torch.set_num_threads(usable_cpus())
-  calls = {}
-  for (_, stride, padding, _), (name, cin, cout, size, height) in zip(CONV_LAYERS, CONV_SHAPES):
-    x = rng.standard_normal((batch, height, height, cin), np.float32)
-    kernel = rng.standard_normal((size, size, cin, cout)).astype(np.float32) / np.float32(
-      size * np.sqrt(cin)
-    )
-    conv = functools.partial(conv_nhwc, stride=stride, padding=padding)
-    forward = jax.jit(conv)
-    grad_out = np.ones(forward(x, kernel).shape, np.float32)
-    dx = jax.jit(lambda x, k, g, conv=conv: jax.vjp(lambda x: conv(x, k), x)[1](g)[0])
-    dk = jax.jit(lambda x, k, g, conv=conv: jax.vjp(lambda k: conv(x, k), k)[1](g)[0])
-    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-    kt = torch.from_numpy(kernel).permute(3, 2, 0, 1).contiguous()
-    gt = torch.from_numpy(grad_out).permute(0, 3, 1, 2).contiguous()
-
-    def torch_backward(mask, xt=xt, kt=kt, gt=gt, stride=stride, padding=padding):
-      torch.ops.aten.convolution_backward(
-        gt, xt, kt, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1, mask
-      )
-
-    calls[name] = {
-      "JAX forward": lambda f=forward, x=x, k=kernel: f(x, k).block_until_ready(),
-      "JAX input grad": lambda f=dx, x=x, k=kernel, g=grad_out: f(x, k, g).block_until_ready(),
-      "JAX kernel grad": lambda f=dk, x=x, k=kernel, g=grad_out: f(x, k, g).block_until_ready(),
-      "torch forward": lambda xt=xt, kt=kt, s=stride, p=padding: torch.nn.functional.conv2d(
-        xt, kt, None, s, p
-      ),
-      "torch input grad": functools.partial(torch_backward, [True, False, False]),
-      "torch kernel grad": functools.partial(torch_backward, [False, True, False]),
-    }
-  times = {layer: {call: [] for call in layer_calls} for layer, layer_calls in calls.items()}
-  with torch.no_grad():
-    for turn in range(reps + 1):  # turn 0 compiles and warms up, untimed
-      for layer, layer_calls in calls.items():
-        for call_name, call in layer_calls.items():
-          start, cpu = time.perf_counter(), time.process_time()
-          call()
-          if turn:
-            times[layer][call_name].append((time.perf_counter() - start, time.process_time() - cpu))
-  return times
-
-
-def median_ratio(numerators, denominators):
-  return statistics.median(n / d for n, d in zip(numerators, denominators))
-
-
-# ---------------------------------------------------------------- XLA:CPU options
-
-YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
-# (name, XLA_FLAGS, command prefix). The flags are this jaxlib's own (XLA_FLAGS=--help
-# lists them); docs/performance.md says which of them change the compiled program.
-XLA_OPTIONS = [
-  ("default (YNNPACK convs and dots)", "", []),
-  ("YNNPACK off: Eigen convs and dots", YNN_OFF, []),
-  ("Eigen convs + YNNPACK dots", YNN_OFF + "-individual_convolution", []),
-  (
-    "Eigen convs + oneDNN dot fusions",
-    YNN_OFF + " --xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot",
-    [],
-  ),
-  ("fast math", "--xla_cpu_enable_fast_math=true", []),
-  ("Eigen single-threaded", "--xla_cpu_multi_thread_eigen=false", []),
-  ("512-bit vectors", "--xla_cpu_prefer_vector_width=512", []),
-  ("2 host devices (batch split)", "--xla_force_host_platform_device_count=2", []),
-  ("one core for JAX and torch", "", ["taskset", "-c", "CPU"]),  # this process's first core
-]
-REWRITES = [
-  "VisualNet",
-  "lax NHWC (as VisualNet)",
-  "lax NCHW",
-  "lax im2col + matmul",
-  "convs in row chunks of 8",
-  "convs in row chunks of 16",
-  "convs in row chunks of 32",
-  "VisualNet in row chunks of 8",
-  "VisualNet in row chunks of 16",
-  "VisualNet in row chunks of 32",
-]
-
-
-def run_child(spec, flags="", prefix=()):
-  """time_in_turns(**spec) in a fresh process, with `flags` added to XLA_FLAGS; the last
-  line of the child's stderr (a str) if it fails."""
-  env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flags).strip())
-  command = [*prefix, sys.executable, "-m", "benchmarks.train_step", "--child", json.dumps(spec)]
-  done = subprocess.run(
-    command,
-    env=env,
-    capture_output=True,
-    text=True,
-    check=False,
-    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-  )
-  for line in done.stdout.splitlines():
-    if line.startswith("RESULT "):
-      return json.loads(line[len("RESULT ") :])
-  return (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-
-
-def print_layers(result):
-  """time_layers' result as a table: ms, and the JAX calls' CPU seconds per second."""
-  print(
-    f"  {'layer':6s} {'JAX fwd':>8s} {'in grad':>8s} {'k grad':>8s} {'cores':>6s} "
-    f"{'torch fwd':>10s} {'in grad':>8s} {'k grad':>8s} {'JAX/torch':>9s}"
-  )
-  totals = np.zeros(7)
-  for layer, calls in result.items():
-    ms = [1000 * statistics.median(t for t, _ in turns) for turns in calls.values()]
-    jax_turns = [turn for call, turns in calls.items() if call.startswith("JAX") for turn in turns]
-    cores = sum(c for _, c in jax_turns) / sum(t for t, _ in jax_turns)
-    row = np.array(ms[:3] + [cores] + ms[3:])
-    totals += np.where(np.arange(7) == 3, 0, row)
-    print(
-      f"  {layer:6s} {row[0]:8.0f} {row[1]:8.0f} {row[2]:8.0f} {row[3]:6.1f} {row[4]:10.0f} "
-      f"{row[5]:8.0f} {row[6]:8.0f} {row[:3].sum() / row[4:].sum():9.2f}"
-    )
-  print(
-    f"  {'total':6s} {totals[0]:8.0f} {totals[1]:8.0f} {totals[2]:8.0f} {'':6s} "
-    f"{totals[4]:10.0f} {totals[5]:8.0f} {totals[6]:8.0f} "
-    f"{totals[:3].sum() / totals[4:].sum():9.2f}",
-    flush=True,
-  )
-
-
-def xla_options(args):
-  only = set(args.only.split(",")) if args.only else None
-  batch, reps = args.options_batch, args.reps
-  cpus = usable_cpus()
-  print(
-    f"{cpus} usable CPUs, JAX {jax.__version__}, torch {torch.__version__} ({cpus} threads); "
-    f"AlexNet {SIZE}x{SIZE} forward+backward (VisualNet, 32-bit hash, pair loss), "
-    f"batch {batch}; 'cores': the process's CPU seconds per second of JAX's calls"
-  )
-  print(f"start: {load()}", flush=True)
-
-  rewrites = [name for name in REWRITES if only is None or name in only]
-  if rewrites:
-    r = run_child({"names": rewrites, "batch": batch, "reps": reps, "check": True})
-    if isinstance(r, str):
-      raise RuntimeError(r)
-    base = r["VisualNet"]["jax"]
-    print(
-      f"\nrewrites of the same math, one process, default flags, {reps} turns; 'vs "
-      "VisualNet' = median over turns of the program's time / VisualNet's"
-    )
-    print(
-      f"{'program':34s} {'grad err':>8s} {'first s':>8s} {'JAX s':>7s} {'cores':>6s} "
-      f"{'JAX/torch':>9s} {'vs VisualNet':>12s}"
-    )
-    for name in (name for name in rewrites if name in r):
-      t = r[name]["jax"]
-      print(
-        f"{name:34s} {r['errors'][name]:8.0e} {r[name]['first']:8.1f} "
-        f"{statistics.median(t):7.3f} {statistics.median(r[name]['cores']):6.1f} "
-        f"{median_ratio(t, r['torch']):9.2f} {median_ratio(t, base):12.2f}"
-      )
-    print(f"  torch: {statistics.median(r['torch']):.3f} s ({load()})", flush=True)
-
-  first_cpu = str(min(os.sched_getaffinity(0)))
-  options = [
-    (name, flags, [first_cpu if p == "CPU" else p for p in prefix])
-    for name, flags, prefix in XLA_OPTIONS[1:]
-    if (only is None or name in only) and (cpus > 1 or not prefix)
-  ]
-  if options:
-    # Rounds: the default, then every option, each in its own process; an option's
-    # ratio in a round divides its median by that round's default's.
-    runs = {name: [] for name, _, _ in [XLA_OPTIONS[0]] + options}
-    for _ in range(args.rounds):
-      default_run = run_child({"names": ["VisualNet"], "batch": batch, "reps": reps})
-      if isinstance(default_run, str):
-        raise RuntimeError(default_run)
-      runs[XLA_OPTIONS[0][0]].append((default_run, default_run))
-      for name, flags, prefix in options:
-        spec = {"names": ["VisualNet"], "batch": batch, "reps": reps, "with_torch": bool(prefix)}
-        runs[name].append((run_child(spec, flags, prefix), default_run))
-    print(
-      f"\nXLA:CPU options, VisualNet, one process each, {args.rounds} rounds of {reps} turns; "
-      "'vs default' = median over rounds of the option's median / that round's default's "
-      f"(range in brackets); torch: the default's process unless the option changes it "
-      f"({load()})"
-    )
-    print(
-      f"{'option':34s} {'first s':>8s} {'JAX s':>7s} {'cores':>6s} {'JAX/torch':>9s} "
-      f"{'vs default':>10s} {'(range)':>13s}  flags"
-    )
-    for name, flags, prefix in [XLA_OPTIONS[0]] + options:
-      failed = next((o for o, _ in runs[name] if isinstance(o, str)), None)
-      if failed:
-        print(f"{name:34s} failed: {failed}  {flags}")
-        continue
-      first = statistics.median(o["VisualNet"]["first"] for o, _ in runs[name])
-      jax_seconds = [statistics.median(o["VisualNet"]["jax"]) for o, _ in runs[name]]
-      cores = statistics.median(c for o, _ in runs[name] for c in o["VisualNet"]["cores"])
-      torch_seconds = [statistics.median((o if prefix else d)["torch"]) for o, d in runs[name]]
-      vs = [
-        j / statistics.median(d["VisualNet"]["jax"]) for j, (_, d) in zip(jax_seconds, runs[name])
-      ]
-      print(
-        f"{name:34s} {first:8.1f} {statistics.median(jax_seconds):7.3f} {cores:6.1f} "
-        f"{median_ratio(jax_seconds, torch_seconds):9.2f} {statistics.median(vs):10.2f} "
-        f"  ({min(vs):.2f}-{max(vs):.2f})  {' '.join(prefix)} {flags}".rstrip()
-      )
-
-  if only is None or "per layer" in only:
-    print(
-      f"\nper layer (ms, median of {reps} turns, one process per flag setting): each "
-      "convolution's forward, input gradient and kernel gradient; JAX/torch = the three "
-      "JAX times summed over torch's"
-    )
-    for name, flags, _ in XLA_OPTIONS[:2]:
-      r = run_child({"layers": True, "batch": batch, "reps": reps}, flags)
-      print(f"{name}  {flags}  ({load()})")
-      if isinstance(r, str):
-        print(f"  failed: {r}")
-      else:
-        print_layers(r)
-  print(f"end: {load()}")
-
-
-# ---------------------------------------------------------------- input pipeline
-
-
-def pipeline_rates(jpegs, data_config, num_images):
-  """Train-mode images/s of the library's loader at 224, per source."""
-  rng = np.random.default_rng(0)
-  labels = jpegs.labels[:num_images]
-  runs = {
-    "JPEG files": jpegs,
-    "arrays 256x256x3": sources.ArraySource(
-      "256", rng.integers(0, 256, (num_images, 256, 256, 3), dtype=np.uint8), labels
-    ),
-    # CIFAR-10 as trained here: 32x32 images upscaled to 224.
-    "arrays 32x32x3": sources.ArraySource(
-      "32", rng.integers(0, 256, (num_images, 32, 32, 3), dtype=np.uint8), labels
-    ),
-  }
-  indices = rng.permutation(num_images)
-  return {
-    name: input_pipeline.thread_loader_rate(source, data_config, indices, BATCH)
-    for name, source in runs.items()
-  }
-
-
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--steps", type=int, default=3, help="timed steps after the first call")
-  parser.add_argument("--variants", default="mmasia,tomm")
-  parser.add_argument(
-    "--num_images",
-    type=int,
-    default=256,
-    help="images per input-pipeline measurement (multiple of 64)",
-  )
-  parser.add_argument(
-    "--xla_options",
-    action="store_true",
-    help="time the AlexNet forward+backward under XLA:CPU options and rewrites",
-  )
-  parser.add_argument("--options_batch", type=int, default=BATCH, help="batch for --xla_options")
-  parser.add_argument("--reps", type=int, default=3, help="--xla_options: timed turns per process")
-  parser.add_argument(
-    "--rounds", type=int, default=2, help="--xla_options: processes per XLA_FLAGS setting, in turns"
-  )
-  parser.add_argument(
-    "--only", default="", help="comma-separated option or program names for --xla_options"
-  )
-  parser.add_argument("--child", help=argparse.SUPPRESS)
-  args = parser.parse_args()
-  if args.child:
-    spec = json.loads(args.child)
-    measure = time_layers if spec.pop("layers", False) else time_in_turns
-    print("RESULT " + json.dumps(measure(**spec)))
+def main(argv):
+  del argv
+  if _MEASURE.value:
+    kind, backbone = _MEASURE.value.split(":")
+    print(json.dumps(measure(kind, backbone)))
     return
-  if args.xla_options:
-    xla_options(args)
-    return
-  print(f"{os.cpu_count()} CPUs, JAX {jax.__version__} {jax.devices()}, torch {torch.__version__}")
-  print(f"start: {load()}")
-  print(f"AlexNet {SIZE}x{SIZE}, batch {BATCH}, {BITS} bits, {args.steps} timed steps (median)")
-  data_config = default.base_config("cifar10").data
-  workers = data_config.num_workers or os.cpu_count()
-  with tempfile.TemporaryDirectory() as tmp:
-    input_pipeline.write_jpegs(pathlib.Path(tmp), args.num_images)
-    jpegs = image_list.ImageListSource("bench", tmp, ["images.txt"], 2, unlabeled="fail")
-    rates = pipeline_rates(jpegs, data_config, args.num_images)
-    torch_step = make_torch_step()
-    results = {}
-    for variant in args.variants.split(","):
-      results[variant] = time_schn_step(variant, args.steps, jpegs, data_config)
-      # Two variants' AlexNet states (params + Adam moments) need not coexist.
-      gc.collect()
-      results[variant]["torch"] = timed(torch_step, args.steps)[1]
-      print(f"  {variant}: done ({load()})", flush=True)
-  del torch_step
-  gc.collect()
-  inherited = os.environ.get("XLA_FLAGS", "")
-  alexnet = {inherited: time_in_turns(["VisualNet"], BATCH, args.steps)}
-  if YNN_OFF not in inherited:  # XLA reads XLA_FLAGS once per process: a child runs this one
-    alexnet[f"{inherited} {YNN_OFF}".strip()] = run_child(
-      {"names": ["VisualNet"], "batch": BATCH, "reps": args.steps}, YNN_OFF
-    )
-
+  load = lambda: "load average %.2f %.2f %.2f" % os.getloadavg()
   print(
-    f"\nAlexNet forward+backward (no optimizer), JAX and torch ({torch.get_num_threads()} "
-    "threads) in turns; 'cores': the process's CPU seconds per second of JAX's calls"
+    f"{cpu_name()}, {os.cpu_count()} CPUs; batch {_BATCH.value}, {_SIZE.value} px, "
+    f"{BITS} bits, SCHN {_VARIANT.value}; median of {_REPEATS.value} steps after one; "
+    f"{load()}\n"
   )
-  for flags, r in alexnet.items():
-    if isinstance(r, str):
-      print(f"  XLA_FLAGS={flags}: failed: {r}")
-      continue
-    jax_seconds, cores = r["VisualNet"]["jax"], statistics.median(r["VisualNet"]["cores"])
+  print(
+    "| backbone | parameters (M) | ours: SCHN step (s) | ours: backbone step (s) "
+    "| torch: backbone step (s) | ours / torch (backbone) | peak RSS MiB (SCHN / ours / torch) |"
+  )
+  print("|---|---|---|---|---|---|---|")
+  for backbone in _BACKBONES.value:
+    results = {kind: run_child(kind, backbone) for kind in KINDS}
+    cell = lambda r, key, fmt: fmt.format(r[key]) if key in r else r.get("error", "?")
+    schn, ours, theirs = (results[k] for k in KINDS)
+    ratio = (
+      f"{ours['seconds'] / theirs['seconds']:.2f}"
+      if "seconds" in ours and "seconds" in theirs
+      else "?"
+    )
+    counts = {r["params"] for r in results.values() if "params" in r}
+    params = ", ".join(f"{n / 1e6:.2f}" for n in sorted(counts)) or "?"  # one number: they agree
     print(
-      f"  JAX {statistics.median(jax_seconds):.3f} s ({cores:.1f} cores), torch "
-      f"{statistics.median(r['torch']):.3f} s, JAX/torch "
-      f"{median_ratio(jax_seconds, r['torch']):.2f}   XLA_FLAGS={flags}"
+      f"| {backbone} | {params} "
+      f"| {cell(schn, 'seconds', '{:.2f}')} | {cell(ours, 'seconds', '{:.2f}')} "
+      f"| {cell(theirs, 'seconds', '{:.2f}')} | {ratio} "
+      f"| {' / '.join(cell(r, 'peak_mib', '{:.0f}') for r in (schn, ours, theirs))} |",
+      flush=True,
     )
-  print(
-    "\nfull step  first call  step s  steps/s  images/s  fed step s  torch fwd+bwd s  "
-    "ours/torch  official s  ours/official (target <= 0.7)"
-  )
-  for variant, r in results.items():
-    print(
-      f"{variant:9s} {r['first']:8.1f} s {r['step']:7.3f} {1 / r['step']:8.3f} "
-      f"{BATCH / r['step']:9.1f} {r['fed']:11.3f} {r['torch']:16.3f} "
-      f"{r['step'] / r['torch']:11.2f} {OFFICIAL_SECONDS[variant]:11.2f} "
-      f"{r['step'] / OFFICIAL_SECONDS[variant]:14.2f}"
-    )
-  print(
-    f"\ninput pipeline, train mode {SIZE}x{SIZE}, loader threads={workers} (images/s), "
-    "beside the step's consumption:"
-  )
-  needs = ", ".join(f"{v} {BATCH / r['step']:.0f}" for v, r in results.items())
-  for name, rate in rates.items():
-    print(f"  {name:18s} {rate:8.0f}   (step consumes: {needs})")
-  print(f"end: {load()}")
+  print(f"\n{load()}")
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)
