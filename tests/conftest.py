@@ -31,3 +31,19 @@ def pytest_generate_tests(metafunc):
         for d in dirs
       ]
       metafunc.parametrize(name, dirs, ids=ids)
+
+
+# Tests that hold 6-11 GB each (8 simulated devices, AlexNet trajectories, several
+# processes): one xdist worker runs them one after another (`--dist loadgroup` in
+# .ci/run), so that two of them never share the machine's 24 GB.
+HEAVY = (
+  "test_reference_check.py::test_trajectory_matches_reference",
+  "test_parallel.py::",
+  "test_backbones.py::test_resnet_loop_on_eight_devices_equals_one",
+)
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if any(pattern in item.nodeid for pattern in HEAVY):
+      item.add_marker(pytest.mark.xdist_group("memory"))
