@@ -34,24 +34,24 @@ from schn_jax.evaluation import metrics as metrics_lib
 from schn_jax.evaluation import plots
 
 _CODES = flags.DEFINE_string(
-  'codes', None, 'Code npz: query_codes, database_codes, query_labels, database_labels.'
+  "codes", None, "Code npz: query_codes, database_codes, query_labels, database_labels."
 )
 _TORCH_FILES = {
-  key: flags.DEFINE_string(f'{key}_t', None, f'{key} saved with torch.save (.t).')
+  key: flags.DEFINE_string(f"{key}_t", None, f"{key} saved with torch.save (.t).")
   for key in codes_lib.CODE_KEYS
 }
-_TOPK = flags.DEFINE_integer('topk', -1, 'K of mAP@K; -1 for all.')
+_TOPK = flags.DEFINE_integer("topk", -1, "K of mAP@K; -1 for all.")
 _TIES = flags.DEFINE_enum(
-  'ties', 'stable', metrics_lib.TIE_MODES, 'How tied Hamming distances are ordered.'
+  "ties", "stable", metrics_lib.TIE_MODES, "How tied Hamming distances are ordered."
 )
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A train.py run to re-evaluate.')
+_WORKDIR = flags.DEFINE_string("workdir", None, "A train.py run to re-evaluate.")
 _DATABASE_CODES = flags.DEFINE_enum(
-  'database_codes',
+  "database_codes",
   None,
-  ('learned', 'encoded'),
-  'With --workdir: learned asymmetric codes or encoded database images.',
+  ("learned", "encoded"),
+  "With --workdir: learned asymmetric codes or encoded database images.",
 )
-_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Write metrics.json and curves.png here.')
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Write metrics.json and curves.png here.")
 
 
 def load_inputs():
@@ -62,7 +62,7 @@ def load_inputs():
   if all(torch_paths.values()) and not _CODES.value:
     return codes_lib.load_torch_codes(**torch_paths)
   raise errors.UserError(
-    'give --codes FILE.npz, or all four of ' + ', '.join(f'--{key}_t' for key in torch_paths)
+    "give --codes FILE.npz, or all four of " + ", ".join(f"--{key}_t" for key in torch_paths)
   )
 
 
@@ -71,46 +71,46 @@ def evaluate_workdir():
   from schn_jax.training import train
 
   given = [
-    f'--{name}'
-    for name in ('codes', *(f'{key}_t' for key in codes_lib.CODE_KEYS))
+    f"--{name}"
+    for name in ("codes", *(f"{key}_t" for key in codes_lib.CODE_KEYS))
     if flags.FLAGS[name].value
   ]
   if given:
     raise errors.UserError(
-      f'--workdir evaluates a run\'s checkpoints; {", ".join(given)} '
-      'names codes to evaluate instead: give one or the other'
+      f"--workdir evaluates a run's checkpoints; {', '.join(given)} "
+      "names codes to evaluate instead: give one or the other"
     )
   overrides = {
-    name: flags.FLAGS[name].value for name in ('topk', 'ties') if flags.FLAGS[name].present
+    name: flags.FLAGS[name].value for name in ("topk", "ties") if flags.FLAGS[name].present
   }
   if _DATABASE_CODES.value:
-    overrides['database_codes'] = _DATABASE_CODES.value
+    overrides["database_codes"] = _DATABASE_CODES.value
   results = train.evaluate_workdir(_WORKDIR.value, overrides, _OUTPUT_DIR.value)
   print(json.dumps(results))
 
 
 def main(argv):
   if len(argv) > 1:
-    raise errors.UserError(f'unexpected arguments {argv[1:]}: give every setting as --flag=value')
+    raise errors.UserError(f"unexpected arguments {argv[1:]}: give every setting as --flag=value")
   # Orbax logs through absl's logger, at INFO and (for the read-only checkpoints
   # evaluation opens) at WARNING; JAX logs its backend probing.
-  logging.getLogger('absl').setLevel(logging.ERROR)
-  logging.getLogger('jax').setLevel(logging.WARNING)
+  logging.getLogger("absl").setLevel(logging.ERROR)
+  logging.getLogger("jax").setLevel(logging.WARNING)
   if _WORKDIR.value:
     return evaluate_workdir()
   if _DATABASE_CODES.value:
     raise errors.UserError(
-      '--database_codes applies to --workdir only: code files hold their database codes'
+      "--database_codes applies to --workdir only: code files hold their database codes"
     )
   metrics = metrics_lib.evaluate_codes(**load_inputs(), topk=_TOPK.value, ties=_TIES.value)
   if _OUTPUT_DIR.value:
     output_dir = pathlib.Path(_OUTPUT_DIR.value)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / 'metrics.json').write_text(json.dumps(metrics, indent=2))
-    plots.plot_curves(metrics, output_dir / 'curves.png')
-  summary = {key: value for key, value in metrics.items() if key != 'curves'}
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plots.plot_curves(metrics, output_dir / "curves.png")
+  summary = {key: value for key, value in metrics.items() if key != "curves"}
   print(json.dumps(summary))
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   errors.run(main)

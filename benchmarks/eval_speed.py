@@ -50,26 +50,26 @@ def numpy_map(query_codes, database_codes, query_labels, database_labels):
 
 def measure(task, num_queries):
   """Runs in a child process: (result, first s, second s, peak RSS MiB)."""
-  if task.endswith('_uncached'):
+  if task.endswith("_uncached"):
     # Numba reads this at import, which has not happened in this process.
     with tempfile.TemporaryDirectory() as cache:
-      os.environ['NUMBA_CACHE_DIR'] = cache
-      return measure(task[: -len('_uncached')], num_queries)
-  if task.startswith('map'):
+      os.environ["NUMBA_CACHE_DIR"] = cache
+      return measure(task[: -len("_uncached")], num_queries)
+  if task.startswith("map"):
     arrays = clustered_set(num_queries, 59_000, 32, 10)
   else:
     rng = np.random.default_rng(1)
     database = np.where(rng.random((1_000_000, 64)) < 0.5, -1, 1).astype(np.int8)
     arrays = (database[rng.integers(0, len(database), num_queries)], database)
   setup_rss = psutil.Process().memory_info().rss / 2**20
-  if task == 'map_numpy':
+  if task == "map_numpy":
     run = lambda: numpy_map(*arrays)
-  elif task.startswith('map_'):
+  elif task.startswith("map_"):
     from schn_jax.evaluation import metrics
 
-    ties = task[len('map_') :]
-    run = lambda: metrics.evaluate_codes(*arrays, ties=ties)['map']
-  elif task == 'topk_ours':
+    ties = task[len("map_") :]
+    run = lambda: metrics.evaluate_codes(*arrays, ties=ties)["map"]
+  elif task == "topk_ours":
     from schn_jax.evaluation import hamming
 
     run = lambda: hamming.hamming_topk(*arrays, 100)[1].mean()
@@ -79,7 +79,7 @@ def measure(task, num_queries):
     index = search.build_index(arrays[1])
     run = lambda: np.mean([d.mean() for _, d in search.knn(index, arrays[0], 100)])
   times = []
-  for _ in range(1 if task in ('map_numpy', 'topk_faiss') else 2):
+  for _ in range(1 if task in ("map_numpy", "topk_faiss") else 2):
     start = time.perf_counter()
     result = run()
     times.append(time.perf_counter() - start)
@@ -89,30 +89,30 @@ def measure(task, num_queries):
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument('--scale', type=float, default=1.0)
-  parser.add_argument('--part', choices=('all', 'map', 'topk'), default='all')
+  parser.add_argument("--scale", type=float, default=1.0)
+  parser.add_argument("--part", choices=("all", "map", "topk"), default="all")
   args = parser.parse_args()
-  context = multiprocessing.get_context('spawn')
-  print(f'{psutil.cpu_count()} CPUs, load average {psutil.getloadavg()}')
+  context = multiprocessing.get_context("spawn")
+  print(f"{psutil.cpu_count()} CPUs, load average {psutil.getloadavg()}")
   sections = [
     (
-      '(1) mAP@all, 59,000 x 32-bit database',
+      "(1) mAP@all, 59,000 x 32-bit database",
       int(1000 * args.scale),
-      ['map_numpy', 'map_stable', 'map_reference', 'map_tie_aware', 'map_stable_uncached'],
+      ["map_numpy", "map_stable", "map_reference", "map_tie_aware", "map_stable_uncached"],
     ),
     (
-      '(2) top-100, 1,000,000 x 64-bit database',
+      "(2) top-100, 1,000,000 x 64-bit database",
       int(10_000 * args.scale),
-      ['topk_faiss', 'topk_ours'],
+      ["topk_faiss", "topk_ours"],
     ),
   ]
   for title, num_queries, tasks in sections:
-    if args.part != 'all' and not tasks[0].startswith(args.part):
+    if args.part != "all" and not tasks[0].startswith(args.part):
       continue
-    print(f'\n{title}, {num_queries} queries')
+    print(f"\n{title}, {num_queries} queries")
     print(
-      f'{"method":20s} {"value":>10s} {"first s":>9s} {"second s":>9s} '
-      f'{"peak RSS MiB":>13s} {"setup RSS":>10s} {"speed-up":>9s}'
+      f"{'method':20s} {'value':>10s} {'first s':>9s} {'second s':>9s} "
+      f"{'peak RSS MiB':>13s} {'setup RSS':>10s} {'speed-up':>9s}"
     )
     baseline = None
     for task in tasks:
@@ -120,10 +120,10 @@ def main():
         value, first, second, peak, setup = pool.apply(measure, (task, num_queries))
       baseline = baseline or second
       print(
-        f'{task:20s} {value:10.6f} {first:9.3f} {second:9.3f} '
-        f'{peak:13.0f} {setup:10.0f} {baseline / second:8.1f}x'
+        f"{task:20s} {value:10.6f} {first:9.3f} {second:9.3f} "
+        f"{peak:13.0f} {setup:10.0f} {baseline / second:8.1f}x"
       )
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   main()

@@ -24,8 +24,8 @@ from PIL import Image
 
 from schn_jax.data import default_data_config, image_list, pipeline, sources
 
-_NUM_IMAGES = flags.DEFINE_integer('num_images', 1024, 'Images per run.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Global batch size.')
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 1024, "Images per run.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Global batch size.")
 
 
 def write_jpegs(root: pathlib.Path, count: int) -> None:
@@ -38,9 +38,9 @@ def write_jpegs(root: pathlib.Path, count: int) -> None:
     phase = rng.uniform(0, 6, 3)
     pixels = np.stack([np.sin(7 * x + 5 * y * c + p) for c, p in zip((1, 2, 3), phase)], -1)
     pixels = 127 * (pixels + 1) + rng.normal(0, 8, pixels.shape)
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / f'{i}.jpg', quality=90)
-    lines.append(f'{i}.jpg 1 0')
-  (root / 'images.txt').write_text('\n'.join(lines) + '\n')
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / f"{i}.jpg", quality=90)
+    lines.append(f"{i}.jpg 1 0")
+  (root / "images.txt").write_text("\n".join(lines) + "\n")
 
 
 def thread_loader_rate(source, config, indices, batch_size):
@@ -84,22 +84,22 @@ def grain_rate(source, config, indices, batch_size, num_workers):
 def main(argv):
   del argv
   num_images, batch_size = _NUM_IMAGES.value, _BATCH_SIZE.value
-  config = default_data_config('nuswide')
+  config = default_data_config("nuswide")
   indices = np.random.default_rng(0).permutation(num_images)
-  print(f'{os.cpu_count()} CPUs, JAX devices: {jax.devices()}')
+  print(f"{os.cpu_count()} CPUs, JAX devices: {jax.devices()}")
   print(
-    f'train mode, {config.image_size}x{config.image_size}, batch '
-    f'{batch_size}, {num_images} images per run (images/s):'
+    f"train mode, {config.image_size}x{config.image_size}, batch "
+    f"{batch_size}, {num_images} images per run (images/s):"
   )
   with tempfile.TemporaryDirectory() as tmp:
     write_jpegs(pathlib.Path(tmp), num_images)
-    jpegs = image_list.ImageListSource('bench', tmp, ['images.txt'], 2, unlabeled='fail')
+    jpegs = image_list.ImageListSource("bench", tmp, ["images.txt"], 2, unlabeled="fail")
     rng = np.random.default_rng(0)
     arrays = {
-      'arrays 256x256x3': rng.integers(0, 256, (num_images, 256, 256, 3)),
-      'arrays 32x32x3': rng.integers(0, 256, (num_images, 32, 32, 3)),
+      "arrays 256x256x3": rng.integers(0, 256, (num_images, 256, 256, 3)),
+      "arrays 32x32x3": rng.integers(0, 256, (num_images, 32, 32, 3)),
     }
-    runs = [('JPEG files', jpegs)] + [
+    runs = [("JPEG files", jpegs)] + [
       (name, sources.ArraySource(name, a.astype(np.uint8), jpegs.labels))
       for name, a in arrays.items()
     ]
@@ -107,10 +107,10 @@ def main(argv):
       for workers in (1, 2, 4):
         config.num_workers = workers
         rate = thread_loader_rate(source, config, indices, batch_size)
-        print(f'  {name:18s} threads={workers}: {rate:8.0f}')
+        print(f"  {name:18s} threads={workers}: {rate:8.0f}")
       for workers in (0, 2):
         rate = grain_rate(source, config, indices, batch_size, workers)
-        print(f'  {name:18s} grain workers={workers}: {rate:8.0f}')
+        print(f"  {name:18s} grain workers={workers}: {rate:8.0f}")
 
   normalize = jax.jit(pipeline.normalize)
   batch = np.zeros((batch_size, config.image_size, config.image_size, 3), np.uint8)
@@ -119,8 +119,8 @@ def main(argv):
   for _ in range(repeats):
     normalize(batch).block_until_ready()
   rate = repeats * batch_size / (time.perf_counter() - start)
-  print(f'  normalize on {jax.devices()[0].platform}: {rate:8.0f}')
+  print(f"  normalize on {jax.devices()[0].platform}: {rate:8.0f}")
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   app.run(main)

@@ -26,18 +26,18 @@ from absl import app, flags
 
 from schn_jax.evaluation import search
 
-_NUM_DATABASE = flags.DEFINE_integer('num_database', 1_000_000, 'Database codes.')
-_NUM_QUERIES = flags.DEFINE_integer('num_queries', 1000, 'Query codes.')
-_BITS = flags.DEFINE_integer('bits', 64, 'Code length.')
+_NUM_DATABASE = flags.DEFINE_integer("num_database", 1_000_000, "Database codes.")
+_NUM_QUERIES = flags.DEFINE_integer("num_queries", 1000, "Query codes.")
+_BITS = flags.DEFINE_integer("bits", 64, "Code length.")
 _K = 10
 
 # (description, [search-time settings]) measured in this order.
 INDEXES = (
-  ('flat', [{}]),
-  ('BHash16', [{'nflip': 0}, {'nflip': 2}, {'nflip': 4}]),
-  ('BHash4x16', [{'nflip': 0}, {'nflip': 1}, {'nflip': 2}]),
-  ('BIVF1024', [{'nprobe': 1}, {'nprobe': 16}, {'nprobe': 64}]),
-  ('BHNSW32', [{'ef_search': 16}, {'ef_search': 64}, {'ef_search': 256}]),
+  ("flat", [{}]),
+  ("BHash16", [{"nflip": 0}, {"nflip": 2}, {"nflip": 4}]),
+  ("BHash4x16", [{"nflip": 0}, {"nflip": 1}, {"nflip": 2}]),
+  ("BIVF1024", [{"nprobe": 1}, {"nprobe": 16}, {"nprobe": 64}]),
+  ("BHNSW32", [{"ef_search": 16}, {"ef_search": 64}, {"ef_search": 256}]),
 )
 
 
@@ -61,13 +61,13 @@ def main(argv):
   database = random_codes(rng, _NUM_DATABASE.value, _BITS.value)
   queries = random_codes(rng, _NUM_QUERIES.value, _BITS.value)
   print(
-    f'{_NUM_DATABASE.value:,} database x {_NUM_QUERIES.value:,} queries, '
-    f'{_BITS.value}-bit random codes, k={_K}; {os.cpu_count()} CPUs, FAISS '
-    f'{faiss.__version__} with {faiss.omp_get_max_threads()} threads, load '
-    f'average {os.getloadavg()[0]:.1f}'
+    f"{_NUM_DATABASE.value:,} database x {_NUM_QUERIES.value:,} queries, "
+    f"{_BITS.value}-bit random codes, k={_K}; {os.cpu_count()} CPUs, FAISS "
+    f"{faiss.__version__} with {faiss.omp_get_max_threads()} threads, load "
+    f"average {os.getloadavg()[0]:.1f}"
   )
-  print(f'| index | setting | build s | queries/s | recall@{_K} | dist-recall@{_K} |')
-  print('|---|---|---|---|---|---|')
+  print(f"| index | setting | build s | queries/s | recall@{_K} | dist-recall@{_K} |")
+  print("|---|---|---|---|---|---|")
   exact = None
   for description, settings in INDEXES:
     started = time.perf_counter()
@@ -85,15 +85,15 @@ def main(argv):
           np.stack([distances for _, distances in results]),
         )
       id_recall, distance_recall = recalls(results, *exact)
-      name = ', '.join(f'{k}={v}' for k, v in setting.items()) or '-'
+      name = ", ".join(f"{k}={v}" for k, v in setting.items()) or "-"
       print(
-        f'| {description} | {name} | {build_seconds:.1f} | '
-        f'{len(queries) / seconds:,.0f} | {id_recall:.3f} | '
-        f'{distance_recall:.3f} |',
+        f"| {description} | {name} | {build_seconds:.1f} | "
+        f"{len(queries) / seconds:,.0f} | {id_recall:.3f} | "
+        f"{distance_recall:.3f} |",
         flush=True,
       )
     del index
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   app.run(main)

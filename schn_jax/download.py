@@ -27,8 +27,8 @@ import requests
 
 from schn_jax import errors
 
-CACHE_ENV = 'SCHN_JAX_CACHE'
-URL_ENV = 'SCHN_JAX_DOWNLOAD_URL'
+CACHE_ENV = "SCHN_JAX_CACHE"
+URL_ENV = "SCHN_JAX_DOWNLOAD_URL"
 # Seconds without a byte before a download is given up (connecting, or mid-body).
 TIMEOUT_S = 60
 
@@ -47,7 +47,7 @@ class RemoteFile:
 
   @property
   def name(self) -> str:
-    return self.url.rsplit('/', 1)[-1]
+    return self.url.rsplit("/", 1)[-1]
 
 
 class DownloadError(errors.DataNotFoundError):
@@ -59,7 +59,7 @@ class ChecksumError(ValueError):
 
 
 def cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get(CACHE_ENV) or pooch.os_cache('schn_jax')).expanduser()
+  return pathlib.Path(os.environ.get(CACHE_ENV) or pooch.os_cache("schn_jax")).expanduser()
 
 
 def cached_path(remote: RemoteFile) -> pathlib.Path:
@@ -69,16 +69,16 @@ def cached_path(remote: RemoteFile) -> pathlib.Path:
 def source_url(remote: RemoteFile) -> str:
   """Where `remote` is downloaded from: its URL, or its name under $SCHN_JAX_DOWNLOAD_URL."""
   mirror = os.environ.get(URL_ENV)
-  return f'{mirror.rstrip("/")}/{remote.name}' if mirror else remote.url
+  return f"{mirror.rstrip('/')}/{remote.name}" if mirror else remote.url
 
 
 def digest_mismatch(path, checksum: str) -> str | None:
   """None when the file at `path` has `checksum`; otherwise what it has instead."""
-  algorithm, expected = checksum.split(':')
+  algorithm, expected = checksum.split(":")
   digest = pooch.file_hash(str(path), alg=algorithm)
   if digest.startswith(expected.lower()):
     return None
-  return f'its {algorithm} is {digest[: max(len(expected), 8)]}..., the published one {expected}'
+  return f"its {algorithm} is {digest[: max(len(expected), 8)]}..., the published one {expected}"
 
 
 class _CheckedDownload:
@@ -96,7 +96,7 @@ class _CheckedDownload:
     self.http(url, output_file, pooch_instance)
     mismatch = digest_mismatch(output_file, self.remote.checksum)
     if mismatch:
-      raise ChecksumError(f'the downloaded file is not the published one: {mismatch}')
+      raise ChecksumError(f"the downloaded file is not the published one: {mismatch}")
 
 
 def _download_failure(error, url) -> str:
@@ -104,16 +104,16 @@ def _download_failure(error, url) -> str:
   if isinstance(error, ChecksumError):
     return str(error)
   if isinstance(error, requests.HTTPError):
-    return f'the server answered HTTP {error.response.status_code}'
+    return f"the server answered HTTP {error.response.status_code}"
   if isinstance(error, requests.exceptions.ChunkedEncodingError):
-    return 'the connection broke off before the end of the file'
+    return "the connection broke off before the end of the file"
   if isinstance(error, requests.Timeout):
-    return f'no answer for {TIMEOUT_S} s'
+    return f"no answer for {TIMEOUT_S} s"
   if isinstance(error, requests.ConnectionError):
-    return f'cannot connect to {urllib.parse.urlsplit(url).netloc}'
+    return f"cannot connect to {urllib.parse.urlsplit(url).netloc}"
   if isinstance(error, requests.RequestException):
-    return f'{type(error).__name__}: {errors.one_line(error)}'
-  return f'cannot write the cache folder ({error.strerror or error}; {CACHE_ENV} moves it)'
+    return f"{type(error).__name__}: {errors.one_line(error)}"
+  return f"cannot write the cache folder ({error.strerror or error}; {CACHE_ENV} moves it)"
 
 
 def _fetch(remote: RemoteFile) -> pathlib.Path:
@@ -122,10 +122,10 @@ def _fetch(remote: RemoteFile) -> pathlib.Path:
     mismatch = digest_mismatch(path, remote.checksum)
     if mismatch is None:
       return path
-    logging.warning('%s is damaged or another version (%s): downloading it again', path, mismatch)
+    logging.warning("%s is damaged or another version (%s): downloading it again", path, mismatch)
     path.unlink()
   url = source_url(remote)
-  logging.info('downloading %s to %s', url, path)
+  logging.info("downloading %s to %s", url, path)
   pooch.retrieve(
     url, known_hash=None, fname=path.name, path=path.parent, downloader=_CheckedDownload(remote)
   )
@@ -145,11 +145,11 @@ def fetch_all(remotes) -> list[pathlib.Path]:
     except (requests.RequestException, ChecksumError, OSError) as error:
       url = source_url(remote)
       failures.append(
-        f'{url} ({_download_failure(error, url)}): put that file at {cached_path(remote)}'
+        f"{url} ({_download_failure(error, url)}): put that file at {cached_path(remote)}"
       )
   if failures:
     raise DownloadError(
-      f'not in the cache and cannot be downloaded: {"; ".join(failures)} '
-      '(to work offline, copy each file there from a machine with network access)'
+      f"not in the cache and cannot be downloaded: {'; '.join(failures)} "
+      "(to work offline, copy each file there from a machine with network access)"
     )
   return paths

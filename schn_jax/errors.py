@@ -47,13 +47,13 @@ class MissingDependencyError(UserError, ImportError):
 def one_line(error):
   """The message of `error` on one line (multi-line messages joined by '; ')."""
   parts = [part.strip() for part in str(error).splitlines()]
-  return '; '.join(part for part in parts if part) or type(error).__name__
+  return "; ".join(part for part in parts if part) or type(error).__name__
 
 
 def fail(message):
   """Prints `error: message` on stderr and exits with EXIT_USER_ERROR."""
   sys.stderr.flush()
-  print(f'error: {one_line(message)}', file=sys.stderr, flush=True)
+  print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
   sys.exit(EXIT_USER_ERROR)
 
 
@@ -64,16 +64,16 @@ def _config_override_error(error, argv):
   ml_collections raises a bare AttributeError("'key'") while parsing the
   overrides; name the flag the user typed instead.
   """
-  key = str(error).strip('"\'')
+  key = str(error).strip("\"'")
   typed = [
-    arg.split('=', 1)[0] for arg in argv[1:] if arg.startswith('--') and '.' in arg.split('=', 1)[0]
+    arg.split("=", 1)[0] for arg in argv[1:] if arg.startswith("--") and "." in arg.split("=", 1)[0]
   ]
-  culprit = next((flag for flag in typed if key in flag.lstrip('-').split('.')[1:]), None)
+  culprit = next((flag for flag in typed if key in flag.lstrip("-").split(".")[1:]), None)
   if culprit is None:
     return None
   return (
-    f'{culprit}: no such config key {key!r}; check the spelling against '
-    'configs/default.py and the config file (data.* keys: docs/data.md)'
+    f"{culprit}: no such config key {key!r}; check the spelling against "
+    "configs/default.py and the config file (data.* keys: docs/data.md)"
   )
 
 
@@ -88,7 +88,7 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as error:
-    fail(f'{error} (see --helpshort)')
+    fail(f"{error} (see --helpshort)")
   except AttributeError as error:
     message = _config_override_error(error, argv)
     if message is None:
@@ -111,5 +111,5 @@ def run(main, interrupted=None):
   except KeyboardInterrupt:
     if interrupted is None:
       raise
-    print(f'interrupted: {interrupted}', file=sys.stderr, flush=True)
+    print(f"interrupted: {interrupted}", file=sys.stderr, flush=True)
     sys.exit(EXIT_INTERRUPTED)

@@ -19,24 +19,24 @@ from absl import flags
 from schn_jax import errors, inference
 from schn_jax.interop import weights
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A run folder written by train.py.')
-_BITS = flags.DEFINE_integer('bits', None, "Code length; default: the run's only one.")
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint to export; default: the latest.')
+_WORKDIR = flags.DEFINE_string("workdir", None, "A run folder written by train.py.")
+_BITS = flags.DEFINE_integer("bits", None, "Code length; default: the run's only one.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint to export; default: the latest.")
 _PART = flags.DEFINE_enum(
-  'part', 'visual', ('visual', 'all'), 'visual: an inference model; all: every SCHN parameter.'
+  "part", "visual", ("visual", "all"), "visual: an inference model; all: every SCHN parameter."
 )
-_OUT = flags.DEFINE_string('out', None, 'The .safetensors or .npz file to write.')
-flags.mark_flags_as_required(['workdir', 'out'])
+_OUT = flags.DEFINE_string("out", None, "The .safetensors or .npz file to write.")
+flags.mark_flags_as_required(["workdir", "out"])
 
 
 def main(argv):
   if len(argv) > 1:
-    raise errors.UserError(f'unexpected arguments {argv[1:]}: give every setting as --flag=value')
-  for name in ('absl', 'jax'):
+    raise errors.UserError(f"unexpected arguments {argv[1:]}: give every setting as --flag=value")
+  for name in ("absl", "jax"):
     logging.getLogger(name).setLevel(logging.WARNING)
-  if not _OUT.value.endswith(('.safetensors', '.npz')):
-    raise errors.UserError(f'--out={_OUT.value}: name a .safetensors or .npz file.')
-  if _PART.value == 'visual':
+  if not _OUT.value.endswith((".safetensors", ".npz")):
+    raise errors.UserError(f"--out={_OUT.value}: name a .safetensors or .npz file.")
+  if _PART.value == "visual":
     model = inference.TrainedModel.from_workdir(_WORKDIR.value, _BITS.value, _STEP.value)
     model.export(_OUT.value)
     step, bits = model.step, model.bits
@@ -49,18 +49,18 @@ def main(argv):
       params,
       _OUT.value,
       {
-        'format': 'schn_jax.params/1',
-        'config': config.to_json_best_effort(),
-        'bits': str(bits),
-        'step': str(step),
+        "format": "schn_jax.params/1",
+        "config": config.to_json_best_effort(),
+        "bits": str(bits),
+        "step": str(step),
       },
     )
-  print(f'{_OUT.value}: {_PART.value} weights of {bits} bits, checkpoint {step}')
+  print(f"{_OUT.value}: {_PART.value} weights of {bits} bits, checkpoint {step}")
 
 
 def cli():
   errors.run(main)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   cli()

@@ -39,7 +39,7 @@ from schn_jax.interop import weights
 from schn_jax.models import SCHN
 from schn_jax.models.visual import input_channels
 
-EXPORT_FORMAT = 'schn_jax.TrainedModel/1'
+EXPORT_FORMAT = "schn_jax.TrainedModel/1"
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -47,7 +47,7 @@ def _hash_batch(model, num_channels, variables, images):
   # Module and channel setting are static (hashable): one compiled function per
   # model and batch shape, however many batches are encoded. Computed in the
   # parameters' dtype (float64 in parity checks). `variables`: {'params', 'batch_stats'}.
-  dtype = jax.tree_util.tree_leaves(variables['params'])[0].dtype
+  dtype = jax.tree_util.tree_leaves(variables["params"])[0].dtype
   inputs = pipeline.normalize(images, num_channels, dtype)
   return model.apply(variables, inputs, method=SCHN.encode_images)
 
@@ -63,13 +63,13 @@ def encode_split(model, params, data, indices, batch_size, batch_stats=None):
   mesh = sharding.make_mesh()
   # Batches are padded, so rounding up to a multiple of the devices only adds padding.
   batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
-  variables = sharding.replicate({'params': params, 'batch_stats': batch_stats or {}}, mesh)
+  variables = sharding.replicate({"params": params, "batch_stats": batch_stats or {}}, mesh)
   out = []
   for start, batch in zip(
     range(0, len(indices), batch_size), data.batches(indices, batch_size, train=False)
   ):
     n = min(batch_size, len(indices) - start)
-    (images,) = sharding.shard_rows(mesh, batch['image'])
+    (images,) = sharding.shard_rows(mesh, batch["image"])
     hashes = _hash_batch(model, data.config.num_channels, variables, images)
     out.append(np.sign(sharding.to_host(hashes)[:n]).astype(np.float32))
   return np.concatenate(out)
@@ -82,7 +82,7 @@ def evaluate(config, model, state, data, output_dir=None):
   split = data.split
   batch = config.eval.batch_size
   query_codes = encode_split(model, state.params, data, split.query, batch, state.batch_stats)
-  if config.eval.database_codes == 'learned':
+  if config.eval.database_codes == "learned":
     database_codes = sharding.to_host(state.database_codes)
   else:
     database_codes = encode_split(
@@ -97,12 +97,12 @@ def evaluate(config, model, state, data, output_dir=None):
     topk=config.eval.topk,
     ties=config.eval.ties,
   )
-  metrics['database_codes'] = config.eval.database_codes
+  metrics["database_codes"] = config.eval.database_codes
   if output_dir is not None and jax.process_index() == 0:
     codes_lib.save_codes(
-      output_dir / 'codes.npz', query_codes, database_codes, query_labels, database_labels
+      output_dir / "codes.npz", query_codes, database_codes, query_labels, database_labels
     )
-    plots.plot_curves(metrics, output_dir / 'curves.png')
+    plots.plot_curves(metrics, output_dir / "curves.png")
   return metrics
 
 
@@ -137,10 +137,10 @@ class TrainedModel:
       config.variant, bits, backbone=config.backbone, dropout_rate=config.dropout_rate
     )
     self.image_size = config.data.image_size
-    self.channels = int(input_channels(self.params['visual']['backbone']))
+    self.channels = int(input_channels(self.params["visual"]["backbone"]))
     self._mesh = sharding.make_mesh()
     self._device_variables = sharding.replicate(
-      {'params': self.params, 'batch_stats': self.batch_stats}, self._mesh
+      {"params": self.params, "batch_stats": self.batch_stats}, self._mesh
     )
 
   @classmethod
@@ -152,8 +152,8 @@ class TrainedModel:
     return cls(
       config,
       bits,
-      variables['params'],
-      batch_stats=variables['batch_stats'],
+      variables["params"],
+      batch_stats=variables["batch_stats"],
       step=step,
       workdir=pathlib.Path(workdir).absolute(),
     )
@@ -162,24 +162,24 @@ class TrainedModel:
   def from_weights(cls, path):
     """Reads a model file written by `export` (no run folder needed)."""
     arrays, metadata = weights.read_arrays(path)
-    if metadata.get('format') != EXPORT_FORMAT:
+    if metadata.get("format") != EXPORT_FORMAT:
       raise errors.CheckpointError(
-        f'{path}: not a model file written by TrainedModel.export (its '
-        f'metadata has format={metadata.get("format")!r}).'
+        f"{path}: not a model file written by TrainedModel.export (its "
+        f"metadata has format={metadata.get('format')!r})."
       )
-    config = ml_collections.ConfigDict(json.loads(metadata['config']))
-    bits = int(metadata['bits'])
-    tree = traverse_util.unflatten_dict(arrays, sep='/')
+    config = ml_collections.ConfigDict(json.loads(metadata["config"]))
+    bits = int(metadata["bits"])
+    tree = traverse_util.unflatten_dict(arrays, sep="/")
     try:
-      channels = int(input_channels(tree['visual']['backbone']))
+      channels = int(input_channels(tree["visual"]["backbone"]))
     except (KeyError, TypeError, IndexError):  # refused below, naming what is missing
       channels = 3
     template = variables_template(config, bits, channels)
     loaded = weights.arrays_to_params(
-      arrays, _file_tree(template['params'], template.get('batch_stats')), str(path)
+      arrays, _file_tree(template["params"], template.get("batch_stats")), str(path)
     )
-    batch_stats = loaded.pop('batch_stats', {})
-    step = int(metadata['step']) if metadata.get('step', 'None') != 'None' else None
+    batch_stats = loaded.pop("batch_stats", {})
+    step = int(metadata["step"]) if metadata.get("step", "None") != "None" else None
     return cls(
       config,
       bits,
@@ -198,22 +198,22 @@ class TrainedModel:
       _file_tree(self.params, self.batch_stats),
       path,
       {
-        'format': EXPORT_FORMAT,
-        'config': self.config.to_json_best_effort(),
-        'bits': str(self.bits),
-        'step': str(self.step),
+        "format": EXPORT_FORMAT,
+        "config": self.config.to_json_best_effort(),
+        "bits": str(self.bits),
+        "step": str(self.step),
       },
     )
 
   def identity(self):
     """What produced these codes, as JSON-able values (kept in codes files)."""
     return {
-      'workdir': str(self.workdir) if self.workdir else None,
-      'weights': str(self.weights_file) if self.weights_file else None,
-      'bits': self.bits,
-      'step': self.step,
-      'variant': self.config.variant,
-      'dataset': self.config.data.name,
+      "workdir": str(self.workdir) if self.workdir else None,
+      "weights": str(self.weights_file) if self.weights_file else None,
+      "bits": self.bits,
+      "step": self.step,
+      "variant": self.config.variant,
+      "dataset": self.config.data.name,
     }
 
   def preprocess(self, image):
@@ -228,8 +228,8 @@ class TrainedModel:
     expected = (self.image_size, self.image_size, self.channels)
     if images.ndim != 4 or images.shape[1:] != expected:
       raise ValueError(
-        f'images must be uint8 (n, {", ".join(map(str, expected))}),'
-        f' got {images.shape}; see TrainedModel.preprocess.'
+        f"images must be uint8 (n, {', '.join(map(str, expected))}),"
+        f" got {images.shape}; see TrainedModel.preprocess."
       )
     devices = jax.device_count()
     pad = -len(images) % devices
@@ -253,7 +253,7 @@ class TrainedModel:
 def _file_tree(params, batch_stats):
   """What a model file holds: the parameters at the top, BatchNorm's running
   statistics (where the backbone has them) under batch_stats/."""
-  return {**params, **({'batch_stats': batch_stats} if batch_stats else {})}
+  return {**params, **({"batch_stats": batch_stats} if batch_stats else {})}
 
 
 def load(location, bits=None, step=None):
@@ -261,10 +261,10 @@ def load(location, bits=None, step=None):
   (`from_weights`; bits and step must then be None or the file's)."""
   if pathlib.Path(location).is_file():
     model = TrainedModel.from_weights(location)
-    for name, wanted, found in (('bits', bits, model.bits), ('step', step, model.step)):
+    for name, wanted, found in (("bits", bits, model.bits), ("step", step, model.step)):
       if wanted is not None and wanted != found:
         raise errors.CheckpointError(
-          f'{location} holds the {name}={found} model, not {name}={wanted}.'
+          f"{location} holds the {name}={found} model, not {name}={wanted}."
         )
     return model
   return TrainedModel.from_workdir(location, bits, step)
@@ -279,41 +279,41 @@ def find_checkpoint(workdir, bits=None, step=None):
   if bits is None:
     if len(lengths) != 1:
       raise errors.CheckpointError(
-        f'{workdir} trained code lengths {lengths}: choose one with --bits.'
+        f"{workdir} trained code lengths {lengths}: choose one with --bits."
       )
     bits = lengths[0]
-  directory = workdir / f'bits_{bits}' / 'checkpoints'
+  directory = workdir / f"bits_{bits}" / "checkpoints"
   steps = sorted(ocp.utils.checkpoint_steps(directory)) if directory.is_dir() else []
   if not steps:
     trained = [
       b
       for b in lengths
-      if (workdir / f'bits_{b}' / 'checkpoints').is_dir()
-      and ocp.utils.checkpoint_steps(workdir / f'bits_{b}' / 'checkpoints')
+      if (workdir / f"bits_{b}" / "checkpoints").is_dir()
+      and ocp.utils.checkpoint_steps(workdir / f"bits_{b}" / "checkpoints")
     ]
     raise errors.CheckpointError(
-      f'{directory}: no checkpoint of {bits}-bit codes; this run has '
-      f'checkpoints for {trained or "no code length yet"}: choose one with '
-      '--bits, or train it first.'
+      f"{directory}: no checkpoint of {bits}-bit codes; this run has "
+      f"checkpoints for {trained or 'no code length yet'}: choose one with "
+      "--bits, or train it first."
     )
   if step is None:
     step = steps[-1]
   elif step not in steps:
-    raise errors.CheckpointError(f'{directory}: no checkpoint {step}; there are {steps}.')
-  return config, bits, step, directory / str(step) / 'state'
+    raise errors.CheckpointError(f"{directory}: no checkpoint {step}; there are {steps}.")
+  return config, bits, step, directory / str(step) / "state"
 
 
 def read_config(workdir):
   """The ConfigDict a train.py run saved in workdir/config.json."""
-  path = pathlib.Path(workdir) / 'config.json'
+  path = pathlib.Path(workdir) / "config.json"
   if not path.is_file():
     raise errors.CheckpointError(
-      f'{path} not found: --workdir must be a folder written by train.py.'
+      f"{path} not found: --workdir must be a folder written by train.py."
     )
   try:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
   except json.JSONDecodeError as error:
-    raise errors.CheckpointError(f'{path}: not valid JSON ({error}).') from None
+    raise errors.CheckpointError(f"{path}: not valid JSON ({error}).") from None
 
 
 def variables_template(config, bits, channels, num_classes=None):
@@ -346,26 +346,26 @@ def restore_variables(config, bits, state_dir, whole=False):
   handler = ocp.PyTreeCheckpointHandler()
   try:
     tree = handler.metadata(state_dir).tree
-    saved = {'params': tree['params'], 'batch_stats': tree.get('batch_stats') or {}}
+    saved = {"params": tree["params"], "batch_stats": tree.get("batch_stats") or {}}
     if not whole:
-      saved = {k: {'visual': v['visual']} if 'visual' in v else {} for k, v in saved.items()}
-    channels = input_channels(saved['params']['visual']['backbone'])
-    num_classes = saved['params']['semantic']['mlp']['net_0']['kernel'].shape[0] if whole else None
+      saved = {k: {"visual": v["visual"]} if "visual" in v else {} for k, v in saved.items()}
+    channels = input_channels(saved["params"]["visual"]["backbone"])
+    num_classes = saved["params"]["semantic"]["mlp"]["net_0"]["kernel"].shape[0] if whole else None
   except (KeyError, TypeError, FileNotFoundError, ValueError) as error:
     handler.close()
     raise errors.CheckpointError(
-      f'{state_dir}: not a training checkpoint with SCHN parameters '
-      f'({type(error).__name__}: {error}).'
+      f"{state_dir}: not a training checkpoint with SCHN parameters "
+      f"({type(error).__name__}: {error})."
     ) from None
   template = variables_template(config, bits, channels, num_classes)
   # Named as in model files: parameters at the top, running statistics under batch_stats/.
   flat_template, flat_saved = (
-    traverse_util.flatten_dict(_file_tree(v['params'], v.get('batch_stats')), sep='/')
+    traverse_util.flatten_dict(_file_tree(v["params"], v.get("batch_stats")), sep="/")
     for v in (template, saved)
   )
   shape = lambda flat, key: tuple(flat[key].shape) if key in flat else None
   differ = sorted(
-    f'{key} (config {shape(flat_template, key)}, checkpoint {shape(flat_saved, key)})'
+    f"{key} (config {shape(flat_template, key)}, checkpoint {shape(flat_saved, key)})"
     for key in flat_template.keys() | flat_saved.keys()
     if shape(flat_template, key) != shape(flat_saved, key)
   )
@@ -373,8 +373,8 @@ def restore_variables(config, bits, state_dir, whole=False):
     handler.close()
     raise errors.CheckpointError(
       f"{state_dir}: the checkpoint does not fit the run's config.json: "
-      + ', '.join(differ[:5])
-      + (' ...' if len(differ) > 5 else '')
+      + ", ".join(differ[:5])
+      + (" ..." if len(differ) > 5 else "")
     )
   # The saved dtypes (float64 runs exist); TrainedModel casts to float32.
   target = {
@@ -392,9 +392,9 @@ def restore_variables(config, bits, state_dir, whole=False):
     )
   finally:
     handler.close()
-  return {'params': restored['params'], 'batch_stats': restored.get('batch_stats', {})}
+  return {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
 
 
 def restore_params(config, bits, state_dir, whole=False):
   """The 'params' of `restore_variables`."""
-  return restore_variables(config, bits, state_dir, whole)['params']
+  return restore_variables(config, bits, state_dir, whole)["params"]

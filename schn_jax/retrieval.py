@@ -49,7 +49,7 @@ def encode_set(
   """
   if image_set.channels != model.channels:
     raise ValueError(
-      f'image set has {image_set.channels} channels, the model reads {model.channels}'
+      f"image set has {image_set.channels} channels, the model reads {model.channels}"
     )
   batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
   shard_size = shard_size or SHARD_SIZE
@@ -61,19 +61,19 @@ def encode_set(
   out = []
   try:
     with tqdm.tqdm(
-      total=num_items, unit='image', desc=f'encode {model.bits} bits', disable=not progress
+      total=num_items, unit="image", desc=f"encode {model.bits} bits", disable=not progress
     ) as bar:
       for number, start in enumerate(shards):
         stop = min(start + shard_size, num_items)
-        shard_path = parts_dir / f'shard_{number:06d}.npy' if parts_dir else None
+        shard_path = parts_dir / f"shard_{number:06d}.npy" if parts_dir else None
         if shard_path is not None and shard_path.is_file():
           out.append(np.load(shard_path))
           bar.update(stop - start)
           continue
         signs = []
         for batch in loader.batches(np.arange(start, stop), batch_size, train=False):
-          count = int(batch['mask'].sum())
-          signs.append(np.sign(model.hash(batch['image']))[:count])
+          count = int(batch["mask"].sum())
+          signs.append(np.sign(model.hash(batch["image"]))[:count])
           bar.update(count)
         shard = binarize(np.concatenate(signs))
         if shard_path is not None:
@@ -105,10 +105,10 @@ def encode_to_file(model, image_set, out_path, *, batch_size=256, shard_size=Non
   if jax.process_count() > 1:
     # Every process would write the same shards; one process already uses
     # all of its machine's devices.
-    raise errors.UserError('encoding to a file runs in a single process.')
+    raise errors.UserError("encoding to a file runs in a single process.")
   if not out_path.parent.is_dir():
-    raise errors.UserError(f'{out_path.parent}: no such folder for --out; create it first.')
-  parts_dir = out_path.with_name(out_path.name + '.parts')
+    raise errors.UserError(f"{out_path.parent}: no such folder for --out; create it first.")
+  parts_dir = out_path.with_name(out_path.name + ".parts")
   item_codes = encode_set(
     model,
     image_set,
@@ -127,24 +127,24 @@ def _prepare_parts(parts_dir, model, image_set, shard_size):
   set of inputs (other images, model or shard size) are removed first."""
   parts_dir = pathlib.Path(parts_dir)
   manifest = {
-    'model': model.identity(),
-    'source': image_set.spec,
-    'num_items': len(image_set),
-    'shard_size': shard_size,
-    'paths_sha1': hashlib.sha1('\n'.join(image_set.paths).encode()).hexdigest(),
+    "model": model.identity(),
+    "source": image_set.spec,
+    "num_items": len(image_set),
+    "shard_size": shard_size,
+    "paths_sha1": hashlib.sha1("\n".join(image_set.paths).encode()).hexdigest(),
   }
-  manifest_path = parts_dir / 'manifest.json'
+  manifest_path = parts_dir / "manifest.json"
   if parts_dir.is_dir():
     try:
       saved = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError):
       saved = None
     if saved == manifest:
-      done = len(list(parts_dir.glob('shard_*.npy')))
+      done = len(list(parts_dir.glob("shard_*.npy")))
       if done:
-        logging.info('%s: resuming, %d shard(s) already encoded', parts_dir, done)
+        logging.info("%s: resuming, %d shard(s) already encoded", parts_dir, done)
       return parts_dir
-    logging.warning('%s holds shards of other inputs; starting over', parts_dir)
+    logging.warning("%s holds shards of other inputs; starting over", parts_dir)
     shutil.rmtree(parts_dir)
   parts_dir.mkdir(parents=True)
   manifest_path.write_text(json.dumps(manifest, indent=2))
@@ -152,7 +152,7 @@ def _prepare_parts(parts_dir, model, image_set, shard_size):
 
 
 def _save_atomically(path, array):
-  tmp = path.with_name(f'{path.stem}.tmp{os.getpid()}.npy')
+  tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npy")
   np.save(tmp, array)
   os.replace(tmp, path)
 
@@ -164,7 +164,7 @@ def search_codes(
   database,
   query_codes,
   *,
-  index='flat',
+  index="flat",
   k=10,
   radius=None,
   index_file=None,
@@ -190,12 +190,12 @@ def search_codes(
   query_codes = np.asarray(query_codes)
   if query_codes.shape[1] != database.bits:
     raise search.SearchError(
-      f'the queries have {query_codes.shape[1]}-bit codes, the database '
-      f'{database.bits}-bit codes: encode both with the same --bits.'
+      f"the queries have {query_codes.shape[1]}-bit codes, the database "
+      f"{database.bits}-bit codes: encode both with the same --bits."
     )
   if index_file is not None:
     faiss_index = search.load_index(index_file)
-    search.check_index(faiss_index, len(database), database.bits, f'index {index_file}')
+    search.check_index(faiss_index, len(database), database.bits, f"index {index_file}")
   else:
     faiss_index = search.build_index(database.codes, index)
   if save_index_to is not None:
@@ -206,7 +206,7 @@ def search_codes(
   results = search.range_search(faiss_index, query_codes, radius)
   if k is not None:
     if k <= 0:
-      raise search.SearchError(f'k={k}: ask for at least one neighbour.')
+      raise search.SearchError(f"k={k}: ask for at least one neighbour.")
     results = [(ids[:k], distances[:k]) for ids, distances in results]
   return results
 
@@ -257,30 +257,30 @@ def result_records(query_paths, query_labels, database, results):
   database_label_lists = _label_lists(database.labels, database.label_names)
   records = []
   for q, (ids, distances) in enumerate(results):
-    record = {'query': str(query_paths[q])}
+    record = {"query": str(query_paths[q])}
     if query_label_lists is not None:
-      record['labels'] = query_label_lists[q]
+      record["labels"] = query_label_lists[q]
     neighbors = []
     for i, distance in zip(ids, distances):
-      neighbor = {'path': str(database.paths[i]), 'distance': int(distance)}
+      neighbor = {"path": str(database.paths[i]), "distance": int(distance)}
       if database_label_lists is not None:
-        neighbor['labels'] = database_label_lists[i]
+        neighbor["labels"] = database_label_lists[i]
       if relevant is not None:
-        neighbor['correct'] = bool(relevant[q, i])
+        neighbor["correct"] = bool(relevant[q, i])
       neighbors.append(neighbor)
-    record['neighbors'] = neighbors
+    record["neighbors"] = neighbors
     records.append(record)
   return records
 
 
 def write_jsonl(records, out):
   """One JSON object per line, to a path (written atomically) or a stream."""
-  lines = ''.join(json.dumps(record) + '\n' for record in records)
-  if hasattr(out, 'write'):
+  lines = "".join(json.dumps(record) + "\n" for record in records)
+  if hasattr(out, "write"):
     out.write(lines)
     return
   path = pathlib.Path(out)
-  tmp = path.with_name(f'{path.name}.tmp{os.getpid()}')
+  tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
   tmp.write_text(lines)
   os.replace(tmp, path)
 
@@ -297,23 +297,23 @@ def draw_grid(
   position = {p: i for i, p in enumerate(database_set.paths)}
   query_position = {p: i for i, p in enumerate(query_set.paths)}
   for record in records[:max_queries]:
-    query_image = query_set.image(query_position[record['query']])
+    query_image = query_set.image(query_position[record["query"]])
     cells = [
-      (database_set.image(position[n['path']]), f"d={n['distance']}", n.get('correct'))
-      for n in record['neighbors'][:max_neighbors]
+      (database_set.image(position[n["path"]]), f"d={n['distance']}", n.get("correct"))
+      for n in record["neighbors"][:max_neighbors]
     ]
-    rows.append((query_image, _short(record['query']), cells))
+    rows.append((query_image, _short(record["query"]), cells))
   return plots.retrieval_grid(rows, path, thumbnail=thumbnail)
 
 
 def _short(path, width=18):
-  return path if len(path) <= width else '...' + path[-(width - 3) :]
+  return path if len(path) <= width else "..." + path[-(width - 3) :]
 
 
-def open_set_of(item_codes, channels=3, what='codes file'):
+def open_set_of(item_codes, channels=3, what="codes file"):
   """The image set behind a codes file, to draw its images."""
   if not item_codes.source:
     raise errors.UserError(
-      f'the {what} does not say where its images are; write it with python -m schn_jax.encode.'
+      f"the {what} does not say where its images are; write it with python -m schn_jax.encode."
     )
   return image_sets.open_spec(item_codes.source, channels)

@@ -29,77 +29,77 @@ from schn_jax.data import image_sets
 from schn_jax.evaluation import codes as codes_lib
 from schn_jax.evaluation import search as search_lib
 
-_DATABASE = flags.DEFINE_string('database', None, 'Codes file of the database.')
-_QUERIES = flags.DEFINE_string('queries', None, 'Codes file of the queries.')
+_DATABASE = flags.DEFINE_string("database", None, "Codes file of the database.")
+_QUERIES = flags.DEFINE_string("queries", None, "Codes file of the queries.")
 _QUERY_IMAGES = flags.DEFINE_string(
-  'query_images',
+  "query_images",
   None,
-  'Query images to encode: folder, image-list file, .npz of images or tfds:NAME:SPLIT.',
+  "Query images to encode: folder, image-list file, .npz of images or tfds:NAME:SPLIT.",
 )
 _WORKDIR = flags.DEFINE_string(
-  'workdir',
+  "workdir",
   None,
-  'With --query_images: the run '
-  '(or exported model file) to encode them with '
-  '(default: the database\'s).',
+  "With --query_images: the run "
+  "(or exported model file) to encode them with "
+  "(default: the database's).",
 )
 _BITS = flags.DEFINE_integer(
-  'bits', None, 'With --query_images: code length (default: the database\'s).'
+  "bits", None, "With --query_images: code length (default: the database's)."
 )
-_ROOT = flags.DEFINE_string('root', None, 'Query image list: the folder its paths are relative to.')
+_ROOT = flags.DEFINE_string("root", None, "Query image list: the folder its paths are relative to.")
 _CLASS_FOLDERS = flags.DEFINE_bool(
-  'class_folders', False, 'Query image folder: the first level names the class.'
+  "class_folders", False, "Query image folder: the first level names the class."
 )
-_TFDS_DATA_DIR = flags.DEFINE_string('tfds_data_dir', None, 'TFDS data_dir.')
+_TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir.")
 _INDEX = flags.DEFINE_string(
-  'index', search_lib.FLAT, 'flat or a faiss.index_binary_factory string.'
+  "index", search_lib.FLAT, "flat or a faiss.index_binary_factory string."
 )
-_TOPK = flags.DEFINE_integer('topk', 10, 'Neighbours per query.')
+_TOPK = flags.DEFINE_integer("topk", 10, "Neighbours per query.")
 _RADIUS = flags.DEFINE_integer(
-  'radius', None, 'Radius search: every item within this Hamming distance.'
+  "radius", None, "Radius search: every item within this Hamming distance."
 )
-_NPROBE = flags.DEFINE_integer('nprobe', None, 'IVF indexes: lists visited.')
-_NFLIP = flags.DEFINE_integer('nflip', None, 'Hash indexes: bits flipped.')
-_EF_SEARCH = flags.DEFINE_integer('ef_search', None, 'HNSW indexes: efSearch.')
+_NPROBE = flags.DEFINE_integer("nprobe", None, "IVF indexes: lists visited.")
+_NFLIP = flags.DEFINE_integer("nflip", None, "Hash indexes: bits flipped.")
+_EF_SEARCH = flags.DEFINE_integer("ef_search", None, "HNSW indexes: efSearch.")
 _LOAD_INDEX = flags.DEFINE_string(
-  'load_index',
+  "load_index",
   None,
-  'Read this index file (of --database) instead of building one; --index is then not used.',
+  "Read this index file (of --database) instead of building one; --index is then not used.",
 )
-_SAVE_INDEX = flags.DEFINE_string('save_index', None, 'Write the index here.')
-_OUT = flags.DEFINE_string('out', '-', 'JSON lines file; - for stdout.')
-_GRID = flags.DEFINE_string('grid', None, 'Also draw the results as a PNG here.')
-_GRID_QUERIES = flags.DEFINE_integer('grid_queries', 8, 'Queries (rows) in the grid.')
-_GRID_NEIGHBORS = flags.DEFINE_integer('grid_neighbors', 8, 'Neighbours per row.')
-flags.mark_flag_as_required('database')
+_SAVE_INDEX = flags.DEFINE_string("save_index", None, "Write the index here.")
+_OUT = flags.DEFINE_string("out", "-", "JSON lines file; - for stdout.")
+_GRID = flags.DEFINE_string("grid", None, "Also draw the results as a PNG here.")
+_GRID_QUERIES = flags.DEFINE_integer("grid_queries", 8, "Queries (rows) in the grid.")
+_GRID_NEIGHBORS = flags.DEFINE_integer("grid_neighbors", 8, "Neighbours per row.")
+flags.mark_flag_as_required("database")
 
 
 def query_codes_and_set(database):
   """(query ItemCodes, the query image set or None) from the flags."""
   if _QUERIES.value and _QUERY_IMAGES.value:
-    raise errors.UserError('give --queries (codes) or --query_images, not both.')
+    raise errors.UserError("give --queries (codes) or --query_images, not both.")
   if _QUERIES.value:
     queries = codes_lib.load_item_codes(_QUERIES.value)
     if (
       queries.model
       and database.model
-      and (queries.model.get('workdir'), queries.model.get('step'))
-      != (database.model.get('workdir'), database.model.get('step'))
+      and (queries.model.get("workdir"), queries.model.get("step"))
+      != (database.model.get("workdir"), database.model.get("step"))
     ):
       logging.warning(
-        'the queries and the database were encoded by different '
-        'checkpoints (%s, %s); their distances may mean little.',
+        "the queries and the database were encoded by different "
+        "checkpoints (%s, %s); their distances may mean little.",
         queries.model,
         database.model,
       )
     return queries, None
-  location = _WORKDIR.value or database.model.get('weights') or database.model.get('workdir')
+  location = _WORKDIR.value or database.model.get("weights") or database.model.get("workdir")
   if not location:
     raise errors.UserError(
-      f'{_DATABASE.value} does not name the run that encoded it: give --workdir.'
+      f"{_DATABASE.value} does not name the run that encoded it: give --workdir."
     )
   bits = _BITS.value or database.bits
-  step = None if _WORKDIR.value else database.model.get('step')
+  step = None if _WORKDIR.value else database.model.get("step")
   model = inference.load(location, bits, step)
   query_set = image_sets.open_images(
     _QUERY_IMAGES.value,
@@ -113,22 +113,22 @@ def query_codes_and_set(database):
 
 def main(argv):
   if len(argv) > 1:
-    raise errors.UserError(f'unexpected arguments {argv[1:]}: give every setting as --flag=value')
+    raise errors.UserError(f"unexpected arguments {argv[1:]}: give every setting as --flag=value")
   # Orbax and JAX log routine steps (checkpoint reads, backends) at INFO.
-  for name in ('absl', 'jax'):
+  for name in ("absl", "jax"):
     logging.getLogger(name).setLevel(logging.WARNING)
   database = codes_lib.load_item_codes(_DATABASE.value)
   if not (_QUERIES.value or _QUERY_IMAGES.value):
     if not _SAVE_INDEX.value:
       raise errors.UserError(
-        'give --queries or --query_images to search, or --save_index to only build an index.'
+        "give --queries or --query_images to search, or --save_index to only build an index."
       )
     index = search_lib.build_index(database.codes, _INDEX.value)
     search_lib.save_index(index, _SAVE_INDEX.value)
-    print(f'{_SAVE_INDEX.value}: {_INDEX.value} index of {len(database)} codes')
+    print(f"{_SAVE_INDEX.value}: {_INDEX.value} index of {len(database)} codes")
     return
   queries, query_set = query_codes_and_set(database)
-  topk = _TOPK.value if _RADIUS.value is None or flags.FLAGS['topk'].present else None
+  topk = _TOPK.value if _RADIUS.value is None or flags.FLAGS["topk"].present else None
   results = retrieval.search_codes(
     database,
     queries.codes,
@@ -144,11 +144,11 @@ def main(argv):
   records = retrieval.result_records(
     queries.paths, (queries.labels, queries.label_names), database, results
   )
-  retrieval.write_jsonl(records, sys.stdout if _OUT.value == '-' else _OUT.value)
+  retrieval.write_jsonl(records, sys.stdout if _OUT.value == "-" else _OUT.value)
   if _GRID.value:
     channels = 3
-    query_set = query_set or retrieval.open_set_of(queries, channels, 'queries codes file')
-    database_set = retrieval.open_set_of(database, channels, 'database codes file')
+    query_set = query_set or retrieval.open_set_of(queries, channels, "queries codes file")
+    database_set = retrieval.open_set_of(database, channels, "database codes file")
     retrieval.draw_grid(
       records,
       query_set,
@@ -163,5 +163,5 @@ def cli():
   errors.run(main)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   cli()

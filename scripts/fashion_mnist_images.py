@@ -19,23 +19,23 @@ from PIL import Image
 from schn_jax.data import sources
 
 CLASSES = (
-  'tshirt',
-  'trouser',
-  'pullover',
-  'dress',
-  'coat',
-  'sandal',
-  'shirt',
-  'sneaker',
-  'bag',
-  'boot',
+  "tshirt",
+  "trouser",
+  "pullover",
+  "dress",
+  "coat",
+  "sandal",
+  "shirt",
+  "sneaker",
+  "bag",
+  "boot",
 )
 
-_OUT = flags.DEFINE_string('out', None, 'Folder to write into.')
-_FIRST = flags.DEFINE_integer('first', 0, 'First image number (0-69,999).')
-_COUNT = flags.DEFINE_integer('count', 1000, 'How many images.')
-_LIST = flags.DEFINE_string('list', None, 'Also write this list file in --out.')
-flags.mark_flag_as_required('out')
+_OUT = flags.DEFINE_string("out", None, "Folder to write into.")
+_FIRST = flags.DEFINE_integer("first", 0, "First image number (0-69,999).")
+_COUNT = flags.DEFINE_integer("count", 1000, "How many images.")
+_LIST = flags.DEFINE_string("list", None, "Also write this list file in --out.")
+flags.mark_flag_as_required("out")
 
 
 def main(argv):
@@ -46,14 +46,14 @@ def main(argv):
   lines = []
   for number in numbers:
     label = int(fashion.labels[number].argmax())
-    name = f'{CLASSES[label]}/{number:05d}.png'
+    name = f"{CLASSES[label]}/{number:05d}.png"
     (out / name).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(fashion.images[number, ..., 0]).save(out / name)
-    lines.append(name + ' ' + ' '.join('1' if j == label else '0' for j in range(10)))
+    lines.append(name + " " + " ".join("1" if j == label else "0" for j in range(10)))
   if _LIST.value:
-    (out / _LIST.value).write_text('\n'.join(lines) + '\n')
-  print(f'{out}: {len(numbers)} images' + (f', list {out / _LIST.value}' if _LIST.value else ''))
+    (out / _LIST.value).write_text("\n".join(lines) + "\n")
+  print(f"{out}: {len(numbers)} images" + (f", list {out / _LIST.value}" if _LIST.value else ""))
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   app.run(main)

@@ -10,7 +10,7 @@ from schn_jax.data import default_data_config, pipeline, sources
 
 
 def config(**overrides):
-  c = default_data_config('cifar10')
+  c = default_data_config("cifar10")
   c.update({**dict(image_size=24, test_resize=28, num_workers=2), **overrides})
   return c
 
@@ -18,7 +18,7 @@ def config(**overrides):
 def array_source(n=40, size=(36, 48), channels=3):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (n, *size, channels)).astype(np.uint8)
-  return sources.ArraySource('toy', images, sources.one_hot(np.arange(n) % 10, 10))
+  return sources.ArraySource("toy", images, sources.one_hot(np.arange(n) % 10, 10))
 
 
 def test_random_resized_crop_box_in_bounds_and_scale():
@@ -110,10 +110,10 @@ def test_batches_deterministic_and_independent_of_workers():
   c = list(two.batches(indices, 8, train=True, seed=(3, 2)))
   assert len(a) == 5
   for x, y in zip(a, b):
-    np.testing.assert_array_equal(x['image'], y['image'])
-  assert not np.array_equal(a[0]['image'], c[0]['image'])
-  np.testing.assert_array_equal(np.concatenate([x['label'] for x in a]), source.labels[indices])
-  with pytest.raises(ValueError, match='needs a seed'):
+    np.testing.assert_array_equal(x["image"], y["image"])
+  assert not np.array_equal(a[0]["image"], c[0]["image"])
+  np.testing.assert_array_equal(np.concatenate([x["label"] for x in a]), source.labels[indices])
+  with pytest.raises(ValueError, match="needs a seed"):
     next(one.batches(indices, 8, train=True))
 
 
@@ -121,18 +121,18 @@ def test_last_batch_padded_and_masked():
   source = array_source()
   loader = pipeline.Loader(source, config())
   batches = list(loader.batches(np.arange(13), 8, train=False))
-  assert [b['image'].shape[0] for b in batches] == [8, 8]
-  np.testing.assert_array_equal(batches[1]['mask'], [1] * 5 + [0] * 3)
-  assert (batches[1]['image'][5:] == 0).all()
-  assert (batches[1]['label'][5:] == 0).all()
+  assert [b["image"].shape[0] for b in batches] == [8, 8]
+  np.testing.assert_array_equal(batches[1]["mask"], [1] * 5 + [0] * 3)
+  assert (batches[1]["image"][5:] == 0).all()
+  assert (batches[1]["label"][5:] == 0).all()
   np.testing.assert_array_equal(
-    batches[1]['image'][0], pipeline.transform(source.image(8), None, config())
+    batches[1]["image"][0], pipeline.transform(source.image(8), None, config())
   )
 
 
 def test_batch_must_split_across_devices():
-  with mock.patch.object(jax, 'device_count', return_value=4):
-    with pytest.raises(ValueError, match='not divisible by the 4 devices'):
+  with mock.patch.object(jax, "device_count", return_value=4):
+    with pytest.raises(ValueError, match="not divisible by the 4 devices"):
       pipeline.host_slice(10)
 
 
@@ -142,12 +142,12 @@ def test_each_host_gets_its_slice_of_the_global_batch():
   whole = list(pipeline.Loader(source, config()).batches(indices, 8, train=True, seed=4))
   for host in range(2):
     with (
-      mock.patch.object(jax, 'process_count', return_value=2),
-      mock.patch.object(jax, 'process_index', return_value=host),
+      mock.patch.object(jax, "process_count", return_value=2),
+      mock.patch.object(jax, "process_index", return_value=host),
     ):
       assert pipeline.host_slice(8) == slice(4 * host, 4 * host + 4)
       local = list(pipeline.Loader(source, config()).batches(indices, 8, train=True, seed=4))
     for w, mine in zip(whole, local):
       # Same augmentation as on one host: rows are keyed by global position.
-      np.testing.assert_array_equal(mine['image'], w['image'][4 * host :][:4])
-      np.testing.assert_array_equal(mine['label'], w['label'][4 * host :][:4])
+      np.testing.assert_array_equal(mine["image"], w["image"][4 * host :][:4])
+      np.testing.assert_array_equal(mine["label"], w["label"][4 * host :][:4])

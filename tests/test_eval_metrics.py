@@ -7,7 +7,7 @@ import pytest
 
 from schn_jax.evaluation import hamming, metrics
 
-FIXTURE_SETS = ('mmasia', 'tomm', 'multilabel/mmasia', 'multilabel/tomm')
+FIXTURE_SETS = ("mmasia", "tomm", "multilabel/mmasia", "multilabel/tomm")
 
 
 def random_set(seed, num_queries, num_database, bits, classes=4, flip=0.3, zero_rows=0):
@@ -45,28 +45,28 @@ def brute_ap(query_codes, database_codes, query_labels, database_labels, topk, t
   """The reference's per-query loop, with a stable argsort."""
   distances = brute_distances(query_codes, database_codes)
   relevant = query_labels.astype(int) @ database_labels.T > 0
-  if ties == 'reference':
+  if ties == "reference":
     window = slice(None, topk)  # topk = -1 drops the last item, as there.
   else:
     window = slice(None, None if topk == -1 else topk)
   return np.array(
     [
-      ap_of_ranking(rel[np.argsort(dist, kind='stable')][window])
+      ap_of_ranking(rel[np.argsort(dist, kind="stable")][window])
       for dist, rel in zip(distances, relevant)
     ]
   )
 
 
-@pytest.mark.parametrize('bits', [12, 13, 32, 48])
-@pytest.mark.parametrize('topk', [-1, 1, 37, 300])
-@pytest.mark.parametrize('ties', ['stable', 'reference'])
+@pytest.mark.parametrize("bits", [12, 13, 32, 48])
+@pytest.mark.parametrize("topk", [-1, 1, 37, 300])
+@pytest.mark.parametrize("ties", ["stable", "reference"])
 def test_stable_and_reference_match_brute_force(bits, topk, ties):
   arrays = random_set(bits, 40, 300, bits, zero_rows=30 if bits == 13 else 0)
   ours = metrics.average_precisions(*arrays, topk=topk, ties=ties)
   np.testing.assert_allclose(ours, brute_ap(*arrays, topk, ties), atol=1e-6)
 
 
-@pytest.mark.parametrize('ties', ['stable', 'reference', 'tie_aware'])
+@pytest.mark.parametrize("ties", ["stable", "reference", "tie_aware"])
 def test_chunking_does_not_change_results(ties):
   arrays = random_set(0, 70, 1000, 16, zero_rows=50)
   whole = metrics.average_precisions(*arrays, topk=-1, ties=ties)
@@ -88,8 +88,8 @@ def tie_orders(distances):
       yield list(order)
 
 
-@pytest.mark.parametrize('bits', [3, 4])
-@pytest.mark.parametrize('topk', [-1, 1, 2, 3, 4, 5, 7])
+@pytest.mark.parametrize("bits", [3, 4])
+@pytest.mark.parametrize("topk", [-1, 1, 2, 3, 4, 5, 7])
 def test_tie_aware_is_the_average_over_tie_orders(bits, topk):
   arrays = random_set(bits + 10, 5, 7, bits, classes=3, flip=0.4, zero_rows=2 if bits == 3 else 0)
   distances = brute_distances(*arrays[:2])
@@ -99,7 +99,7 @@ def test_tie_aware_is_the_average_over_tie_orders(bits, topk):
     np.mean([ap_of_ranking(rel[order][window]) for order in tie_orders(dist)])
     for dist, rel in zip(distances, relevant)
   ]
-  ours = metrics.average_precisions(*arrays, topk=topk, ties='tie_aware')
+  ours = metrics.average_precisions(*arrays, topk=topk, ties="tie_aware")
   np.testing.assert_allclose(ours, expected, atol=1e-9)
 
 
@@ -110,8 +110,8 @@ def test_tie_aware_differs_from_stable_when_ties_matter():
   query_labels = np.array([[1, 0]])
   database_labels = np.array([[0, 1], [0, 1], [1, 0]])
   args = (query, database, query_labels, database_labels)
-  assert metrics.average_precisions(*args, ties='stable')[0] == pytest.approx(1 / 3)
-  assert metrics.average_precisions(*args, ties='tie_aware')[0] == (
+  assert metrics.average_precisions(*args, ties="stable")[0] == pytest.approx(1 / 3)
+  assert metrics.average_precisions(*args, ties="tie_aware")[0] == (
     pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
   )
 
@@ -125,16 +125,16 @@ def test_zero_codes_sit_at_half_the_code_length():
   assert ap[0] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize('bits', [12, 13, 32])
+@pytest.mark.parametrize("bits", [12, 13, 32])
 def test_curves_match_brute_force(bits):
   arrays = random_set(bits, 30, 200, bits, zero_rows=20 if bits == 13 else 0)
   result = metrics.evaluate_codes(*arrays)
-  curves = result['curves']
+  curves = result["curves"]
   distances = brute_distances(*arrays[:2])
   relevant = arrays[2].astype(int) @ arrays[3].T > 0
   has_relevant = relevant.any(1)
   for radius, precision, recall in zip(
-    curves['radius'], curves['precision_at_radius'], curves['recall_at_radius']
+    curves["radius"], curves["precision_at_radius"], curves["recall_at_radius"]
   ):
     inside = distances <= radius
     hits = (inside & relevant).sum(1)
@@ -143,25 +143,25 @@ def test_curves_match_brute_force(bits):
     assert recall == pytest.approx(
       (hits / np.maximum(relevant.sum(1), 1))[has_relevant].mean(), abs=1e-9
     )
-  assert result['precision_at_radius_2'] == pytest.approx(
-    curves['precision_at_radius'][curves['radius'].index(2.0)]
+  assert result["precision_at_radius_2"] == pytest.approx(
+    curves["precision_at_radius"][curves["radius"].index(2.0)]
   )
   # Expected P@N over tie orders: all of a tie group's relevant items spread
   # evenly over its positions.
   order_stats = []
   for dist, rel in zip(distances, relevant):
-    order = np.argsort(dist, kind='stable')
+    order = np.argsort(dist, kind="stable")
     sorted_dist, sorted_rel = dist[order], rel[order].astype(float)
     for value in np.unique(sorted_dist):
       group = sorted_dist == value
       sorted_rel[group] = sorted_rel[group].mean()
     order_stats.append(np.cumsum(sorted_rel))
-  rel_top = np.array(order_stats)[:, np.array(curves['n']) - 1]
+  rel_top = np.array(order_stats)[:, np.array(curves["n"]) - 1]
   np.testing.assert_allclose(
-    curves['precision_at_n'], (rel_top / np.array(curves['n'])).mean(0), atol=1e-6
+    curves["precision_at_n"], (rel_top / np.array(curves["n"])).mean(0), atol=1e-6
   )
   np.testing.assert_allclose(
-    curves['recall_at_n'],
+    curves["recall_at_n"],
     (rel_top[has_relevant] / relevant.sum(1)[has_relevant, None]).mean(0),
     atol=1e-9,
   )
@@ -171,34 +171,34 @@ def test_map_over_queries_with_relevant_items():
   arrays = list(random_set(3, 20, 100, 16))
   arrays[2][:5] = 0  # Five queries without labels have no relevant item.
   result = metrics.evaluate_codes(*arrays)
-  ap = brute_ap(*arrays, -1, 'stable')
-  assert result['num_queries_with_relevant'] == 15
-  assert result['map'] == pytest.approx(ap.mean(), abs=1e-6)
-  assert result['map_over_queries_with_relevant'] == pytest.approx(ap[5:].mean(), abs=1e-6)
+  ap = brute_ap(*arrays, -1, "stable")
+  assert result["num_queries_with_relevant"] == 15
+  assert result["map"] == pytest.approx(ap.mean(), abs=1e-6)
+  assert result["map_over_queries_with_relevant"] == pytest.approx(ap[5:].mean(), abs=1e-6)
 
 
-@pytest.mark.parametrize('fixture_set', FIXTURE_SETS)
-@pytest.mark.parametrize('tag,topk', [('all', -1), ('top500', 500)])
+@pytest.mark.parametrize("fixture_set", FIXTURE_SETS)
+@pytest.mark.parametrize("tag,topk", [("all", -1), ("top500", 500)])
 def test_fixtures(fixtures_root, fixture_set, tag, topk):
-  data = np.load(fixtures_root / fixture_set / 'map.npz')
-  arrays = (data['query_codes'], data['db_codes'], data['query_labels'], data['db_labels'])
+  data = np.load(fixtures_root / fixture_set / "map.npz")
+  arrays = (data["query_codes"], data["db_codes"], data["query_labels"], data["db_labels"])
   stable = metrics.evaluate_codes(*arrays, topk=topk)
-  assert stable['map'] == pytest.approx(float(data[f'map_stable_{tag}']), abs=1e-6)
-  assert stable['num_queries_with_relevant'] == (50 - int(data['n_zero_relevant_queries']))
+  assert stable["map"] == pytest.approx(float(data[f"map_stable_{tag}"]), abs=1e-6)
+  assert stable["num_queries_with_relevant"] == (50 - int(data["n_zero_relevant_queries"]))
   np.testing.assert_allclose(
-    metrics.average_precisions(*arrays, topk=topk), data[f'ap_stable_per_query_{tag}'], atol=1e-6
+    metrics.average_precisions(*arrays, topk=topk), data[f"ap_stable_per_query_{tag}"], atol=1e-6
   )
-  reference = metrics.evaluate_codes(*arrays, topk=topk, ties='reference')
-  assert reference['map'] == pytest.approx(float(data[f'map_stable_refslice_{tag}']), abs=1e-6)
+  reference = metrics.evaluate_codes(*arrays, topk=topk, ties="reference")
+  assert reference["map"] == pytest.approx(float(data[f"map_stable_refslice_{tag}"]), abs=1e-6)
 
 
-@pytest.mark.parametrize('bits', [13, 32, 64])
+@pytest.mark.parametrize("bits", [13, 32, 64])
 def test_hamming_topk_matches_stable_argsort(bits):
   query_codes, database_codes, _, _ = random_set(bits, 20, 500, bits, zero_rows=40)
   ids, distances = hamming.hamming_topk(
     query_codes, database_codes, 25, query_chunk=8, database_chunk=128
   )
   brute = brute_distances(query_codes, database_codes)
-  expected_ids = np.argsort(brute, axis=1, kind='stable')[:, :25]
+  expected_ids = np.argsort(brute, axis=1, kind="stable")[:, :25]
   np.testing.assert_array_equal(ids, expected_ids)
   np.testing.assert_array_equal(distances, np.take_along_axis(brute, expected_ids, 1))

@@ -21,14 +21,14 @@ def stack(results):
   return (np.stack([ids for ids, _ in results]), np.stack([distances for _, distances in results]))
 
 
-@pytest.mark.parametrize('bits', [12, 16, 32])
+@pytest.mark.parametrize("bits", [12, 16, 32])
 def test_flat_equals_exact_ranking_ties_included(tmp_path, bits):
   # 12 bits over 2,000 items: every distance is shared by many items, so the
   # boundary of the top 25 cuts through ties.
   database, queries = random_codes(2000, bits, 0), random_codes(20, bits, 1)
-  index = search.build_index(database, 'flat')
-  search.save_index(index, tmp_path / 'flat.faiss')
-  loaded = search.load_index(tmp_path / 'flat.faiss')
+  index = search.build_index(database, "flat")
+  search.save_index(index, tmp_path / "flat.faiss")
+  loaded = search.load_index(tmp_path / "flat.faiss")
   ids, distances = stack(search.knn(loaded, queries, 25))
   exact_ids, exact_distances = hamming.hamming_topk(queries, database, 25)
   np.testing.assert_array_equal(ids, exact_ids)
@@ -36,10 +36,10 @@ def test_flat_equals_exact_ranking_ties_included(tmp_path, bits):
 
 
 @pytest.mark.parametrize(
-  'description, params',
+  "description, params",
   [
-    ('BIVF8', dict(nprobe=8)),  # every list visited: exhaustive
-    ('BHNSW16', dict(ef_search=2000)),  # a candidate list as large as the database
+    ("BIVF8", dict(nprobe=8)),  # every list visited: exhaustive
+    ("BHNSW16", dict(ef_search=2000)),  # a candidate list as large as the database
   ],
 )
 def test_approximate_indexes_made_exhaustive_match_exact_distances(description, params):
@@ -63,7 +63,7 @@ def test_approximate_indexes_made_exhaustive_match_exact_distances(description, 
 
 
 @pytest.mark.parametrize(
-  'description, nflip', [('flat', None), ('BHash8', 3), ('BHash2x8', 3), ('BIVF4', None)]
+  "description, nflip", [("flat", None), ("BHash8", 3), ("BHash2x8", 3), ("BIVF4", None)]
 )
 def test_radius_search_returns_exactly_the_ball(description, nflip):
   database, queries = random_codes(1000, 16, 4), random_codes(10, 16, 5)
@@ -71,7 +71,7 @@ def test_radius_search_returns_exactly_the_ball(description, nflip):
   if nflip is not None:
     # Every code within radius 3 has a prefix within 3 flips of the query's.
     search.set_search_parameters(index, nflip=nflip)
-  if description == 'BIVF4':
+  if description == "BIVF4":
     search.set_search_parameters(index, nprobe=4)
   brute = brute_distances(queries, database)
   for q, (ids, distances) in enumerate(search.range_search(index, queries, 3)):
@@ -83,7 +83,7 @@ def test_radius_search_returns_exactly_the_ball(description, nflip):
 
 def test_hash_index_misses_are_dropped_not_padded():
   database, queries = random_codes(300, 16, 6), random_codes(6, 16, 7)
-  results = search.knn(search.build_index(database, 'BHash16'), queries, 5)
+  results = search.knn(search.build_index(database, "BHash16"), queries, 5)
   brute = brute_distances(queries, database)
   for q, (ids, distances) in enumerate(results):
     assert len(ids) <= 5 and (ids >= 0).all()
@@ -95,24 +95,24 @@ def test_k_larger_than_the_database_is_clipped(caplog):
   ids, distances = stack(search.knn(search.build_index(database), queries, 50))
   assert ids.shape == (2, 7) and set(ids[0]) == set(range(7))
   assert distances.max() <= 16
-  assert 'k=50 is more than the 7 database items' in caplog.text
+  assert "k=50 is more than the 7 database items" in caplog.text
 
 
 @pytest.mark.parametrize(
-  'call, message',
+  "call, message",
   [
-    (lambda index, q: search.knn(index, q, 0), r'k=0: ask for at least one'),
-    (lambda index, q: search.range_search(index, q, -1), r'radius=-1'),
+    (lambda index, q: search.knn(index, q, 0), r"k=0: ask for at least one"),
+    (lambda index, q: search.range_search(index, q, -1), r"radius=-1"),
     (
       lambda index, q: search.knn(index, q[:, :8], 3),
-      r'query codes have 8 bits but the index holds 16-bit codes',
+      r"query codes have 8 bits but the index holds 16-bit codes",
     ),
     (
       lambda index, q: search.check_index(index, 40, 24),
-      r'holds 16-bit codes but the codes have 24 bits',
+      r"holds 16-bit codes but the codes have 24 bits",
     ),
-    (lambda index, q: search.check_index(index, 41, 16), r'holds 40 codes but the database has 41'),
-    (lambda index, q: search.set_search_parameters(index, nprobe=4), r'nprobe applies to IVF'),
+    (lambda index, q: search.check_index(index, 41, 16), r"holds 40 codes but the database has 41"),
+    (lambda index, q: search.set_search_parameters(index, nprobe=4), r"nprobe applies to IVF"),
   ],
 )
 def test_bad_requests_are_user_errors(call, message):
@@ -124,19 +124,19 @@ def test_bad_requests_are_user_errors(call, message):
 def test_bad_index_descriptions_and_files(tmp_path):
   codes = random_codes(40, 16, 12)
   with pytest.raises(search.SearchError, match=r"index 'BNonsense'.*BHash16"):
-    search.build_index(codes, 'BNonsense')
-  with pytest.raises(search.SearchError, match='only 40 codes'):
-    search.build_index(codes, 'BIVF64')
-  with pytest.raises(search.SearchError, match='IndexBinaryHNSW has no radius search'):
-    search.range_search(search.build_index(codes, 'BHNSW8'), codes, 2)
-  (tmp_path / 'junk.faiss').write_bytes(b'not an index')
-  with pytest.raises(search.SearchError, match='not a FAISS binary index'):
-    search.load_index(tmp_path / 'junk.faiss')
-  with pytest.raises(search.SearchError, match='no such index file'):
-    search.load_index(tmp_path / 'missing.faiss')
+    search.build_index(codes, "BNonsense")
+  with pytest.raises(search.SearchError, match="only 40 codes"):
+    search.build_index(codes, "BIVF64")
+  with pytest.raises(search.SearchError, match="IndexBinaryHNSW has no radius search"):
+    search.range_search(search.build_index(codes, "BHNSW8"), codes, 2)
+  (tmp_path / "junk.faiss").write_bytes(b"not an index")
+  with pytest.raises(search.SearchError, match="not a FAISS binary index"):
+    search.load_index(tmp_path / "junk.faiss")
+  with pytest.raises(search.SearchError, match="no such index file"):
+    search.load_index(tmp_path / "missing.faiss")
   zeros = codes.copy()
   zeros[5, 2] = 0
-  with pytest.raises(search.SearchError, match='row 5'):
+  with pytest.raises(search.SearchError, match="row 5"):
     search.build_index(zeros)
 
 
@@ -144,7 +144,7 @@ def test_packing_is_faiss_layout():
   codes = random_codes(5, 12, 13)
   packed = codes_lib.pack_signs(codes)
   assert packed.shape == (5, 2) and packed.dtype == np.uint8
-  bits = np.unpackbits(packed, axis=1, bitorder='little')
+  bits = np.unpackbits(packed, axis=1, bitorder="little")
   np.testing.assert_array_equal(bits[:, :12], codes > 0)
   assert not bits[:, 12:].any()
 
@@ -154,21 +154,21 @@ def test_item_codes_round_trip_and_refusals(tmp_path):
   item = codes_lib.ItemCodes(
     codes,
     codes_lib.pack_signs(codes),
-    np.array(['a.png', 'b/c.png', 'd.png', 'e.png']),
+    np.array(["a.png", "b/c.png", "d.png", "e.png"]),
     np.eye(4, 2, dtype=np.uint8),
-    np.array(['x', 'y']),
-    {'kind': 'folder', 'root': '/r'},
-    {'bits': 16},
+    np.array(["x", "y"]),
+    {"kind": "folder", "root": "/r"},
+    {"bits": 16},
   )
-  codes_lib.save_item_codes(tmp_path / 'c.npz', item)
-  loaded = codes_lib.load_item_codes(tmp_path / 'c.npz')
+  codes_lib.save_item_codes(tmp_path / "c.npz", item)
+  loaded = codes_lib.load_item_codes(tmp_path / "c.npz")
   np.testing.assert_array_equal(loaded.codes, codes)
   assert loaded.codes.dtype == np.float32 and loaded.bits == 16
   np.testing.assert_array_equal(loaded.paths, item.paths)
   assert loaded.source == item.source and loaded.model == item.model
-  (tmp_path / 'bad.npz').write_text('hello')
-  with pytest.raises(codes_lib.CodesError, match='bad.npz: not an .npz file'):
-    codes_lib.load_item_codes(tmp_path / 'bad.npz')
-  np.savez(tmp_path / 'nokey.npz', paths=item.paths)
+  (tmp_path / "bad.npz").write_text("hello")
+  with pytest.raises(codes_lib.CodesError, match="bad.npz: not an .npz file"):
+    codes_lib.load_item_codes(tmp_path / "bad.npz")
+  np.savez(tmp_path / "nokey.npz", paths=item.paths)
   with pytest.raises(codes_lib.CodesError, match=r"missing key\(s\) \['codes'\]"):
-    codes_lib.load_item_codes(tmp_path / 'nokey.npz')
+    codes_lib.load_item_codes(tmp_path / "nokey.npz")

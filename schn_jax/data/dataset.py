@@ -15,15 +15,15 @@ from schn_jax.data import image_list, pipeline, protocols, sources
 
 def remote_files(config) -> list:
   """The files the source of `config` downloads (schn_jax.download), if any."""
-  return [sources.CIFAR10_ARCHIVE] if config.name == 'cifar10' else []
+  return [sources.CIFAR10_ARCHIVE] if config.name == "cifar10" else []
 
 
 def open_source(config):
   """The source named by `config.name` (see default_data_config)."""
   name = config.name
-  if name == 'fashion_mnist':
+  if name == "fashion_mnist":
     return sources.fashion_mnist_source(config.root, config.tfds_data_dir)
-  if name == 'cifar10':
+  if name == "cifar10":
     (archive,) = download.fetch_all(remote_files(config))
     return sources.cifar10_source(archive)
   if config_lib.is_tfds(name):
@@ -34,7 +34,7 @@ def open_source(config):
     num_classes, _ = config_lib.IMAGE_LISTS[name]
     list_files = (
       (config.query_list, config.database_list, config.train_list)
-      if config.protocol == 'lists'
+      if config.protocol == "lists"
       else (config.image_list,)
     )
     return image_list.ImageListSource(
@@ -46,9 +46,9 @@ def open_source(config):
       on_corrupt=config.on_corrupt,
     )
   raise errors.ConfigError(
-    f'config.data.name={name!r}: unknown dataset; use '
-    f'fashion_mnist, cifar10, {", ".join(config_lib.IMAGE_LISTS)} '
-    'or tfds:<name>'
+    f"config.data.name={name!r}: unknown dataset; use "
+    f"fashion_mnist, cifar10, {', '.join(config_lib.IMAGE_LISTS)} "
+    "or tfds:<name>"
   )
 
 
@@ -96,7 +96,7 @@ class RetrievalData:
     )
 
 
-def build_dataset(config, workdir: str, seed: int, split_mode: str = 'make') -> RetrievalData:
+def build_dataset(config, workdir: str, seed: int, split_mode: str = "make") -> RetrievalData:
   """Opens the dataset and loads (or computes and saves) its split.
 
   Args:
@@ -109,7 +109,7 @@ def build_dataset(config, workdir: str, seed: int, split_mode: str = 'make') -> 
   """
   source = open_source(config)
   find_corrupt = None
-  if config.get('on_corrupt') == 'skip' and hasattr(source, 'find_corrupt'):
+  if config.get("on_corrupt") == "skip" and hasattr(source, "find_corrupt"):
     # Decodes every image once, only when a split is made; the split then
     # leaves the corrupt ones out of training, codes and metrics alike.
     find_corrupt = lambda: source.find_corrupt(config.num_workers)
@@ -119,12 +119,12 @@ def build_dataset(config, workdir: str, seed: int, split_mode: str = 'make') -> 
     source.labels,
     seed,
     config.name,
-    getattr(source, 'list_indices', None),
+    getattr(source, "list_indices", None),
     find_corrupt,
     split_mode,
   )
   logging.info(
-    '%s: %d images, %d labels; query %d, database %d, train %d',
+    "%s: %d images, %d labels; query %d, database %d, train %d",
     config.name,
     len(source),
     source.num_classes,

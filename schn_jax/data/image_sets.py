@@ -28,7 +28,7 @@ from PIL import Image
 from schn_jax import errors
 from schn_jax.data import image_list, sources
 
-IMAGE_SUFFIXES = ('.bmp', '.gif', '.jpeg', '.jpg', '.png', '.ppm', '.tif', '.tiff', '.webp')
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
 
 
 class ImageSetError(errors.UserError, ValueError):
@@ -42,10 +42,10 @@ def _convert(image, channels):
     if array.ndim == 3 and array.shape[-1] == channels:
       return array
     image = Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
-  if image.mode.startswith('I'):
+  if image.mode.startswith("I"):
     # 16- and 32-bit grayscale: scaled to 8 bits, not clipped by convert().
     image = Image.fromarray(image_list.to_uint8_rgb(image))
-  array = np.asarray(image.convert('L' if channels == 1 else 'RGB'))
+  array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
   return array.reshape(array.shape[:2] + (channels,))
 
 
@@ -79,7 +79,7 @@ class _FileImages(_ImageSet):
         return _convert(image, self.channels)
     except (OSError, SyntaxError, ValueError) as error:
       raise ImageSetError(
-        f'cannot read image {path}: {error}; replace or remove the file and run the command again'
+        f"cannot read image {path}: {error}; replace or remove the file and run the command again"
       ) from None
 
 
@@ -91,34 +91,34 @@ class FolderImages(_FileImages):
     self.channels = channels
     if not self.root.is_dir():
       raise ImageSetError(
-        f'{root}: no such folder; give a folder of images, '
-        'an image-list file, an .npz of arrays or '
-        'tfds:NAME:SPLIT.'
+        f"{root}: no such folder; give a folder of images, "
+        "an image-list file, an .npz of arrays or "
+        "tfds:NAME:SPLIT."
       )
     paths = sorted(
       p.relative_to(self.root).as_posix()
-      for p in self.root.rglob('*')
+      for p in self.root.rglob("*")
       if p.suffix.lower() in IMAGE_SUFFIXES
       and p.is_file()
-      and not any(part.startswith('.') for part in p.relative_to(self.root).parts)
+      and not any(part.startswith(".") for part in p.relative_to(self.root).parts)
     )
     if not paths:
       raise ImageSetError(
-        f'{root}: no image files ({", ".join(IMAGE_SUFFIXES)}) in it or below it.'
+        f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it or below it."
       )
     self.paths = np.array(paths, dtype=str)
-    self.spec = {'kind': 'folder', 'root': str(self.root), 'class_folders': bool(class_folders)}
+    self.spec = {"kind": "folder", "root": str(self.root), "class_folders": bool(class_folders)}
     self.labels = np.zeros((len(paths), 0), np.float32)
     self.label_names = None
     if class_folders:
-      loose = [p for p in paths if '/' not in p]
+      loose = [p for p in paths if "/" not in p]
       if loose:
         raise ImageSetError(
-          f'{self.root / loose[0]}: with class folders every image must be '
-          'in a subfolder named after its class (FOLDER/<class>/image); '
-          'move it, or drop --class_folders.'
+          f"{self.root / loose[0]}: with class folders every image must be "
+          "in a subfolder named after its class (FOLDER/<class>/image); "
+          "move it, or drop --class_folders."
         )
-      classes = [p.split('/', 1)[0] for p in paths]
+      classes = [p.split("/", 1)[0] for p in paths]
       self.label_names = np.array(sorted(set(classes)), dtype=str)
       ids = np.searchsorted(self.label_names, classes)
       self.labels = sources.one_hot(ids, len(self.label_names))
@@ -134,25 +134,25 @@ class ListImages(_FileImages):
   def __init__(self, list_file, *, root=None, channels=3):
     list_file = pathlib.Path(list_file).absolute()
     if not list_file.is_file():
-      raise ImageSetError(f'{list_file}: no such list file.')
+      raise ImageSetError(f"{list_file}: no such list file.")
     self.root = pathlib.Path(root).absolute() if root else list_file.parent
     self.channels = channels
     if not self.root.is_dir():
-      raise ImageSetError(f'{root}: no such folder (the root the list\'s paths are relative to).')
+      raise ImageSetError(f"{root}: no such folder (the root the list's paths are relative to).")
     paths, labels, line_numbers = image_list.read_list_file(list_file, None)
     if not paths:
-      raise ImageSetError(f'{list_file}: no images listed.')
+      raise ImageSetError(f"{list_file}: no images listed.")
     for path, line in zip(paths, line_numbers):
       if not (self.root / path).is_file():
         raise ImageSetError(
-          f'{list_file}:{line}: {self.root / path} does not '
-          'exist; fix the path (relative to '
-          f'{self.root}) or give --root.'
+          f"{list_file}:{line}: {self.root / path} does not "
+          "exist; fix the path (relative to "
+          f"{self.root}) or give --root."
         )
     self.paths = np.array(paths, dtype=str)
     self.labels = labels
     self.label_names = None
-    self.spec = {'kind': 'list', 'list': str(list_file), 'root': str(self.root)}
+    self.spec = {"kind": "list", "list": str(list_file), "root": str(self.root)}
 
 
 class ArrayImages(_ImageSet):
@@ -162,19 +162,19 @@ class ArrayImages(_ImageSet):
     path = pathlib.Path(path).absolute()
     self.channels = channels
     if not path.is_file():
-      raise ImageSetError(f'{path}: no such file.')
+      raise ImageSetError(f"{path}: no such file.")
     if not zipfile.is_zipfile(path):
-      raise ImageSetError(f'{path}: not an .npz file (not a zip archive).')
+      raise ImageSetError(f"{path}: not an .npz file (not a zip archive).")
     try:
       with np.load(path, allow_pickle=False) as data:
         arrays = {key: data[key] for key in data.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
-      raise ImageSetError(f'{path}: not a readable .npz file ({error}).') from None
-    images = arrays.get('images')
+      raise ImageSetError(f"{path}: not a readable .npz file ({error}).") from None
+    images = arrays.get("images")
     if images is None:
       raise ImageSetError(
-        f'{path}: no `images` array (found {sorted(arrays)});'
-        ' an image .npz holds images uint8 (n, H, W[, C]).'
+        f"{path}: no `images` array (found {sorted(arrays)});"
+        " an image .npz holds images uint8 (n, H, W[, C])."
       )
     if (
       images.dtype != np.uint8
@@ -182,17 +182,17 @@ class ArrayImages(_ImageSet):
       or (images.ndim == 4 and images.shape[-1] not in (1, 3))
     ):
       raise ImageSetError(
-        f'{path}: images must be uint8 (n, H, W), (n, H, W, '
-        f'1) or (n, H, W, 3); got {images.dtype} '
-        f'{images.shape}.'
+        f"{path}: images must be uint8 (n, H, W), (n, H, W, "
+        f"1) or (n, H, W, 3); got {images.dtype} "
+        f"{images.shape}."
       )
     self.images = (
       np.stack([_convert(image, channels) for image in images])
       if images.shape[3:] != (channels,)
       else images
     )
-    labels = arrays.get('labels')
-    names = arrays.get('label_names')
+    labels = arrays.get("labels")
+    names = arrays.get("label_names")
     if labels is None:
       labels = np.zeros((len(images), 0), np.float32)
     elif labels.ndim == 1:
@@ -200,17 +200,17 @@ class ArrayImages(_ImageSet):
       labels = sources.one_hot(labels.astype(np.int64), num)
     if len(labels) != len(images) or labels.ndim != 2:
       raise ImageSetError(
-        f'{path}: labels has shape {labels.shape}; expected '
-        f'({len(images)},) class ids or ({len(images)}, K).'
+        f"{path}: labels has shape {labels.shape}; expected "
+        f"({len(images)},) class ids or ({len(images)}, K)."
       )
     if names is not None and names.shape != (labels.shape[1],):
       raise ImageSetError(
-        f'{path}: label_names has shape {names.shape}, expected ({labels.shape[1]},).'
+        f"{path}: label_names has shape {names.shape}, expected ({labels.shape[1]},)."
       )
     self.labels = labels.astype(np.float32)
     self.label_names = names
-    self.paths = np.array([f'{path.name}[{i}]' for i in range(len(images))], dtype=str)
-    self.spec = {'kind': 'arrays', 'path': str(path)}
+    self.paths = np.array([f"{path.name}[{i}]" for i in range(len(images))], dtype=str)
+    self.spec = {"kind": "arrays", "path": str(path)}
 
   def image(self, index: int) -> np.ndarray:
     return self.images[index]
@@ -227,8 +227,8 @@ class TfdsImages(_ImageSet):
       raise ImageSetError(str(error)) from None
     self.labels = self._source.labels
     self.label_names = None
-    self.paths = np.array([f'{name}/{split}[{i}]' for i in range(len(self._source))], dtype=str)
-    self.spec = {'kind': 'tfds', 'name': name, 'split': split, 'data_dir': data_dir}
+    self.paths = np.array([f"{name}/{split}[{i}]" for i in range(len(self._source))], dtype=str)
+    self.spec = {"kind": "tfds", "name": name, "split": split, "data_dir": data_dir}
 
   def image(self, index: int) -> np.ndarray:
     return _convert(self._source.image(index), self.channels)
@@ -237,38 +237,38 @@ class TfdsImages(_ImageSet):
 def open_images(location, *, root=None, class_folders=False, tfds_data_dir=None, channels=3):
   """The image set at `location` (see the module docstring)."""
   location = str(location)
-  if location.startswith('tfds:'):
-    parts = location.split(':')
+  if location.startswith("tfds:"):
+    parts = location.split(":")
     if len(parts) != 3 or not all(parts[1:]):
       raise ImageSetError(
-        f'{location}: write a TFDS split as tfds:NAME:SPLIT, e.g. tfds:cifar10:test.'
+        f"{location}: write a TFDS split as tfds:NAME:SPLIT, e.g. tfds:cifar10:test."
       )
     return TfdsImages(parts[1], parts[2], data_dir=tfds_data_dir, channels=channels)
   path = pathlib.Path(location)
   if path.is_dir():
     return FolderImages(path, class_folders=class_folders, channels=channels)
-  if path.suffix == '.npz':
+  if path.suffix == ".npz":
     return ArrayImages(path, channels=channels)
   if path.is_file():
     return ListImages(path, root=root, channels=channels)
   raise ImageSetError(
-    f'{location}: no such folder or file; give a folder of '
-    'images, an image-list file, an .npz of arrays or '
-    'tfds:NAME:SPLIT.'
+    f"{location}: no such folder or file; give a folder of "
+    "images, an image-list file, an .npz of arrays or "
+    "tfds:NAME:SPLIT."
   )
 
 
 def open_spec(spec, channels=3):
   """The set a `spec` dict (an image set's, kept in codes files) describes."""
-  kind = spec.get('kind')
-  if kind == 'folder':
-    return FolderImages(spec['root'], class_folders=spec['class_folders'], channels=channels)
-  if kind == 'list':
-    return ListImages(spec['list'], root=spec['root'], channels=channels)
-  if kind == 'arrays':
-    return ArrayImages(spec['path'], channels=channels)
-  if kind == 'tfds':
-    return TfdsImages(spec['name'], spec['split'], data_dir=spec['data_dir'], channels=channels)
+  kind = spec.get("kind")
+  if kind == "folder":
+    return FolderImages(spec["root"], class_folders=spec["class_folders"], channels=channels)
+  if kind == "list":
+    return ListImages(spec["list"], root=spec["root"], channels=channels)
+  if kind == "arrays":
+    return ArrayImages(spec["path"], channels=channels)
+  if kind == "tfds":
+    return TfdsImages(spec["name"], spec["split"], data_dir=spec["data_dir"], channels=channels)
   raise ImageSetError(
-    f'unknown image source {spec!r}: the codes file does not say where its images are.'
+    f"unknown image source {spec!r}: the codes file does not say where its images are."
   )

@@ -108,7 +108,7 @@ def host_slice(global_batch_size: int) -> slice:
   """
   if global_batch_size % jax.device_count():
     raise ValueError(
-      f'batch size {global_batch_size} is not divisible by the {jax.device_count()} devices'
+      f"batch size {global_batch_size} is not divisible by the {jax.device_count()} devices"
     )
   per_host = global_batch_size // jax.process_count()
   start = jax.process_index() * per_host
@@ -122,7 +122,7 @@ class Loader:
     self.source = source
     self.config = config
     self._pool = concurrent.futures.ThreadPoolExecutor(
-      config.num_workers or os.cpu_count(), thread_name_prefix='data'
+      config.num_workers or os.cpu_count(), thread_name_prefix="data"
     )
 
   def _example(self, index, seed, batch_number, position):
@@ -136,7 +136,7 @@ class Loader:
   def _stored_as_served(self, augmenting):
     """True when images can be gathered as stored: an in-memory source already at
     `image_size`, no augmentation, and a test transform that is the identity."""
-    images = getattr(self.source, 'images', None)
+    images = getattr(self.source, "images", None)
     size = self.config.image_size
     return (
       isinstance(images, np.ndarray)
@@ -179,7 +179,7 @@ class Loader:
       mask[len(indices) :] = False
     labels = np.zeros((batch_size, self.source.num_classes), np.float32)
     labels[: len(indices)] = self.source.labels[indices]
-    return {'image': images, 'label': labels, 'mask': mask}
+    return {"image": images, "label": labels, "mask": mask}
 
   def batches(
     self,
@@ -206,7 +206,7 @@ class Loader:
       never get here: under on_corrupt='skip' the split leaves them out.)
     """
     if train and seed is None and self.config.augment:
-      raise ValueError('train mode needs a seed')
+      raise ValueError("train mode needs a seed")
     local = host_slice(batch_size)
     indices = np.asarray(indices, np.int64)
     pending = collections.deque()

@@ -20,10 +20,10 @@ import numpy as np
 
 from schn_jax import download, errors
 
-FASHION_MNIST_ROOT = '/usr/share/datasets/fashion-mnist'
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = (
-  ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
-  ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
+  ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+  ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 )
 
 
@@ -49,10 +49,10 @@ class ArraySource:
   def __init__(self, name: str, images: np.ndarray, labels: np.ndarray):
     if images.ndim != 4 or images.dtype != np.uint8:
       raise ValueError(
-        f'{name}: images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}'
+        f"{name}: images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}"
       )
     if len(images) != len(labels):
-      raise ValueError(f'{name}: {len(images)} images but {len(labels)} labels')
+      raise ValueError(f"{name}: {len(images)} images but {len(labels)} labels")
     self.name = name
     self.images = images
     self.labels = np.asarray(labels, np.float32)
@@ -68,24 +68,24 @@ class ArraySource:
 def read_idx(path: pathlib.Path) -> np.ndarray:
   """Reads a gzipped IDX file (the MNIST format) into a uint8 array."""
   try:
-    with gzip.open(path, 'rb') as f:
+    with gzip.open(path, "rb") as f:
       data = f.read()
   except (OSError, EOFError) as e:
     raise errors.DataError(
-      f'{path}: not a readable gzip file ({e}); download or reinstall it'
+      f"{path}: not a readable gzip file ({e}); download or reinstall it"
     ) from None
   zero, dtype_code, ndim = data[0] * 256 + data[1], data[2], data[3]
   if zero != 0 or dtype_code != 0x08:
     raise errors.DataError(
-      f'{path}: not an unsigned-byte IDX file; point '
-      'data.root at the gzipped Fashion-MNIST IDX files'
+      f"{path}: not an unsigned-byte IDX file; point "
+      "data.root at the gzipped Fashion-MNIST IDX files"
     )
-  shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], 'big') for i in range(ndim))
+  shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
   array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
   if array.size != np.prod(shape):
     raise errors.DataError(
-      f'{path}: header says {shape} but holds {array.size} '
-      'bytes (truncated file?); download or reinstall it'
+      f"{path}: header says {shape} but holds {array.size} "
+      "bytes (truncated file?); download or reinstall it"
     )
   return array.reshape(shape)
 
@@ -101,26 +101,26 @@ def fashion_mnist_source(root: str | None = None, tfds_data_dir: str | None = No
   if all(images.is_file() and labels.is_file() for images, labels in paths):
     images = np.concatenate([read_idx(images) for images, _ in paths])[..., None]
     class_ids = np.concatenate([read_idx(labels) for _, labels in paths])
-    return ArraySource('fashion_mnist', images, one_hot(class_ids, 10))
+    return ArraySource("fashion_mnist", images, one_hot(class_ids, 10))
   try:
-    source = TfdsSource('fashion_mnist', data_dir=tfds_data_dir)
+    source = TfdsSource("fashion_mnist", data_dir=tfds_data_dir)
   except DatasetNotPreparedError as e:
     raise errors.DataNotFoundError(
-      f'Fashion-MNIST not found: no IDX files in {root} (install them with '
-      '`apt-get install dataset-fashion-mnist`, or point data.root at a '
-      f'folder holding {", ".join(f for p in FASHION_MNIST_FILES for f in p)})'
-      f' and TFDS has not prepared it either: {e}'
+      f"Fashion-MNIST not found: no IDX files in {root} (install them with "
+      "`apt-get install dataset-fashion-mnist`, or point data.root at a "
+      f"folder holding {', '.join(f for p in FASHION_MNIST_FILES for f in p)})"
+      f" and TFDS has not prepared it either: {e}"
     ) from None
   images = np.stack([source.image(i) for i in range(len(source))])
-  return ArraySource('fashion_mnist', images, source.labels)
+  return ArraySource("fashion_mnist", images, source.labels)
 
 
 # The CIFAR-10 python archive (the checksum its publisher gives) and its batches, in the
 # published order: the five training batches, then the test batch.
 CIFAR10_ARCHIVE = download.RemoteFile(
-  'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz', 'md5:c58f30108f718f92721af3b95e74349a'
+  "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "md5:c58f30108f718f92721af3b95e74349a"
 )
-CIFAR10_BATCHES = tuple(f'data_batch_{i}' for i in range(1, 6)) + ('test_batch',)
+CIFAR10_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 
 
 def cifar10_source(archive) -> ArraySource:
@@ -131,31 +131,31 @@ def cifar10_source(archive) -> ArraySource:
   """
   batches = {}
   try:
-    with tarfile.open(archive, 'r:gz') as tar:
+    with tarfile.open(archive, "r:gz") as tar:
       for member in tar:
-        name = member.name.rsplit('/', 1)[-1]
+        name = member.name.rsplit("/", 1)[-1]
         if name in CIFAR10_BATCHES and member.isfile():
           # Pickled by Python 2: byte-string keys.
-          batches[name] = pickle.load(tar.extractfile(member), encoding='bytes')
+          batches[name] = pickle.load(tar.extractfile(member), encoding="bytes")
   except (OSError, EOFError, tarfile.TarError, pickle.UnpicklingError) as e:
     raise errors.DataError(
-      f'{archive}: not a readable CIFAR-10 python archive ({e}); delete it to download it again'
+      f"{archive}: not a readable CIFAR-10 python archive ({e}); delete it to download it again"
     ) from None
   missing = [name for name in CIFAR10_BATCHES if name not in batches]
   if missing:
     raise errors.DataError(
-      f'{archive}: no {", ".join(missing)} in it; delete it to download it again'
+      f"{archive}: no {', '.join(missing)} in it; delete it to download it again"
     )
   # Each row is one image, channel-major: 1024 red, 1024 green, 1024 blue bytes.
-  rows = np.concatenate([np.asarray(batches[name][b'data'], np.uint8) for name in CIFAR10_BATCHES])
-  class_ids = np.concatenate([np.asarray(batches[name][b'labels']) for name in CIFAR10_BATCHES])
+  rows = np.concatenate([np.asarray(batches[name][b"data"], np.uint8) for name in CIFAR10_BATCHES])
+  class_ids = np.concatenate([np.asarray(batches[name][b"labels"]) for name in CIFAR10_BATCHES])
   if rows.ndim != 2 or rows.shape[1] != 3 * 32 * 32 or len(class_ids) != len(rows):
     raise errors.DataError(
-      f'{archive}: batches of {rows.shape} pixels and {len(class_ids)} labels, expected '
-      '(n, 3072) and n; delete it to download it again'
+      f"{archive}: batches of {rows.shape} pixels and {len(class_ids)} labels, expected "
+      "(n, 3072) and n; delete it to download it again"
     )
   images = rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-  return ArraySource('cifar10', np.ascontiguousarray(images), one_hot(class_ids, 10))
+  return ArraySource("cifar10", np.ascontiguousarray(images), one_hot(class_ids, 10))
 
 
 class DatasetNotPreparedError(errors.DataNotFoundError):
@@ -163,9 +163,9 @@ class DatasetNotPreparedError(errors.DataNotFoundError):
 
 
 def prepare_command(name: str, data_dir: str | None) -> str:
-  command = f'python -m schn_jax.data.prepare --dataset={name}'
+  command = f"python -m schn_jax.data.prepare --dataset={name}"
   if data_dir:
-    command += f' --data_dir={data_dir}'
+    command += f" --data_dir={data_dir}"
   return command
 
 
@@ -179,7 +179,7 @@ class TfdsSource:
   """
 
   def __init__(
-    self, name: str, data_dir: str | None = None, splits: Sequence[str] = ('train', 'test')
+    self, name: str, data_dir: str | None = None, splits: Sequence[str] = ("train", "test")
   ):
     import tensorflow_datasets as tfds
 
@@ -194,21 +194,21 @@ class TfdsSource:
       builder = tfds.builder(name, data_dir=data_dir)
       if builder.is_prepared():
         state = (
-          f'is prepared in {builder.data_dir} but tfds.data_source '
-          f'cannot read it ({type(e).__name__}: {e}); if it was '
-          'prepared as tfrecord, prepare it again in another data_dir'
+          f"is prepared in {builder.data_dir} but tfds.data_source "
+          f"cannot read it ({type(e).__name__}: {e}); if it was "
+          "prepared as tfrecord, prepare it again in another data_dir"
         )
       else:
-        state = f'is not prepared in {builder.data_dir}'
+        state = f"is not prepared in {builder.data_dir}"
       raise DatasetNotPreparedError(
-        f'TFDS dataset {name!r} {state}. Prepare it with: {prepare_command(name, data_dir)}'
+        f"TFDS dataset {name!r} {state}. Prepare it with: {prepare_command(name, data_dir)}"
       ) from None
     info = self._parts[0].dataset_info
     if not info.supervised_keys:
       raise errors.DataError(
-        f'TFDS dataset {name!r} has no (image, label) '
-        'supervised keys; it is not an image-classification '
-        'dataset'
+        f"TFDS dataset {name!r} has no (image, label) "
+        "supervised keys; it is not an image-classification "
+        "dataset"
       )
     self._image_key, self._label_key = info.supervised_keys
     self.num_classes = info.features[self._label_key].num_classes
@@ -220,7 +220,7 @@ class TfdsSource:
     return int(self._offsets[-1])
 
   def _example(self, index: int):
-    part = int(np.searchsorted(self._offsets, index, side='right')) - 1
+    part = int(np.searchsorted(self._offsets, index, side="right")) - 1
     return self._parts[part][int(index - self._offsets[part])]
 
   def image(self, index: int) -> np.ndarray:

@@ -51,10 +51,10 @@ def hamming_distances(query_codes, database_codes):
   Materialises the whole matrix: for inspection and tests, not for ranking
   large databases (use `hamming_topk` or `metrics.evaluate_codes`).
   """
-  query = PackedCodes(codes_lib.check_codes(query_codes, 'query_codes'))
-  database = PackedCodes(codes_lib.check_codes(database_codes, 'database_codes'))
+  query = PackedCodes(codes_lib.check_codes(query_codes, "query_codes"))
+  database = PackedCodes(codes_lib.check_codes(database_codes, "database_codes"))
   scale = distance_scale(query, database)
-  units = jax.jit(unit_distances, static_argnames=('bits', 'half_units'))(
+  units = jax.jit(unit_distances, static_argnames=("bits", "half_units"))(
     query.signs,
     query.nonzero,
     database.signs,
@@ -65,7 +65,7 @@ def hamming_distances(query_codes, database_codes):
   return np.asarray(units, dtype=np.float32) / scale
 
 
-@functools.partial(jax.jit, static_argnames=('k', 'bits', 'half_units'))
+@functools.partial(jax.jit, static_argnames=("k", "bits", "half_units"))
 def _topk_chunk(
   best_units,
   best_ids,
@@ -104,14 +104,14 @@ def hamming_topk(query_codes, database_codes, k, *, query_chunk=64, database_chu
   Memory is bounded by query_chunk x database_chunk distances, whatever the
   database size. Returns (ids int64 (Q, k), distances float32 (Q, k)).
   """
-  query = PackedCodes(codes_lib.check_codes(query_codes, 'query_codes'))
-  database = PackedCodes(codes_lib.check_codes(database_codes, 'database_codes'))
+  query = PackedCodes(codes_lib.check_codes(query_codes, "query_codes"))
+  database = PackedCodes(codes_lib.check_codes(database_codes, "database_codes"))
   if query.bits != database.bits:
     raise codes_lib.CodesError(
-      f'query codes have {query.bits} bits but database codes have {database.bits}.'
+      f"query codes have {query.bits} bits but database codes have {database.bits}."
     )
   if not 1 <= k <= database.num_items:
-    raise ValueError(f'k={k} must be between 1 and the database size ({database.num_items}).')
+    raise ValueError(f"k={k} must be between 1 and the database size ({database.num_items}).")
   scale = distance_scale(query, database)
   database_chunk = min(database_chunk, database.num_items)
   db_signs, db_nonzero = (pad_rows(a, database_chunk) for a in (database.signs, database.nonzero))

@@ -23,7 +23,7 @@ from schn_jax import errors
 from schn_jax.evaluation import codes as codes_lib
 from schn_jax.evaluation import hamming
 
-TIE_MODES = ('stable', 'reference', 'tie_aware')
+TIE_MODES = ("stable", "reference", "tie_aware")
 
 
 def ranking_window(topk, num_database, ties):
@@ -33,15 +33,15 @@ def ranking_window(topk, num_database, ties):
   keeps the reference's `ranked[:topk]` and so drops the last item.
   """
   if ties not in TIE_MODES:
-    raise errors.ConfigError(f'ties={ties!r}: use one of {TIE_MODES}.')
+    raise errors.ConfigError(f"ties={ties!r}: use one of {TIE_MODES}.")
   if topk == -1:
-    return num_database - 1 if ties == 'reference' else num_database
+    return num_database - 1 if ties == "reference" else num_database
   if not 0 < topk <= num_database:
-    raise errors.ConfigError(f'topk={topk}: use -1 (all) or 1..{num_database} (the database size).')
+    raise errors.ConfigError(f"topk={topk}: use -1 (all) or 1..{num_database} (the database size).")
   return topk
 
 
-@functools.partial(jax.jit, static_argnames=('bits', 'half_units'))
+@functools.partial(jax.jit, static_argnames=("bits", "half_units"))
 def _distances_chunk(query, database, *, bits, half_units):
   """Distances in units (Q, M) int32 and relevance (Q, M) bool."""
   q_signs, q_nonzero, q_labels = query
@@ -245,12 +245,12 @@ def _curves(hist_all, hist_relevant, scale, num_points=64):
   share = np.take_along_axis(r, bucket, 1) / np.maximum(size, 1)
   rel_top_n = lower_rel + (top_n - lower) * share
   return {
-    'radius': (np.arange(n.shape[1]) / scale).tolist(),
-    'precision_at_radius': precision_radius.mean(0).tolist(),
-    'recall_at_radius': (recall_radius.mean(0) if has_rel.any() else np.zeros(n.shape[1])).tolist(),
-    'n': top_n.tolist(),
-    'precision_at_n': (rel_top_n / top_n).mean(0).tolist(),
-    'recall_at_n': (
+    "radius": (np.arange(n.shape[1]) / scale).tolist(),
+    "precision_at_radius": precision_radius.mean(0).tolist(),
+    "recall_at_radius": (recall_radius.mean(0) if has_rel.any() else np.zeros(n.shape[1])).tolist(),
+    "n": top_n.tolist(),
+    "precision_at_n": (rel_top_n / top_n).mean(0).tolist(),
+    "recall_at_n": (
       (rel_top_n[has_rel] / total_rel[has_rel, None]).mean(0)
       if has_rel.any()
       else np.zeros(len(top_n))
@@ -275,7 +275,7 @@ def _evaluate(
   hist_all, hist_relevant, ap = [], [], []
   for q0, query in data.query_chunks():
     num = min(data.query_chunk, data.num_queries - q0)
-    if ties == 'tie_aware':
+    if ties == "tie_aware":
       counts = data.histograms(data.distance_chunks(query))
       ap.append(tie_aware_ap(*counts, window)[:num])
     else:
@@ -292,7 +292,7 @@ def average_precisions(
   query_labels,
   database_labels,
   topk=-1,
-  ties='stable',
+  ties="stable",
   *,
   query_chunk=64,
   database_chunk=1 << 16,
@@ -316,7 +316,7 @@ def evaluate_codes(
   query_labels,
   database_labels,
   topk=-1,
-  ties='stable',
+  ties="stable",
   *,
   query_chunk=64,
   database_chunk=1 << 16,
@@ -353,19 +353,19 @@ def evaluate_codes(
   has_relevant = hist_relevant.sum(1) > 0
   curves = _curves(hist_all, hist_relevant, data.scale)
   return {
-    'map': float(ap.mean()),
-    'map_over_queries_with_relevant': float(ap[has_relevant].mean()) if has_relevant.any() else 0.0,
-    'num_queries_with_relevant': int(has_relevant.sum()),
-    'topk': int(topk),
-    'window': int(window),
-    'ties': ties,
-    'num_queries': data.num_queries,
-    'num_database': data.num_database,
-    'bits': data.bits,
-    'database_rows_with_zero_bits': data.database_rows_with_zeros,
+    "map": float(ap.mean()),
+    "map_over_queries_with_relevant": float(ap[has_relevant].mean()) if has_relevant.any() else 0.0,
+    "num_queries_with_relevant": int(has_relevant.sum()),
+    "topk": int(topk),
+    "window": int(window),
+    "ties": ties,
+    "num_queries": data.num_queries,
+    "num_database": data.num_database,
+    "bits": data.bits,
+    "database_rows_with_zero_bits": data.database_rows_with_zeros,
     # Codes shorter than 2 bits have every item within radius 2.
-    'precision_at_radius_2': curves['precision_at_radius'][
-      min(2 * data.scale, len(curves['precision_at_radius']) - 1)
+    "precision_at_radius_2": curves["precision_at_radius"][
+      min(2 * data.scale, len(curves["precision_at_radius"]) - 1)
     ],
-    'curves': curves,
+    "curves": curves,
   }

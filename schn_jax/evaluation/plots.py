@@ -5,29 +5,29 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-matplotlib.use('Agg')  # Files only; evaluation runs on headless machines.
+matplotlib.use("Agg")  # Files only; evaluation runs on headless machines.
 import matplotlib.pyplot as plt
 
 
 def plot_curves(metrics, path):
   """Writes a PNG: precision-recall over Hamming radii, and precision@N."""
-  curves = metrics['curves']
+  curves = metrics["curves"]
   figure, (pr_axis, pn_axis) = plt.subplots(1, 2, figsize=(10, 4))
-  pr_axis.plot(curves['recall_at_radius'], curves['precision_at_radius'], marker='.')
+  pr_axis.plot(curves["recall_at_radius"], curves["precision_at_radius"], marker=".")
   pr_axis.set(
-    xlabel='recall',
-    ylabel='precision',
+    xlabel="recall",
+    ylabel="precision",
     xlim=(0, 1),
     ylim=(0, 1),
-    title='precision-recall over Hamming radius',
+    title="precision-recall over Hamming radius",
   )
-  pn_axis.plot(curves['n'], curves['precision_at_n'], marker='.')
+  pn_axis.plot(curves["n"], curves["precision_at_n"], marker=".")
   pn_axis.set(
-    xscale='log',
-    xlabel='N (top ranked items)',
-    ylabel='precision@N',
+    xscale="log",
+    xlabel="N (top ranked items)",
+    ylabel="precision@N",
     ylim=(0, 1),
-    title='precision@N',
+    title="precision@N",
   )
   figure.suptitle(
     f"{metrics['bits']} bits, mAP@"
@@ -45,7 +45,7 @@ GRID_COLORS = {
   True: (30, 150, 50),
   False: (210, 40, 40),
   None: (170, 170, 170),
-  'query': (40, 80, 200),
+  "query": (40, 80, 200),
 }
 
 
@@ -94,14 +94,14 @@ def retrieval_grid(rows, path, *, thumbnail=96, columns=None):
   """
   columns = columns or max([len(cells) for _, _, cells in rows] + [1])
   layout = GridLayout(len(rows), columns, thumbnail)
-  canvas = Image.new('RGB', (layout.width, layout.height), 'white')
+  canvas = Image.new("RGB", (layout.width, layout.height), "white")
   draw = ImageDraw.Draw(canvas)
   font = ImageFont.load_default(size=12)
-  draw.text((layout.pad, 4), 'query', fill='black', font=font)
+  draw.text((layout.pad, 4), "query", fill="black", font=font)
   draw.text(
     (layout.cell(0, 0)[0], 4),
-    'nearest first (green: shares a label with the query, red: does not, grey: unknown)',
-    fill='black',
+    "nearest first (green: shares a label with the query, red: does not, grey: unknown)",
+    fill="black",
     font=font,
   )
 
@@ -109,7 +109,7 @@ def retrieval_grid(rows, path, *, thumbnail=96, columns=None):
     draw.rectangle(
       [left, top, left + layout.cell_width - 1, top + layout.cell_width - 1], fill=color
     )
-    inner = Image.new('RGB', (thumbnail, thumbnail), 'white')
+    inner = Image.new("RGB", (thumbnail, thumbnail), "white")
     picture = _fit(Image.fromarray(_rgb(image)), thumbnail)
     inner.paste(picture, ((thumbnail - picture.width) // 2, (thumbnail - picture.height) // 2))
     canvas.paste(inner, (left + layout.border, top + layout.border))
@@ -117,15 +117,15 @@ def retrieval_grid(rows, path, *, thumbnail=96, columns=None):
     draw.text(
       (left + (layout.cell_width - text_width) / 2, top + layout.cell_width + 2),
       caption,
-      fill='black',
+      fill="black",
       font=font,
     )
 
   for r, (query_image, query_caption, cells) in enumerate(rows):
-    put(query_image, query_caption, GRID_COLORS['query'], *layout.cell(r, -1))
+    put(query_image, query_caption, GRID_COLORS["query"], *layout.cell(r, -1))
     for c, (image, caption, correct) in enumerate(cells[:columns]):
       put(image, caption, GRID_COLORS[correct], *layout.cell(r, c))
-  canvas.save(path, format='PNG')
+  canvas.save(path, format="PNG")
   return layout
 
 

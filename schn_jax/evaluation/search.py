@@ -28,23 +28,23 @@ import numpy as np
 from schn_jax import errors
 from schn_jax.evaluation import codes as codes_lib
 
-FLAT = 'flat'
-EXAMPLES = 'flat, BHash16, BHash4x16, BIVF256, BHNSW32'
+FLAT = "flat"
+EXAMPLES = "flat, BHash16, BHash4x16, BIVF256, BHNSW32"
 
 
 class SearchError(errors.UserError, ValueError):
   """An index description, index file, query or k that cannot be used."""
 
 
-def faiss_bytes(codes, name='codes'):
+def faiss_bytes(codes, name="codes"):
   """{-1, +1} codes (n, c) -> uint8 (n, ceil(c / 8)) for FAISS; refuses 0 bits."""
   codes = codes_lib.check_codes(codes, name)
   if (codes == 0).any():
     rows = np.nonzero((codes == 0).any(1))[0]
     raise SearchError(
-      f'{name}: {len(rows)} row(s) have 0 (unset) bits, e.g. row '
-      f'{rows[0]}; FAISS stores only +-1 bits. Drop those rows or '
-      'recompute their codes first.'
+      f"{name}: {len(rows)} row(s) have 0 (unset) bits, e.g. row "
+      f"{rows[0]}; FAISS stores only +-1 bits. Drop those rows or "
+      "recompute their codes first."
     )
   return codes_lib.pack_signs(codes)
 
@@ -56,24 +56,24 @@ def build_index(database_codes, description=FLAT):
     database_codes: (n, c) in {-1, +1}.
     description: 'flat' or a faiss.index_binary_factory string.
   """
-  packed = faiss_bytes(database_codes, 'database codes')
+  packed = faiss_bytes(database_codes, "database codes")
   dim = packed.shape[1] * 8
-  factory = 'BFlat' if description == FLAT else description
+  factory = "BFlat" if description == FLAT else description
   try:
     index = faiss.index_binary_factory(dim, factory)
   except RuntimeError as error:
     raise SearchError(
-      f'index {description!r}: FAISS cannot build it for {dim}-bit codes '
-      f'({_faiss_message(error)}); use one of {EXAMPLES} or another '
-      'faiss.index_binary_factory string.'
+      f"index {description!r}: FAISS cannot build it for {dim}-bit codes "
+      f"({_faiss_message(error)}); use one of {EXAMPLES} or another "
+      "faiss.index_binary_factory string."
     ) from None
   if not index.is_trained:
-    nlist = getattr(index, 'nlist', 0)
+    nlist = getattr(index, "nlist", 0)
     if len(packed) < nlist:
       raise SearchError(
-        f'index {description!r} has {nlist} lists but the database holds '
-        f'only {len(packed)} codes: use fewer lists (e.g. BIVF'
-        f'{max(1, len(packed) // 39)}) or flat.'
+        f"index {description!r} has {nlist} lists but the database holds "
+        f"only {len(packed)} codes: use fewer lists (e.g. BIVF"
+        f"{max(1, len(packed) // 39)}) or flat."
       )
     index.train(packed)
   index.add(packed)
@@ -87,20 +87,20 @@ def set_search_parameters(index, *, nprobe=None, nflip=None, ef_search=None):
   probing hash buckets (BHash, default 0); ef_search: candidate list size
   (HNSW, default 16).
   """
-  for name, value in (('nprobe', nprobe), ('nflip', nflip)):
+  for name, value in (("nprobe", nprobe), ("nflip", nflip)):
     if value is not None:
       if not hasattr(index, name):
         raise SearchError(
-          f'{name} applies to {_KNOB_OWNERS[name]} indexes, not to {type(index).__name__}.'
+          f"{name} applies to {_KNOB_OWNERS[name]} indexes, not to {type(index).__name__}."
         )
       setattr(index, name, int(value))
   if ef_search is not None:
-    if not hasattr(index, 'hnsw'):
-      raise SearchError(f'ef_search applies to HNSW indexes, not to {type(index).__name__}.')
+    if not hasattr(index, "hnsw"):
+      raise SearchError(f"ef_search applies to HNSW indexes, not to {type(index).__name__}.")
     index.hnsw.efSearch = int(ef_search)
 
 
-_KNOB_OWNERS = {'nprobe': 'IVF (BIVF...)', 'nflip': 'hash (BHash...)'}
+_KNOB_OWNERS = {"nprobe": "IVF (BIVF...)", "nflip": "hash (BHash...)"}
 
 
 def save_index(index, path):
@@ -110,31 +110,31 @@ def save_index(index, path):
 def load_index(path):
   path = pathlib.Path(path)
   if not path.is_file():
-    raise SearchError(f'{path}: no such index file; write one with --save_index.')
+    raise SearchError(f"{path}: no such index file; write one with --save_index.")
   try:
     return faiss.read_index_binary(str(path))
   except RuntimeError as error:
     raise SearchError(
-      f'{path}: not a FAISS binary index '
-      f'({_faiss_message(error)}); build it again with '
-      '--save_index.'
+      f"{path}: not a FAISS binary index "
+      f"({_faiss_message(error)}); build it again with "
+      "--save_index."
     ) from None
 
 
-def check_index(index, database_size, bits, index_name='index'):
+def check_index(index, database_size, bits, index_name="index"):
   """Refuses an index that does not hold `database_size` codes of `bits` bits."""
   dim = -(-bits // 8) * 8
   if index.d != dim:
     raise SearchError(
-      f'{index_name} holds {index.d}-bit codes but the codes '
-      f'have {bits} bits: build the index from codes of the '
-      'same length.'
+      f"{index_name} holds {index.d}-bit codes but the codes "
+      f"have {bits} bits: build the index from codes of the "
+      "same length."
     )
   if index.ntotal != database_size:
     raise SearchError(
-      f'{index_name} holds {index.ntotal} codes but the '
-      f'database has {database_size}: build the index from '
-      'this database.'
+      f"{index_name} holds {index.ntotal} codes but the "
+      f"database has {database_size}: build the index from "
+      "this database."
     )
 
 
@@ -145,10 +145,10 @@ def knn(index, query_codes, k):
   queries of (ids int64, distances int64), each ordered by distance then id.
   """
   if k <= 0:
-    raise SearchError(f'k={k}: ask for at least one neighbour.')
+    raise SearchError(f"k={k}: ask for at least one neighbour.")
   if k > index.ntotal:
     logging.warning(
-      'k=%d is more than the %d database items: returning all of them.', k, index.ntotal
+      "k=%d is more than the %d database items: returning all of them.", k, index.ntotal
     )
     k = index.ntotal
   distances, ids = index.search(_query_bytes(index, query_codes), k)
@@ -168,27 +168,27 @@ def range_search(index, query_codes, radius):
   """Every database item within Hamming distance `radius` (inclusive) of each
   query: the hash-lookup protocol. Same result layout as `knn`."""
   if radius < 0:
-    raise SearchError(f'radius={radius}: give a Hamming distance >= 0.')
+    raise SearchError(f"radius={radius}: give a Hamming distance >= 0.")
   queries = _query_bytes(index, query_codes)
   try:
     # FAISS keeps distances strictly below its radius.
     limits, distances, ids = index.range_search(queries, int(radius) + 1)
   except RuntimeError as error:
     raise SearchError(
-      f'{type(index).__name__} has no radius search '
-      f'({_faiss_message(error)}); use flat, BHash, BIVF or '
-      'k-NN search.'
+      f"{type(index).__name__} has no radius search "
+      f"({_faiss_message(error)}); use flat, BHash, BIVF or "
+      "k-NN search."
     ) from None
   return [_ordered(ids[a:b], distances[a:b]) for a, b in zip(limits[:-1], limits[1:])]
 
 
 def _query_bytes(index, query_codes):
-  packed = faiss_bytes(query_codes, 'query codes')
+  packed = faiss_bytes(query_codes, "query codes")
   if packed.shape[1] * 8 != index.d:
     raise SearchError(
-      f'query codes have {np.shape(query_codes)[1]} bits but '
-      f'the index holds {index.d}-bit codes: encode the '
-      'queries with the model and code length of the database.'
+      f"query codes have {np.shape(query_codes)[1]} bits but "
+      f"the index holds {index.d}-bit codes: encode the "
+      "queries with the model and code length of the database."
     )
   return packed
 
@@ -203,4 +203,4 @@ def _ordered(ids, distances):
 def _faiss_message(error):
   """FAISS's exception text without its C++ location prefix."""
   text = str(error).strip().splitlines()[0]
-  return text.split('failed: ')[-1].split(': Error: ')[-1]
+  return text.split("failed: ")[-1].split(": Error: ")[-1]

@@ -19,18 +19,18 @@ import os
 
 from schn_jax import download, errors
 
-TORCHVISION = 'torchvision'
-FROM_SCRATCH = 'none'
+TORCHVISION = "torchvision"
+FROM_SCRATCH = "none"
 
-_URL = 'https://download.pytorch.org/models/'
+_URL = "https://download.pytorch.org/models/"
 # backbone -> torchvision's ImageNet weights (IMAGENET1K_V1); the checksum is the leading
 # digits of the file's SHA-256, which torchvision puts in the name.
 TORCHVISION_WEIGHTS = {
-  'alexnet': download.RemoteFile(f'{_URL}alexnet-owt-7be5be79.pth', 'sha256:7be5be79'),
-  'resnet18': download.RemoteFile(f'{_URL}resnet18-f37072fd.pth', 'sha256:f37072fd'),
-  'resnet34': download.RemoteFile(f'{_URL}resnet34-b627a593.pth', 'sha256:b627a593'),
-  'resnet50': download.RemoteFile(f'{_URL}resnet50-0676ba61.pth', 'sha256:0676ba61'),
-  'vgg16': download.RemoteFile(f'{_URL}vgg16-397923af.pth', 'sha256:397923af'),
+  "alexnet": download.RemoteFile(f"{_URL}alexnet-owt-7be5be79.pth", "sha256:7be5be79"),
+  "resnet18": download.RemoteFile(f"{_URL}resnet18-f37072fd.pth", "sha256:f37072fd"),
+  "resnet34": download.RemoteFile(f"{_URL}resnet34-b627a593.pth", "sha256:b627a593"),
+  "resnet50": download.RemoteFile(f"{_URL}resnet50-0676ba61.pth", "sha256:0676ba61"),
+  "vgg16": download.RemoteFile(f"{_URL}vgg16-397923af.pth", "sha256:397923af"),
 }
 
 
@@ -52,25 +52,25 @@ def remote_files(config) -> list:
   choice, backbone = _choice(config), config.backbone
   if choice is None and backbone in TORCHVISION_WEIGHTS:
     raise errors.ConfigError(
-      f'config.pretrained_backbone is not set, and backbone {backbone!r} is meant to start '
-      'from ImageNet weights: pass --config.pretrained_backbone=torchvision (downloads '
+      f"config.pretrained_backbone is not set, and backbone {backbone!r} is meant to start "
+      "from ImageNet weights: pass --config.pretrained_backbone=torchvision (downloads "
       "them), --config.pretrained_backbone=PATH (a torchvision state dict) or "
-      '--config.pretrained_backbone=none (random initial weights)'
+      "--config.pretrained_backbone=none (random initial weights)"
     )
   if choice != TORCHVISION:
     return []
   if backbone not in TORCHVISION_WEIGHTS:
     raise errors.ConfigError(
       f"config.pretrained_backbone='torchvision': torchvision publishes no weights for "
-      f'backbone {backbone!r} (it does for {", ".join(TORCHVISION_WEIGHTS)}); '
-      'pass --config.pretrained_backbone=none or =PATH'
+      f"backbone {backbone!r} (it does for {', '.join(TORCHVISION_WEIGHTS)}); "
+      "pass --config.pretrained_backbone=none or =PATH"
     )
-  if importlib.util.find_spec('torch') is None:
+  if importlib.util.find_spec("torch") is None:
     raise errors.MissingDependencyError(
       "config.pretrained_backbone='torchvision': torchvision's weights are .pth files, "
-      'and reading them needs PyTorch, which is not installed: pip install torch (CPU '
-      'build; the version in requirements-dev.txt), or pass a .safetensors copy as '
-      '--config.pretrained_backbone=PATH'
+      "and reading them needs PyTorch, which is not installed: pip install torch (CPU "
+      "build; the version in requirements-dev.txt), or pass a .safetensors copy as "
+      "--config.pretrained_backbone=PATH"
     )
   return [TORCHVISION_WEIGHTS[backbone]]
 

@@ -21,9 +21,9 @@ from safetensors import numpy as safetensors_numpy
 from schn_jax import errors
 from schn_jax.interop import torch_io
 
-SUFFIXES = ('.safetensors', '.npz', '.pth', '.pt')
+SUFFIXES = (".safetensors", ".npz", ".pth", ".pt")
 # .npz has no header for metadata; it is kept as a JSON string under this name.
-_NPZ_METADATA = '__metadata__'
+_NPZ_METADATA = "__metadata__"
 
 
 class WeightFileError(errors.UserError, ValueError):
@@ -34,7 +34,7 @@ def _suffix(path):
   suffix = pathlib.Path(path).suffix
   if suffix not in SUFFIXES:
     raise WeightFileError(
-      f'{path}: unknown weight file type {suffix!r}; use one of {", ".join(SUFFIXES)}.'
+      f"{path}: unknown weight file type {suffix!r}; use one of {', '.join(SUFFIXES)}."
     )
   return suffix
 
@@ -44,22 +44,22 @@ def read_arrays(path):
   suffix = _suffix(path)
   path = pathlib.Path(path)
   if not path.is_file():
-    raise errors.DataNotFoundError(f'{path}: no such weight file; check the path.')
-  if suffix in ('.pth', '.pt'):
+    raise errors.DataNotFoundError(f"{path}: no such weight file; check the path.")
+  if suffix in (".pth", ".pt"):
     return torch_io.load_state_dict(path), {}
-  if suffix == '.npz':
+  if suffix == ".npz":
     if not zipfile.is_zipfile(path):
-      raise WeightFileError(f'{path}: not an .npz file (not a zip archive).')
+      raise WeightFileError(f"{path}: not an .npz file (not a zip archive).")
     with np.load(path, allow_pickle=False) as data:
       arrays = {key: data[key] for key in data.files}
-    metadata = json.loads(str(arrays.pop(_NPZ_METADATA, '{}')))
+    metadata = json.loads(str(arrays.pop(_NPZ_METADATA, "{}")))
     return arrays, metadata
   try:
-    with safetensors.safe_open(str(path), framework='np') as f:
+    with safetensors.safe_open(str(path), framework="np") as f:
       metadata = dict(f.metadata() or {})
     return safetensors_numpy.load_file(str(path)), metadata
   except safetensors.SafetensorError as error:
-    raise WeightFileError(f'{path}: not a readable .safetensors file ({error}).') from None
+    raise WeightFileError(f"{path}: not a readable .safetensors file ({error}).") from None
 
 
 def write_arrays(arrays, path, metadata=None):
@@ -67,9 +67,9 @@ def write_arrays(arrays, path, metadata=None):
   suffix = _suffix(path)
   arrays = {name: np.ascontiguousarray(value) for name, value in arrays.items()}
   metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
-  if suffix in ('.pth', '.pt'):
+  if suffix in (".pth", ".pt"):
     torch_io.save_state_dict(arrays, path)
-  elif suffix == '.npz':
+  elif suffix == ".npz":
     np.savez(path, **arrays, **{_NPZ_METADATA: json.dumps(metadata)})
   else:
     safetensors_numpy.save_file(arrays, str(path), metadata=metadata)
@@ -78,34 +78,34 @@ def write_arrays(arrays, path, metadata=None):
 def params_to_arrays(params):
   """A Flax parameter tree -> {'a/b/kernel': np.ndarray}."""
   return {
-    name: np.asarray(value) for name, value in traverse_util.flatten_dict(params, sep='/').items()
+    name: np.asarray(value) for name, value in traverse_util.flatten_dict(params, sep="/").items()
   }
 
 
-def arrays_to_params(arrays, template, source='weights'):
+def arrays_to_params(arrays, template, source="weights"):
   """{'a/b/kernel': array} -> a tree shaped like `template` (arrays or shape
   structs), cast to its dtypes; refuses missing, unexpected and misshapen
   names, all of them named."""
-  expected = traverse_util.flatten_dict(template, sep='/')
+  expected = traverse_util.flatten_dict(template, sep="/")
   missing = sorted(set(expected) - set(arrays))
   unexpected = sorted(set(arrays) - set(expected))
   misshapen = sorted(
-    f'{name} {tuple(np.shape(arrays[name]))} (expected {tuple(expected[name].shape)})'
+    f"{name} {tuple(np.shape(arrays[name]))} (expected {tuple(expected[name].shape)})"
     for name in expected
     if name in arrays and tuple(np.shape(arrays[name])) != tuple(expected[name].shape)
   )
   problems = [
-    f'{what}: {", ".join(names)}'
-    for what, names in (('missing', missing), ('unexpected', unexpected), ('misshapen', misshapen))
+    f"{what}: {', '.join(names)}"
+    for what, names in (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen))
     if names
   ]
   if problems:
     raise WeightFileError(
-      f'{source} does not fit the model: ' + '; '.join(problems) + '. Check that the file was '
-      'written for this variant, backbone and code length.'
+      f"{source} does not fit the model: " + "; ".join(problems) + ". Check that the file was "
+      "written for this variant, backbone and code length."
     )
   return traverse_util.unflatten_dict(
-    {name: np.asarray(arrays[name], expected[name].dtype) for name in expected}, sep='/'
+    {name: np.asarray(arrays[name], expected[name].dtype) for name in expected}, sep="/"
   )
 
 
