@@ -47,3 +47,10 @@ def pytest_collection_modifyitems(items):
   for item in items:
     if any(pattern in item.nodeid for pattern in HEAVY):
       item.add_marker(pytest.mark.xdist_group("memory"))
+
+
+def pytest_terminal_summary(terminalreporter):
+  step, trajectory = (len(fixtures.all_fixture_dirs(kind)) for kind in ("reference", "trajectory"))
+  terminalreporter.write_line(
+    f"parity fixtures: {step} step, {trajectory} trajectory (repository and ../shared)"
+  )
