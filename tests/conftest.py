@@ -2,6 +2,9 @@
 # before any test starts JAX's backends (schn_jax/xla_cpu.py).
 import schn_jax  # noqa: F401  isort: skip
 
+import gc
+
+import jax
 import pytest
 
 from schn_jax.parity import fixtures
@@ -41,6 +44,16 @@ HEAVY = (
   "test_parallel.py::",
   "test_backbones.py::test_resnet_loop_on_eight_devices_equals_one",
 )
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+  """A worker runs many tests in one process, and JAX keeps every program it compiled
+  (an AlexNet trajectory's take gigabytes): drop them after each test so that the
+  worker's memory does not grow test by test."""
+  yield
+  jax.clear_caches()
+  gc.collect()
 
 
 def pytest_collection_modifyitems(items):
