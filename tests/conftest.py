@@ -36,16 +36,6 @@ def pytest_generate_tests(metafunc):
       metafunc.parametrize(name, dirs, ids=ids)
 
 
-# Tests that hold 6-11 GB each (8 simulated devices, AlexNet trajectories, several
-# processes): one xdist worker runs them one after another (`--dist loadgroup` in
-# .ci/run), so that two of them never share the machine's 24 GB.
-HEAVY = (
-  "test_reference_check.py::test_trajectory_matches_reference",
-  "test_parallel.py::",
-  "test_backbones.py::test_resnet_loop_on_eight_devices_equals_one",
-)
-
-
 @pytest.fixture(autouse=True)
 def _release_compiled_programs():
   """A worker runs many tests in one process, and JAX keeps every program it compiled
@@ -54,12 +44,6 @@ def _release_compiled_programs():
   yield
   jax.clear_caches()
   gc.collect()
-
-
-def pytest_collection_modifyitems(items):
-  for item in items:
-    if any(pattern in item.nodeid for pattern in HEAVY):
-      item.add_marker(pytest.mark.xdist_group("memory"))
 
 
 def pytest_terminal_summary(terminalreporter):
