@@ -28,7 +28,7 @@ import pathlib
 
 from absl import flags
 
-from schn_jax import errors
+from schn_jax import errors, files
 from schn_jax.evaluation import codes as codes_lib
 from schn_jax.evaluation import metrics as metrics_lib
 from schn_jax.evaluation import plots
@@ -66,6 +66,27 @@ def load_inputs():
   )
 
 
+def prepare_output_dir(inputs, run=None):
+  """Creates --output_dir after refusing one that would overwrite an input (or
+  lie inside the run folder `run`); returns it as a Path, or None."""
+  if not _OUTPUT_DIR.value:
+    return None
+  output_dir = pathlib.Path(_OUTPUT_DIR.value)
+  if output_dir.exists() and not output_dir.is_dir():
+    raise files.PathError(f"--output_dir={output_dir} is a file: give a folder.")
+  outputs = [("--output_dir", output_dir / name) for name in ("metrics.json", "curves.png")]
+  files.check_outputs(outputs, inputs, folders=[("the run folder", run)], writable=False)
+  try:
+    output_dir.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise files.PathError(
+      f"--output_dir={output_dir}: cannot create it ({error.strerror or error})."
+    ) from None
+  for name, path in outputs:
+    files.check_writable(name, path)
+  return output_dir
+
+
 def evaluate_workdir():
   """--workdir mode: the run's checkpoints, the flags given explicitly as overrides."""
   from schn_jax.training import train
@@ -85,7 +106,8 @@ def evaluate_workdir():
   }
   if _DATABASE_CODES.value:
     overrides["database_codes"] = _DATABASE_CODES.value
-  results = train.evaluate_workdir(_WORKDIR.value, overrides, _OUTPUT_DIR.value)
+  output_dir = prepare_output_dir([("--workdir", _WORKDIR.value)], run=_WORKDIR.value)
+  results = train.evaluate_workdir(_WORKDIR.value, overrides, output_dir)
   print(json.dumps(results))
 
 
@@ -102,11 +124,12 @@ def main(argv):
     raise errors.UserError(
       "--database_codes applies to --workdir only: code files hold their database codes"
     )
+  inputs = [("--codes", _CODES.value)]
+  inputs += [(f"--{key}_t", flag.value) for key, flag in _TORCH_FILES.items()]
+  output_dir = prepare_output_dir(inputs)
   metrics = metrics_lib.evaluate_codes(**load_inputs(), topk=_TOPK.value, ties=_TIES.value)
-  if _OUTPUT_DIR.value:
-    output_dir = pathlib.Path(_OUTPUT_DIR.value)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+  if output_dir:
+    files.write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2), "--output_dir")
     plots.plot_curves(metrics, output_dir / "curves.png")
   summary = {key: value for key, value in metrics.items() if key != "curves"}
   print(json.dumps(summary))

@@ -19,7 +19,7 @@ import logging
 
 from absl import flags
 
-from schn_jax import errors, inference, retrieval
+from schn_jax import errors, files, inference, retrieval
 from schn_jax.data import image_sets
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run folder written by train.py.")
@@ -68,6 +68,14 @@ def main(argv):
     tfds_data_dir=_TFDS_DATA_DIR.value,
     channels=model.channels,
   )
+  files.check_outputs(
+    [("--out", _OUT.value)],
+    [("--images", _IMAGES.value if image_set.spec["kind"] != "tfds" else None)]
+    + [("--model", _MODEL.value), ("--workdir", _WORKDIR.value)],
+    folders=[("the run folder", _WORKDIR.value)],
+  )
+  if image_set.reads(_OUT.value):
+    raise files.PathError(f"--out={_OUT.value} is one of the images to encode: write elsewhere.")
   item_codes = retrieval.encode_to_file(
     model, image_set, _OUT.value, batch_size=_BATCH_SIZE.value, shard_size=_SHARD_SIZE.value
   )

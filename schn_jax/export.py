@@ -16,7 +16,7 @@ import logging
 
 from absl import flags
 
-from schn_jax import errors, inference
+from schn_jax import errors, files, inference
 from schn_jax.interop import weights
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run folder written by train.py.")
@@ -36,6 +36,11 @@ def main(argv):
     logging.getLogger(name).setLevel(logging.WARNING)
   if not _OUT.value.endswith((".safetensors", ".npz")):
     raise errors.UserError(f"--out={_OUT.value}: name a .safetensors or .npz file.")
+  files.check_outputs(
+    [("--out", _OUT.value)],
+    [("--workdir", _WORKDIR.value)],
+    folders=[("the run folder", _WORKDIR.value)],
+  )
   if _PART.value == "visual":
     model = inference.TrainedModel.from_workdir(_WORKDIR.value, _BITS.value, _STEP.value)
     model.export(_OUT.value)

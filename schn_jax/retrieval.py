@@ -11,7 +11,6 @@ are thin wrappers around this module.
 import hashlib
 import json
 import logging
-import os
 import pathlib
 import shutil
 
@@ -19,7 +18,7 @@ import jax
 import numpy as np
 import tqdm
 
-from schn_jax import errors
+from schn_jax import errors, files
 from schn_jax.data import image_sets, pipeline
 from schn_jax.evaluation import codes as codes_lib
 from schn_jax.evaluation import plots, search
@@ -106,25 +105,34 @@ def encode_to_file(model, image_set, out_path, *, batch_size=256, shard_size=Non
     # Every process would write the same shards; one process already uses
     # all of its machine's devices.
     raise errors.UserError("encoding to a file runs in a single process.")
-  if not out_path.parent.is_dir():
-    raise errors.UserError(f"{out_path.parent}: no such folder for --out; create it first.")
+  files.check_writable("--out", out_path)
   parts_dir = out_path.with_name(out_path.name + ".parts")
-  item_codes = encode_set(
-    model,
-    image_set,
-    batch_size=batch_size,
-    progress=progress,
-    shard_size=shard_size,
-    parts_dir=parts_dir,
-  )
+  try:
+    item_codes = encode_set(
+      model,
+      image_set,
+      batch_size=batch_size,
+      progress=progress,
+      shard_size=shard_size,
+      parts_dir=parts_dir,
+    )
+  except BaseException:
+    # Finished shards stay for the next run; a folder without any is litter.
+    if parts_dir.is_dir() and not any(parts_dir.glob("shard_*.npy")):
+      shutil.rmtree(parts_dir)
+    raise
   codes_lib.save_item_codes(out_path, item_codes)
   shutil.rmtree(parts_dir)
   return item_codes
 
 
 def _prepare_parts(parts_dir, model, image_set, shard_size):
-  """Creates parts_dir with a manifest of the inputs; shards left by another
-  set of inputs (other images, model or shard size) are removed first."""
+  """Creates parts_dir with a manifest of the inputs, one fingerprint per shard.
+
+  Shards left by other inputs (model, image list, shard size) are removed
+  first; of shards left by the same inputs, those whose images changed since
+  (`image_set.fingerprint`) are removed, to be encoded again.
+  """
   parts_dir = pathlib.Path(parts_dir)
   manifest = {
     "model": model.identity(),
@@ -133,28 +141,44 @@ def _prepare_parts(parts_dir, model, image_set, shard_size):
     "shard_size": shard_size,
     "paths_sha1": hashlib.sha1("\n".join(image_set.paths).encode()).hexdigest(),
   }
+  shards = [
+    image_set.fingerprint(start, min(start + shard_size, len(image_set)))
+    for start in range(0, len(image_set), shard_size)
+  ]
   manifest_path = parts_dir / "manifest.json"
   if parts_dir.is_dir():
     try:
       saved = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError):
       saved = None
-    if saved == manifest:
+    if isinstance(saved, dict) and saved.get("inputs") == manifest:
+      changed = [
+        number
+        for number, (old, new) in enumerate(zip(saved.get("shards", []), shards))
+        if old != new and (parts_dir / f"shard_{number:06d}.npy").is_file()
+      ]
+      for number in changed:
+        (parts_dir / f"shard_{number:06d}.npy").unlink()
+      if changed:
+        logging.warning(
+          "%s: images of %d shard(s) changed since they were encoded; encoding them again",
+          parts_dir,
+          len(changed),
+        )
       done = len(list(parts_dir.glob("shard_*.npy")))
       if done:
         logging.info("%s: resuming, %d shard(s) already encoded", parts_dir, done)
-      return parts_dir
-    logging.warning("%s holds shards of other inputs; starting over", parts_dir)
-    shutil.rmtree(parts_dir)
-  parts_dir.mkdir(parents=True)
-  manifest_path.write_text(json.dumps(manifest, indent=2))
+    else:
+      logging.warning("%s holds shards of other inputs; starting over", parts_dir)
+      shutil.rmtree(parts_dir)
+  parts_dir.mkdir(parents=True, exist_ok=True)
+  files.write_text(manifest_path, json.dumps({"inputs": manifest, "shards": shards}, indent=2))
   return parts_dir
 
 
 def _save_atomically(path, array):
-  tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npy")
-  np.save(tmp, array)
-  os.replace(tmp, path)
+  with files.replaced(path) as tmp:
+    np.save(tmp, array)
 
 
 # ---------------------------------------------------------------- search
@@ -188,18 +212,22 @@ def search_codes(
     by distance then position.
   """
   query_codes = np.asarray(query_codes)
+  if radius is not None and not 0 <= radius <= database.bits:
+    raise search.SearchError(
+      f"radius={radius}: give a Hamming distance from 0 to the code length, {database.bits} "
+      "(which takes every item)."
+    )
   if query_codes.shape[1] != database.bits:
     raise search.SearchError(
       f"the queries have {query_codes.shape[1]}-bit codes, the database "
       f"{database.bits}-bit codes: encode both with the same --bits."
     )
   if index_file is not None:
-    faiss_index = search.load_index(index_file)
-    search.check_index(faiss_index, len(database), database.bits, f"index {index_file}")
+    faiss_index = search.load_index(index_file, database.codes)
   else:
     faiss_index = search.build_index(database.codes, index)
   if save_index_to is not None:
-    search.save_index(faiss_index, save_index_to)
+    search.save_index(faiss_index, save_index_to, database.codes)
   search.set_search_parameters(faiss_index, nprobe=nprobe, nflip=nflip, ef_search=ef_search)
   if radius is None:
     return search.knn(faiss_index, query_codes, k)
@@ -245,10 +273,12 @@ def _to_vocabulary(labels, names, vocabulary):
   return out
 
 
-def result_records(query_paths, query_labels, database, results):
+def result_records(query_paths, query_labels, database, results, asked=None):
   """One JSON-able dict per query:
   {"query": path, "neighbors": [{"path", "distance"}, ...]}, plus "labels" on
-  both sides and "correct" (shares a label with the query) where known.
+  both sides and "correct" (shares a label with the query) where known, and
+  "asked": k on a query that got fewer than the `asked` neighbours (k-NN
+  search; an approximate index found fewer).
 
   query_labels: (labels (Q, K) or None, label_names or None).
   """
@@ -269,6 +299,8 @@ def result_records(query_paths, query_labels, database, results):
         neighbor["correct"] = bool(relevant[q, i])
       neighbors.append(neighbor)
     record["neighbors"] = neighbors
+    if asked is not None and len(neighbors) < min(asked, len(database)):
+      record["asked"] = asked
     records.append(record)
   return records
 
@@ -279,10 +311,7 @@ def write_jsonl(records, out):
   if hasattr(out, "write"):
     out.write(lines)
     return
-  path = pathlib.Path(out)
-  tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-  tmp.write_text(lines)
-  os.replace(tmp, path)
+  files.write_text(out, lines, "--out")
 
 
 # ---------------------------------------------------------------- grid
@@ -292,28 +321,63 @@ def draw_grid(
   records, query_set, database_set, path, *, max_queries=8, max_neighbors=8, thumbnail=96
 ):
   """The PNG grid of `plots.retrieval_grid` for the first `max_queries`
-  records, images read from the two image sets (see `image_sets.open_spec`)."""
+  records, images read from the two image sets (see `image_sets.open_spec`).
+
+  An image that cannot be read (a set that is None, a file moved or damaged
+  since it was encoded) is drawn as a placeholder, with a warning."""
+  missing = []
+
+  def picture(image_set, item_path):
+    positions = image_set and _positions(image_set)
+    if positions and item_path in positions:
+      try:
+        return image_set.image(positions[item_path])
+      except errors.UserError:
+        pass
+    missing.append(item_path)
+    return None
+
   rows = []
-  position = {p: i for i, p in enumerate(database_set.paths)}
-  query_position = {p: i for i, p in enumerate(query_set.paths)}
   for record in records[:max_queries]:
-    query_image = query_set.image(query_position[record["query"]])
     cells = [
-      (database_set.image(position[n["path"]]), f"d={n['distance']}", n.get("correct"))
+      (picture(database_set, n["path"]), f"d={n['distance']}", n.get("correct"))
       for n in record["neighbors"][:max_neighbors]
     ]
-    rows.append((query_image, _short(record["query"]), cells))
+    rows.append((picture(query_set, record["query"]), _caption(record["query"]), cells))
+  if missing:
+    logging.warning(
+      "%d image(s) of the grid could not be read (e.g. %r) and are drawn blank.",
+      len(missing),
+      missing[0],
+    )
   return plots.retrieval_grid(rows, path, thumbnail=thumbnail)
 
 
-def _short(path, width=18):
+def _positions(image_set):
+  if not hasattr(image_set, "_grid_positions"):
+    image_set._grid_positions = {p: i for i, p in enumerate(image_set.paths)}
+  return image_set._grid_positions
+
+
+def _caption(path, width=18):
+  """A file name as a one-line caption: non-printable characters (a newline in
+  a name) shown as '?', long names cut from the left."""
+  path = "".join(c if c.isprintable() else "?" for c in path)
   return path if len(path) <= width else "..." + path[-(width - 3) :]
 
 
 def open_set_of(item_codes, channels=3, what="codes file"):
-  """The image set behind a codes file, to draw its images."""
+  """The image set behind a codes file, to draw its images; None (with a
+  warning) when the file does not say where they are or they are gone."""
   if not item_codes.source:
-    raise errors.UserError(
-      f"the {what} does not say where its images are; write it with python -m schn_jax.encode."
+    logging.warning(
+      "the %s does not say where its images are (write it with python -m schn_jax.encode): "
+      "its images are drawn blank.",
+      what,
     )
-  return image_sets.open_spec(item_codes.source, channels)
+    return None
+  try:
+    return image_sets.open_spec(item_codes.source, channels)
+  except errors.UserError as error:
+    logging.warning("the images of the %s cannot be opened (%s): drawn blank.", what, error)
+    return None

@@ -19,12 +19,13 @@ by database order; labels and correct (shares a label with the query) only
 where both sides have labels.
 """
 
+import contextlib
 import logging
 import sys
 
 from absl import flags
 
-from schn_jax import errors, inference, retrieval
+from schn_jax import errors, files, inference, retrieval
 from schn_jax.data import image_sets
 from schn_jax.evaluation import codes as codes_lib
 from schn_jax.evaluation import search as search_lib
@@ -111,20 +112,45 @@ def query_codes_and_set(database):
   return retrieval.encode_set(model, query_set, progress=True), query_set
 
 
+def check_outputs(database):
+  """Refuses --out, --save_index or --grid naming an input (or each other)."""
+  inputs = [
+    (f"--{flag.name}", flag.value)
+    for flag in (_DATABASE, _QUERIES, _LOAD_INDEX, _QUERY_IMAGES, _WORKDIR)
+    if flag.value and not flag.value.startswith("tfds:")
+  ]
+  outputs = [("--out", None if _OUT.value == "-" else _OUT.value)]
+  outputs += [("--save_index", _SAVE_INDEX.value), ("--grid", _GRID.value)]
+  if _SAVE_INDEX.value:
+    outputs.append(("--save_index", _SAVE_INDEX.value + ".codes.json"))
+  run = _WORKDIR.value or (_QUERY_IMAGES.value and database.model.get("workdir"))
+  files.check_outputs(outputs, inputs, folders=[("the run folder", run or None)])
+  images = None
+  if _GRID.value and database.source:
+    with contextlib.suppress(errors.UserError):
+      images = image_sets.open_spec(database.source)
+  if images is not None and images.reads(_GRID.value):
+    raise files.PathError(f"--grid={_GRID.value} is one of the database's images: write elsewhere.")
+
+
 def main(argv):
   if len(argv) > 1:
     raise errors.UserError(f"unexpected arguments {argv[1:]}: give every setting as --flag=value")
   # Orbax and JAX log routine steps (checkpoint reads, backends) at INFO.
   for name in ("absl", "jax"):
     logging.getLogger(name).setLevel(logging.WARNING)
+  for flag in (_GRID_QUERIES, _GRID_NEIGHBORS):
+    if flag.value < 1:
+      raise errors.UserError(f"--{flag.name}={flag.value}: give a positive number.")
   database = codes_lib.load_item_codes(_DATABASE.value)
+  check_outputs(database)
   if not (_QUERIES.value or _QUERY_IMAGES.value):
     if not _SAVE_INDEX.value:
       raise errors.UserError(
         "give --queries or --query_images to search, or --save_index to only build an index."
       )
     index = search_lib.build_index(database.codes, _INDEX.value)
-    search_lib.save_index(index, _SAVE_INDEX.value)
+    search_lib.save_index(index, _SAVE_INDEX.value, database.codes)
     print(f"{_SAVE_INDEX.value}: {_INDEX.value} index of {len(database)} codes")
     return
   queries, query_set = query_codes_and_set(database)
@@ -142,8 +168,22 @@ def main(argv):
     ef_search=_EF_SEARCH.value,
   )
   records = retrieval.result_records(
-    queries.paths, (queries.labels, queries.label_names), database, results
+    queries.paths,
+    (queries.labels, queries.label_names),
+    database,
+    results,
+    asked=topk if _RADIUS.value is None else None,
   )
+  short = sum("asked" in record for record in records)
+  if short:
+    logging.warning(
+      "%d of %d queries got fewer than %d neighbours from index %s (their lines say "
+      '"asked"); search more of it (--nprobe, --nflip, --ef_search) or use --index=flat.',
+      short,
+      len(records),
+      topk,
+      _LOAD_INDEX.value or _INDEX.value,
+    )
   retrieval.write_jsonl(records, sys.stdout if _OUT.value == "-" else _OUT.value)
   if _GRID.value:
     channels = 3

@@ -29,6 +29,9 @@ def image_list_root(tmp_path):
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "img" / "0.jpg")
   flags = " ".join(["1"] + ["0"] * 20)
   (root / "images.txt").write_text(f"img/0.jpg {flags}\n./img/0.jpg {flags}\nimg/0.jpg 1 0\n")
+  (root / "utf16" / "img").mkdir(parents=True)
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "utf16" / "img" / "0.jpg")
+  (root / "utf16" / "images.txt").write_text(f"img/0.jpg {flags}\n", encoding="utf-16")
   return root
 
 
@@ -92,6 +95,16 @@ CASES = [
     "images.txt:3",
   ),
   (
+    "utf16-list-file",
+    nuswide("--config.data.root={root}/utf16", "--workdir={tmp}/out"),
+    "images.txt: this list file is UTF-16",
+  ),
+  (
+    "workdir-inside-the-dataset",
+    nuswide("--config.data.root={root}", "--workdir={root}/out"),
+    "is inside config.data.root=",
+  ),
+  (
     "pretrained-backbone-unset",
     (
       "train.py",
@@ -116,6 +129,11 @@ CASES = [
     "--codes",
   ),
   ("prepare-without-dataset", ("-m", "schn_jax.data.prepare"), "--dataset"),
+  (
+    "parity-pack-into-its-source",
+    ("-m", "schn_jax.parity.pack", "{tmp}", "{tmp}/packed"),
+    "overlap: pack into a separate folder",
+  ),
   (
     "reference-check-missing-folder",
     ("-m", "schn_jax.parity.check", "{tmp}/no_fixtures"),

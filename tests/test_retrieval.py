@@ -1,9 +1,6 @@
 """Retrieval end to end: train the tiny config, encode a folder, index, search by image."""
 
 import json
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,57 +8,20 @@ from PIL import Image
 
 from configs import tiny
 from schn_jax import errors, inference, retrieval
-from schn_jax.data import image_sets, sources
+from schn_jax.data import image_sets
 from schn_jax.evaluation import codes as codes_lib
 from schn_jax.evaluation import hamming, plots, search
 from schn_jax.interop import weights
-from schn_jax.training import train
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-FASHION_MNIST = pathlib.Path(sources.FASHION_MNIST_ROOT)
-CLASSES = (
-  "tshirt",
-  "trouser",
-  "pullover",
-  "dress",
-  "coat",
-  "sandal",
-  "shirt",
-  "sneaker",
-  "bag",
-  "boot",
-)
+import support
 
-pytestmark = pytest.mark.skipif(
-  not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist"
-)
-
-
-def cli(module, *args):
-  return subprocess.run(
-    [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=300
-  )
-
-
-def write_class_folders(folder, indices, fashion):
-  """PNG files folder/<class>/<index>.png of Fashion-MNIST images."""
-  for i in indices:
-    path = folder / CLASSES[int(fashion.labels[i].argmax())] / f"{i:05d}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(fashion.images[i, ..., 0]).save(path)
+pytestmark = support.needs_fashion_mnist
+cli = support.cli
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-  """(workdir of a one-iteration tiny run, database folder, query folder)."""
-  root = tmp_path_factory.mktemp("retrieval")
-  config = tiny.get_config()
-  config.update(variant="mmasia", max_iter=1)
-  train.train_and_evaluate(config, root / "run")
-  fashion = sources.fashion_mnist_source()
-  write_class_folders(root / "database", range(60000, 60150), fashion)
-  write_class_folders(root / "queries", range(69990, 70000), fashion)
-  return root / "run", root / "database", root / "queries"
+  return support.tiny_retrieval_run(tmp_path_factory.mktemp("retrieval"))
 
 
 def test_encode_index_and_search_by_image(run, tmp_path):
@@ -87,7 +47,7 @@ def test_encode_index_and_search_by_image(run, tmp_path):
     assert saved["paths"].tolist() == written
   assert not (tmp_path / "db.npz.parts").exists()
   database = codes_lib.load_item_codes(tmp_path / "db.npz")
-  assert database.label_names.tolist() == sorted(CLASSES)
+  assert database.label_names.tolist() == sorted(support.CLASSES)
 
   # The same codes as the model encoding the images directly.
   model = inference.TrainedModel.from_workdir(workdir, bits)
@@ -248,7 +208,7 @@ def test_user_errors_are_one_line_exit_2(run, tmp_path):
     "both with the same --bits."
   )
   index24 = search.build_index(np.ones((150, 24)))
-  search.save_index(index24, tmp_path / "i24.faiss")
+  search.save_index(index24, tmp_path / "i24.faiss", np.ones((150, 24)))
   with pytest.raises(
     errors.UserError, match="i24.faiss holds 24-bit codes but the codes have 16 bits"
   ):

@@ -27,8 +27,8 @@ def test_flat_equals_exact_ranking_ties_included(tmp_path, bits):
   # boundary of the top 25 cuts through ties.
   database, queries = random_codes(2000, bits, 0), random_codes(20, bits, 1)
   index = search.build_index(database, "flat")
-  search.save_index(index, tmp_path / "flat.faiss")
-  loaded = search.load_index(tmp_path / "flat.faiss")
+  search.save_index(index, tmp_path / "flat.faiss", database)
+  loaded = search.load_index(tmp_path / "flat.faiss", database)
   ids, distances = stack(search.knn(loaded, queries, 25))
   exact_ids, exact_distances = hamming.hamming_topk(queries, database, 25)
   np.testing.assert_array_equal(ids, exact_ids)
@@ -131,9 +131,9 @@ def test_bad_index_descriptions_and_files(tmp_path):
     search.range_search(search.build_index(codes, "BHNSW8"), codes, 2)
   (tmp_path / "junk.faiss").write_bytes(b"not an index")
   with pytest.raises(search.SearchError, match="not a FAISS binary index"):
-    search.load_index(tmp_path / "junk.faiss")
+    search.load_index(tmp_path / "junk.faiss", codes)
   with pytest.raises(search.SearchError, match="no such index file"):
-    search.load_index(tmp_path / "missing.faiss")
+    search.load_index(tmp_path / "missing.faiss", codes)
   zeros = codes.copy()
   zeros[5, 2] = 0
   with pytest.raises(search.SearchError, match="row 5"):
@@ -172,3 +172,14 @@ def test_item_codes_round_trip_and_refusals(tmp_path):
   np.savez(tmp_path / "nokey.npz", paths=item.paths)
   with pytest.raises(codes_lib.CodesError, match=r"missing key\(s\) \['codes'\]"):
     codes_lib.load_item_codes(tmp_path / "nokey.npz")
+
+
+def test_a_saved_index_refuses_other_codes_of_the_same_size(tmp_path):
+  codes, other = random_codes(40, 16, 20), random_codes(40, 16, 21)
+  search.save_index(search.build_index(codes), tmp_path / "db.faiss", codes)
+  assert search.load_index(tmp_path / "db.faiss", codes).ntotal == 40
+  with pytest.raises(search.SearchError, match="not built from these database codes"):
+    search.load_index(tmp_path / "db.faiss", other)
+  (tmp_path / "db.faiss.codes.json").unlink()
+  with pytest.raises(search.SearchError, match="not built from these database codes"):
+    search.load_index(tmp_path / "db.faiss", codes)

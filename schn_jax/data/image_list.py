@@ -19,10 +19,13 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from schn_jax import errors
+from schn_jax import errors, files
 
 UNLABELED_MODES = ("drop", "fail", "keep")
 CORRUPT_MODES = ("fail", "skip")
+# What PIL raises for a file it cannot decode: damaged or truncated data, an
+# unknown format, or more pixels than its decompression-bomb guard allows.
+UNREADABLE_IMAGE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class CorruptImageError(errors.UserError, OSError):
@@ -74,27 +77,24 @@ def read_list_file(path: pathlib.Path, num_classes: int | None):
     )
   paths, flags, line_numbers = [], [], []
   counted_at = ""
-  with open(path) as f:
-    for line_number, line in enumerate(f, start=1):
-      tokens = line.split()
-      if not tokens:
-        continue
-      if num_classes is None:
-        num_classes, counted_at = len(tokens) - 1, f" (as on line {line_number})"
-      if len(tokens) - 1 != num_classes:
-        raise errors.DataError(
-          f"{path}:{line_number}: expected an image path and {num_classes} "
-          f"label flags{counted_at}, found {len(tokens) - 1} flags (a path "
-          "with spaces is read as several tokens)"
-        )
-      bad = [t for t in tokens[1:] if t not in ("0", "1")]
-      if bad:
-        raise errors.DataError(
-          f"{path}:{line_number}: label flags must be 0 or 1, found {bad[0]!r}"
-        )
-      paths.append(normalize_path(tokens[0], f"{path}:{line_number}"))
-      flags.append([t == "1" for t in tokens[1:]])
-      line_numbers.append(line_number)
+  for line_number, line in enumerate(files.read_text(path, "list file").split("\n"), start=1):
+    tokens = line.split()
+    if not tokens:
+      continue
+    if num_classes is None:
+      num_classes, counted_at = len(tokens) - 1, f" (as on line {line_number})"
+    if len(tokens) - 1 != num_classes:
+      raise errors.DataError(
+        f"{path}:{line_number}: expected an image path and {num_classes} "
+        f"label flags{counted_at}, found {len(tokens) - 1} flags (a path "
+        "with spaces is read as several tokens)"
+      )
+    bad = [t for t in tokens[1:] if t not in ("0", "1")]
+    if bad:
+      raise errors.DataError(f"{path}:{line_number}: label flags must be 0 or 1, found {bad[0]!r}")
+    paths.append(normalize_path(tokens[0], f"{path}:{line_number}"))
+    flags.append([t == "1" for t in tokens[1:]])
+    line_numbers.append(line_number)
   labels = np.array(flags, np.float32).reshape(len(paths), num_classes or 0)
   return paths, labels, line_numbers
 
@@ -205,7 +205,7 @@ class ImageListSource:
   def image(self, index: int) -> np.ndarray:
     try:
       return self._decode(index)
-    except (OSError, SyntaxError, ValueError) as e:
+    except UNREADABLE_IMAGE as e:
       path = self.root / self.paths[index]
       fix = (
         "set --config.data.on_corrupt='skip' (in a new --workdir) to "
@@ -223,7 +223,7 @@ class ImageListSource:
       try:
         self._decode(index)
         return True
-      except (OSError, SyntaxError, ValueError):
+      except UNREADABLE_IMAGE:
         return False
 
     with concurrent.futures.ThreadPoolExecutor(num_workers or os.cpu_count()) as pool:

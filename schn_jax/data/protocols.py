@@ -20,13 +20,12 @@ so they are in no part of the split.
 import dataclasses
 import hashlib
 import json
-import os
 import pathlib
 import zipfile
 
 import numpy as np
 
-from schn_jax import errors
+from schn_jax import errors, files
 
 SPLIT_FILE = "split.npz"
 PROTOCOLS = ("per_class", "random", "lists")
@@ -168,10 +167,8 @@ def split_identity(config, labels: np.ndarray, seed: int, dataset: str) -> dict:
 def save_split(path: pathlib.Path, split: Split, identity: dict):
   # Written to a temporary name and renamed, so a concurrent reader (another
   # host sharing the workdir) never sees half a file.
-  tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-  with open(tmp, "wb") as f:
-    np.savez(f, identity=json.dumps(identity, sort_keys=True), **dataclasses.asdict(split))
-  os.replace(tmp, path)
+  with files.replaced(path) as tmp:
+    np.savez(tmp, identity=json.dumps(identity, sort_keys=True), **dataclasses.asdict(split))
 
 
 def load_split(path: pathlib.Path) -> tuple[Split, dict]:

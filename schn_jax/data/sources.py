@@ -191,7 +191,15 @@ class TfdsSource:
     except Exception as e:
       # TFDS reports an unprepared dataset as an unsupported file format (or
       # a missing file): say what is actually wrong and how to fix it.
-      builder = tfds.builder(name, data_dir=data_dir)
+      try:
+        builder = tfds.builder(name, data_dir=data_dir)
+      except tfds.core.DatasetNotFoundError as not_found:
+        hint = [line.strip() for line in str(not_found).splitlines() if "Did you mean" in line]
+        raise errors.DataError(
+          f"TFDS has no dataset named {name!r}"
+          + (f" ({hint[0]})" if hint else "")
+          + "; check the name against the TFDS catalog."
+        ) from None
       if builder.is_prepared():
         state = (
           f"is prepared in {builder.data_dir} but tfds.data_source "

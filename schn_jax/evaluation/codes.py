@@ -8,13 +8,12 @@ when they share a label.
 
 import dataclasses
 import json
-import os
 import pathlib
 import zipfile
 
 import numpy as np
 
-from schn_jax import errors
+from schn_jax import errors, files
 
 CODE_KEYS = ("query_codes", "database_codes", "query_labels", "database_labels")
 
@@ -128,7 +127,8 @@ def pack_codes(codes):
 def save_codes(path, query_codes, database_codes, query_labels, database_labels):
   """Writes the four arrays to a compressed npz that `load_codes` reads."""
   arrays = check_retrieval_set(query_codes, database_codes, query_labels, database_labels)
-  np.savez_compressed(path, **dict(zip(CODE_KEYS, arrays)))
+  with files.replaced(path) as tmp:
+    np.savez_compressed(tmp, **dict(zip(CODE_KEYS, arrays)))
 
 
 def load_codes(path):
@@ -230,7 +230,7 @@ def pack_signs(codes):
   return np.packbits(np.asarray(codes) > 0, axis=1, bitorder="little")
 
 
-def save_item_codes(path, item_codes):
+def save_item_codes(path, item_codes, name="--out"):
   """Writes an ItemCodes as .npz, through a temporary file renamed into place,
   so that a reader never sees half a file."""
   item = item_codes
@@ -248,10 +248,8 @@ def save_item_codes(path, item_codes):
     arrays["labels"] = check_labels(item.labels, "labels")
   if item.label_names is not None:
     arrays["label_names"] = np.asarray(item.label_names, dtype=str)
-  path = pathlib.Path(path)
-  tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.npz")
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  with files.replaced(path, name) as tmp:
+    np.savez(tmp, **arrays)
 
 
 def read_npz(path, error_type, fix):

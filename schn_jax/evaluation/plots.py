@@ -8,6 +8,8 @@ from PIL import Image, ImageDraw, ImageFont
 matplotlib.use("Agg")  # Files only; evaluation runs on headless machines.
 import matplotlib.pyplot as plt
 
+from schn_jax import files
+
 
 def plot_curves(metrics, path):
   """Writes a PNG: precision-recall over Hamming radii, and precision@N."""
@@ -35,7 +37,8 @@ def plot_curves(metrics, path):
     f"{metrics['map']:.4f} ({metrics['ties']})"
   )
   figure.tight_layout()
-  figure.savefig(path, dpi=100)
+  with files.replaced(path) as tmp:
+    figure.savefig(tmp, dpi=100, format="png")
   plt.close(figure)
 
 
@@ -83,7 +86,7 @@ def retrieval_grid(rows, path, *, thumbnail=96, columns=None):
 
   Args:
     rows: [(query image, query caption, [(image, caption, correct), ...])];
-      images uint8 (H, W) or (H, W, C); correct is True (green border: shares
+      images uint8 (H, W) or (H, W, C), or None (a grey placeholder); correct is True (green border: shares
       a label with the query), False (red) or None (grey: labels unknown).
     path: where the PNG goes.
     thumbnail: side of the square each image is fitted into.
@@ -109,9 +112,10 @@ def retrieval_grid(rows, path, *, thumbnail=96, columns=None):
     draw.rectangle(
       [left, top, left + layout.cell_width - 1, top + layout.cell_width - 1], fill=color
     )
-    inner = Image.new("RGB", (thumbnail, thumbnail), "white")
-    picture = _fit(Image.fromarray(_rgb(image)), thumbnail)
-    inner.paste(picture, ((thumbnail - picture.width) // 2, (thumbnail - picture.height) // 2))
+    inner = Image.new("RGB", (thumbnail, thumbnail), "white" if image is not None else "lightgrey")
+    if image is not None:
+      picture = _fit(Image.fromarray(_rgb(image)), thumbnail)
+      inner.paste(picture, ((thumbnail - picture.width) // 2, (thumbnail - picture.height) // 2))
     canvas.paste(inner, (left + layout.border, top + layout.border))
     text_width = draw.textlength(caption, font=font)
     draw.text(
@@ -125,7 +129,8 @@ def retrieval_grid(rows, path, *, thumbnail=96, columns=None):
     put(query_image, query_caption, GRID_COLORS["query"], *layout.cell(r, -1))
     for c, (image, caption, correct) in enumerate(cells[:columns]):
       put(image, caption, GRID_COLORS[correct], *layout.cell(r, c))
-  canvas.save(path, format="PNG")
+  with files.replaced(path) as tmp:
+    canvas.save(tmp, format="PNG")
   return layout
 
 

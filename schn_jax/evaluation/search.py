@@ -19,13 +19,15 @@ indexes may find fewer than k neighbours; those rows are shorter, never
 padded with FAISS's -1 ids.
 """
 
+import hashlib
+import json
 import logging
 import pathlib
 
 import faiss
 import numpy as np
 
-from schn_jax import errors
+from schn_jax import errors, files
 from schn_jax.evaluation import codes as codes_lib
 
 FLAT = "flat"
@@ -67,6 +69,13 @@ def build_index(database_codes, description=FLAT):
       f"({_faiss_message(error)}); use one of {EXAMPLES} or another "
       "faiss.index_binary_factory string."
     ) from None
+  bits = np.shape(database_codes)[1]
+  hashed = getattr(index, "b", 0) * getattr(index, "nhash", 1)
+  if hashed > bits:
+    raise SearchError(
+      f"index {description!r} hashes {hashed} bits but the codes have {bits}: "
+      f"hash at most {bits} (e.g. BHash{min(16, bits)})."
+    )
   if not index.is_trained:
     nlist = getattr(index, "nlist", 0)
     if len(packed) < nlist:
@@ -81,44 +90,90 @@ def build_index(database_codes, description=FLAT):
 
 
 def set_search_parameters(index, *, nprobe=None, nflip=None, ef_search=None):
-  """Sets the speed/recall knobs an index has; naming one it lacks is an error.
+  """Sets the speed/recall knobs an index has, each checked against the index.
 
-  nprobe: inverted lists visited (IVF, default 1); nflip: bits flipped when
-  probing hash buckets (BHash, default 0); ef_search: candidate list size
-  (HNSW, default 16).
+  nprobe: inverted lists visited (IVF, 1..nlist, default 1); nflip: bits
+  flipped when probing hash buckets (BHash, 0..hashed bits, default 0);
+  ef_search: candidate list size (HNSW, >= 1, default 16). Naming a knob the
+  index lacks, or a value out of its range, is a SearchError.
   """
+  limits = {
+    "nprobe": (1, getattr(index, "nlist", None)),
+    "nflip": (0, getattr(index, "b", None)),
+  }
   for name, value in (("nprobe", nprobe), ("nflip", nflip)):
-    if value is not None:
-      if not hasattr(index, name):
-        raise SearchError(
-          f"{name} applies to {_KNOB_OWNERS[name]} indexes, not to {type(index).__name__}."
-        )
-      setattr(index, name, int(value))
+    if value is None:
+      continue
+    if not hasattr(index, name):
+      raise SearchError(
+        f"{name} applies to {_KNOB_OWNERS[name]} indexes, not to {type(index).__name__}."
+      )
+    low, high = limits[name]
+    if not low <= value <= high:
+      raise SearchError(f"{name}={value}: this {type(index).__name__} takes {low} to {high}.")
+    setattr(index, name, int(value))
   if ef_search is not None:
     if not hasattr(index, "hnsw"):
       raise SearchError(f"ef_search applies to HNSW indexes, not to {type(index).__name__}.")
+    if not 1 <= ef_search <= 2**31 - 1:
+      raise SearchError(f"ef_search={ef_search}: give a candidate list size of at least 1.")
     index.hnsw.efSearch = int(ef_search)
 
 
 _KNOB_OWNERS = {"nprobe": "IVF (BIVF...)", "nflip": "hash (BHash...)"}
 
 
-def save_index(index, path):
-  faiss.write_index_binary(index, str(path))
+def _fingerprint_path(path):
+  path = pathlib.Path(path)
+  return path.with_name(path.name + ".codes.json")
 
 
-def load_index(path):
+def codes_fingerprint(database_codes):
+  """What identifies the codes an index holds: count, length and a SHA-256 of
+  their bits."""
+  codes = np.asarray(database_codes)
+  return {
+    "count": int(codes.shape[0]),
+    "bits": int(codes.shape[1]),
+    "sha256": hashlib.sha256(codes_lib.pack_signs(codes).tobytes()).hexdigest(),
+  }
+
+
+def save_index(index, path, database_codes, name="--save_index"):
+  """Writes the index and, beside it (`<path>.codes.json`), the fingerprint of
+  the codes it was built from, which `load_index` checks."""
+  fingerprint_path = _fingerprint_path(path)
+  fingerprint_path.unlink(missing_ok=True)
+  with files.replaced(path, name) as tmp:
+    faiss.write_index_binary(index, str(tmp))
+  files.write_text(fingerprint_path, json.dumps(codes_fingerprint(database_codes)), name)
+
+
+def load_index(path, database_codes):
+  """The index saved at `path` by `save_index` from exactly `database_codes`."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise SearchError(f"{path}: no such index file; write one with --save_index.")
   try:
-    return faiss.read_index_binary(str(path))
+    index = faiss.read_index_binary(str(path))
   except RuntimeError as error:
     raise SearchError(
       f"{path}: not a FAISS binary index "
       f"({_faiss_message(error)}); build it again with "
       "--save_index."
     ) from None
+  check_index(index, len(database_codes), np.shape(database_codes)[1], f"index {path}")
+  try:
+    saved = json.loads(_fingerprint_path(path).read_text())
+  except (OSError, ValueError):
+    saved = None
+  if saved != codes_fingerprint(database_codes):
+    raise SearchError(
+      f"{path}: this index was not built from these database codes "
+      f"({_fingerprint_path(path).name} is missing or names other codes); "
+      "build it again from them with --save_index."
+    )
+  return index
 
 
 def check_index(index, database_size, bits, index_name="index"):
@@ -167,8 +222,8 @@ def knn(index, query_codes, k):
 def range_search(index, query_codes, radius):
   """Every database item within Hamming distance `radius` (inclusive) of each
   query: the hash-lookup protocol. Same result layout as `knn`."""
-  if radius < 0:
-    raise SearchError(f"radius={radius}: give a Hamming distance >= 0.")
+  if not 0 <= radius <= index.d:
+    raise SearchError(f"radius={radius}: give a Hamming distance from 0 to the code length.")
   queries = _query_bytes(index, query_codes)
   try:
     # FAISS keeps distances strictly below its radius.

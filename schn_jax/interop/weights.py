@@ -18,7 +18,7 @@ import safetensors
 from flax import traverse_util
 from safetensors import numpy as safetensors_numpy
 
-from schn_jax import errors
+from schn_jax import errors, files
 from schn_jax.interop import torch_io
 
 SUFFIXES = (".safetensors", ".npz", ".pth", ".pt")
@@ -67,12 +67,13 @@ def write_arrays(arrays, path, metadata=None):
   suffix = _suffix(path)
   arrays = {name: np.ascontiguousarray(value) for name, value in arrays.items()}
   metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
-  if suffix in (".pth", ".pt"):
-    torch_io.save_state_dict(arrays, path)
-  elif suffix == ".npz":
-    np.savez(path, **arrays, **{_NPZ_METADATA: json.dumps(metadata)})
-  else:
-    safetensors_numpy.save_file(arrays, str(path), metadata=metadata)
+  with files.replaced(path) as tmp:
+    if suffix in (".pth", ".pt"):
+      torch_io.save_state_dict(arrays, tmp)
+    elif suffix == ".npz":
+      np.savez(tmp, **arrays, **{_NPZ_METADATA: json.dumps(metadata)})
+    else:
+      safetensors_numpy.save_file(arrays, str(tmp), metadata=metadata)
 
 
 def params_to_arrays(params):

@@ -80,7 +80,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from schn_jax import data as data_lib
-from schn_jax import errors
+from schn_jax import errors, files
 from schn_jax.models import visual
 from schn_jax.parity import fixtures
 from schn_jax.parity.build import input_normalization, precision
@@ -1001,6 +1001,12 @@ def main(argv, defined):
   out = pathlib.Path(defined.out.value)
   if out.exists() and (not out.is_dir() or any(out.iterdir())):
     raise errors.UserError(f"--out={out}: exists and is not an empty folder; choose a new one")
+  if files.inside(out, root):
+    raise files.PathError(f"--out={out} is inside --reference={root}: write the fixture elsewhere.")
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise files.PathError(f"--out={out}: cannot create it ({error.strerror or error}).") from None
   config = capture_config(config)
   iterations = defined.iterations.value
   iterations = config.max_iter if iterations is None else iterations

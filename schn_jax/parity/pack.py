@@ -10,7 +10,7 @@ import pathlib
 import shutil
 import sys
 
-from schn_jax import errors
+from schn_jax import errors, files
 from schn_jax.parity import fixtures
 
 
@@ -19,6 +19,10 @@ def main(argv):
     print(__doc__.strip(), file=sys.stderr)
     return errors.EXIT_USER_ERROR
   source, target = pathlib.Path(argv[1]), pathlib.Path(argv[2])
+  if files.inside(target, source) or files.inside(source, target):
+    raise files.PathError(f"{target} and {source} overlap: pack into a separate folder.")
+  if not source.is_dir():
+    raise errors.UserError(f"{source}: no such folder of fixtures.")
   for directory in fixtures.find_fixture_dirs(source):
     fixtures.pack(directory, target / directory.relative_to(source))
   for readme in source.rglob("README.md"):

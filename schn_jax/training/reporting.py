@@ -1,14 +1,13 @@
 """Metrics to TensorBoard event files (tensorboardX: no TensorFlow), the log and JSON files."""
 
 import json
-import os
 import pathlib
 
 import jax
 import tensorboardX
 import tqdm
 
-from schn_jax import errors
+from schn_jax import errors, files
 
 
 class MetricWriter:
@@ -32,10 +31,7 @@ class MetricWriter:
 def write_json(path, value):
   """Writes `value` as JSON to a temporary file renamed over `path`, so that a
   crash or a reader never sees half a file."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-  tmp.write_text(json.dumps(value, indent=2))
-  os.replace(tmp, path)
+  files.write_text(path, json.dumps(value, indent=2))
 
 
 def read_json(path, fix):

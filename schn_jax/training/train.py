@@ -20,7 +20,7 @@ import numpy as np
 import tqdm
 
 from schn_jax import data as data_lib
-from schn_jax import download, errors, inference, interop, sharding
+from schn_jax import download, errors, files, inference, interop, sharding
 from schn_jax.evaluation import metrics as metrics_lib
 from schn_jax.interop import pretrained
 from schn_jax.models import VARIANTS
@@ -141,7 +141,16 @@ def check_config(config, database_size, train_size):
 
 def check_workdir(config, workdir):
   """Refuses a workdir holding a run of another variant, code lengths or model, by
-  its config.json, before anything there is touched."""
+  its config.json, and one that is a file or lies in the dataset's folder, before
+  anything there is touched."""
+  if pathlib.Path(workdir).is_file():
+    raise files.PathError(f"--workdir={workdir} is a file: give a folder.")
+  for key in ("root", "tfds_data_dir"):
+    folder = config.data.get(key)
+    if folder and files.inside(workdir, folder):
+      raise files.PathError(
+        f"--workdir={workdir} is inside config.data.{key}={folder}: keep runs out of the dataset."
+      )
   path = pathlib.Path(workdir) / "config.json"
   if not path.is_file():
     return

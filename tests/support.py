@@ -1,0 +1,57 @@
+"""Helpers shared by the tests: where things are, the tiny run, running a command."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from configs import tiny
+from schn_jax.data import sources
+from schn_jax.training import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FASHION_MNIST = pathlib.Path(sources.FASHION_MNIST_ROOT)
+needs_fashion_mnist = pytest.mark.skipif(
+  not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist"
+)
+CLASSES = (
+  "tshirt",
+  "trouser",
+  "pullover",
+  "dress",
+  "coat",
+  "sandal",
+  "shirt",
+  "sneaker",
+  "bag",
+  "boot",
+)
+
+
+def cli(module, *args, cwd=REPO, timeout=300):
+  """Runs `python -m module args...` as a user would; the CompletedProcess."""
+  return subprocess.run(
+    [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+  )
+
+
+def write_class_folders(folder, indices, fashion):
+  """PNG files folder/<class>/<index>.png of Fashion-MNIST images."""
+  for i in indices:
+    path = folder / CLASSES[int(fashion.labels[i].argmax())] / f"{i:05d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(fashion.images[i, ..., 0]).save(path)
+
+
+def tiny_retrieval_run(root):
+  """(workdir of a one-iteration tiny run, a database folder of 150 Fashion-MNIST
+  PNGs, a query folder of 10), written under `root`."""
+  config = tiny.get_config()
+  config.update(variant="mmasia", max_iter=1)
+  train.train_and_evaluate(config, root / "run")
+  fashion = sources.fashion_mnist_source()
+  write_class_folders(root / "database", range(60000, 60150), fashion)
+  write_class_folders(root / "queries", range(69990, 70000), fashion)
+  return root / "run", root / "database", root / "queries"
