@@ -36,8 +36,8 @@ import numpy as np
 from configs import fashion_mnist
 from schn_jax import data as data_lib
 from schn_jax import sharding
+from schn_jax.training import dcc as dcc_lib
 from schn_jax.training import loop
-from schn_jax.training.losses import positive_ratio
 from schn_jax.training.step import make_step_functions
 
 
@@ -69,7 +69,7 @@ def per_batch_iteration(config, data, state, step, mesh, dcc):
       for name, value in batch_codes.items():
         codes[name][positions] = sharding.to_host(value)
       steps += 1
-  r = np.float32(positive_ratio(labels[sample], labels))
+  r = np.float32(dcc_lib.positive_ratio(labels[sample], labels))
   database_codes = dcc(
     state.database_codes,
     *sharding.replicate(
@@ -120,7 +120,7 @@ def measure(config, data, kind, iterations):
     run = lambda state: program(state)[0]
   else:
     step = make_per_batch_step(config, data, (model, discriminator, optimizers, step_config), mesh)
-    dcc = jax.jit(loop.dcc_rows)
+    dcc = jax.jit(dcc_lib.update_rows)
     run = lambda state: per_batch_iteration(config, data, state, step, mesh, dcc)
   state = run(state)  # warm-up: compilation
   jax.block_until_ready(state.database_codes)

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+import torchvision
 from jax import lax
 from torch import nn
 
@@ -74,29 +75,13 @@ def synthetic_batch(seed=0, batch=BATCH):
 
 
 def torch_alexnet():
-  """torchvision's AlexNet layout up to fc7 (ReLU), then a tanh hash layer."""
+  """torchvision's AlexNet up to fc7 (ReLU), then a tanh hash layer."""
+  alexnet = torchvision.models.alexnet()
   return nn.Sequential(
-    nn.Conv2d(3, 64, 11, 4, 2),
-    nn.ReLU(),
-    nn.MaxPool2d(3, 2),
-    nn.Conv2d(64, 192, 5, padding=2),
-    nn.ReLU(),
-    nn.MaxPool2d(3, 2),
-    nn.Conv2d(192, 384, 3, padding=1),
-    nn.ReLU(),
-    nn.Conv2d(384, 256, 3, padding=1),
-    nn.ReLU(),
-    nn.Conv2d(256, 256, 3, padding=1),
-    nn.ReLU(),
-    nn.MaxPool2d(3, 2),
-    nn.AdaptiveAvgPool2d(6),
+    alexnet.features,
+    alexnet.avgpool,
     nn.Flatten(),
-    nn.Dropout(0.5),
-    nn.Linear(256 * 6 * 6, 4096),
-    nn.ReLU(),
-    nn.Dropout(0.5),
-    nn.Linear(4096, 4096),
-    nn.ReLU(),
+    *alexnet.classifier[:6],
     nn.Linear(4096, BITS),
     nn.Tanh(),
   )

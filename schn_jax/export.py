@@ -7,8 +7,9 @@
 the run's config and code length: `python -m schn_jax.encode --model=FILE`
 and `inference.TrainedModel.from_weights` read it, with no run folder.
 --part=all writes every SCHN parameter (visual, semantic and cycle parts),
-for fine-tuning or inspection; `interop.weights.load_params` reads it back
-into a parameter tree. Names are '/'-joined Flax paths
+and BatchNorm's running statistics under batch_stats/ where the backbone has
+them, for fine-tuning or inspection; `interop.weights.load_params` reads it
+back into a tree of that shape. Names are '/'-joined Flax paths
 (visual/backbone/features_0/kernel), arrays in Flax layout.
 """
 
@@ -49,9 +50,9 @@ def main(argv):
     config, bits, step, state_dir = inference.find_checkpoint(
       _WORKDIR.value, _BITS.value, _STEP.value
     )
-    params = inference.restore_params(config, bits, state_dir, whole=True)
+    variables = inference.restore_variables(config, bits, state_dir, whole=True)
     weights.save_params(
-      params,
+      inference.file_tree(variables["params"], variables["batch_stats"]),
       _OUT.value,
       {
         "format": "schn_jax.params/1",

@@ -176,7 +176,7 @@ class TrainedModel:
       channels = 3
     template = variables_template(config, bits, channels)
     loaded = weights.arrays_to_params(
-      arrays, _file_tree(template["params"], template.get("batch_stats")), str(path)
+      arrays, file_tree(template["params"], template.get("batch_stats")), str(path)
     )
     batch_stats = loaded.pop("batch_stats", {})
     step = int(metadata["step"]) if metadata.get("step", "None") != "None" else None
@@ -195,7 +195,7 @@ class TrainedModel:
     names like visual/backbone/features_0/kernel; BatchNorm's running statistics
     as batch_stats/visual/backbone/bn1/mean)."""
     weights.save_params(
-      _file_tree(self.params, self.batch_stats),
+      file_tree(self.params, self.batch_stats),
       path,
       {
         "format": EXPORT_FORMAT,
@@ -250,7 +250,7 @@ class TrainedModel:
     return np.concatenate(out) if out else np.zeros((0, self.bits), np.float32)
 
 
-def _file_tree(params, batch_stats):
+def file_tree(params, batch_stats):
   """What a model file holds: the parameters at the top, BatchNorm's running
   statistics (where the backbone has them) under batch_stats/."""
   return {**params, **({"batch_stats": batch_stats} if batch_stats else {})}
@@ -360,7 +360,7 @@ def restore_variables(config, bits, state_dir, whole=False):
   template = variables_template(config, bits, channels, num_classes)
   # Named as in model files: parameters at the top, running statistics under batch_stats/.
   flat_template, flat_saved = (
-    traverse_util.flatten_dict(_file_tree(v["params"], v.get("batch_stats")), sep="/")
+    traverse_util.flatten_dict(file_tree(v["params"], v.get("batch_stats")), sep="/")
     for v in (template, saved)
   )
   shape = lambda flat, key: tuple(flat[key].shape) if key in flat else None

@@ -30,6 +30,13 @@ CLASSES = (
 )
 
 
+def tiny_config(**overrides):
+  """configs/tiny.py with `overrides` applied."""
+  config = tiny.get_config()
+  config.update(overrides)
+  return config
+
+
 def cli(module, *args, cwd=REPO, timeout=300):
   """Runs `python -m module args...` as a user would; the CompletedProcess."""
   return subprocess.run(
@@ -48,9 +55,7 @@ def write_class_folders(folder, indices, fashion):
 def tiny_retrieval_run(root):
   """(workdir of a one-iteration tiny run, a database folder of 150 Fashion-MNIST
   PNGs, a query folder of 10), written under `root`."""
-  config = tiny.get_config()
-  config.update(variant="mmasia", max_iter=1)
-  train.train_and_evaluate(config, root / "run")
+  train.train_and_evaluate(tiny_config(variant="mmasia", max_iter=1), root / "run")
   fashion = sources.fashion_mnist_source()
   write_class_folders(root / "database", range(60000, 60150), fashion)
   write_class_folders(root / "queries", range(69990, 70000), fashion)

@@ -15,7 +15,6 @@ wrong transposition, stride or statistic is off by O(1).
 """
 
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -23,15 +22,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from schn_jax import interop
 from schn_jax.interop import layout, weights
 from schn_jax.models.visual import BACKBONES
 
+import support
+
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 FLOAT64_RELATIVE = 1e-10
 RESNETS = ("resnet18", "resnet34", "resnet50")
 # VGG-16's fc6 has 25088 x 4096 weights (0.8 GB in float64 with its gradient); the
@@ -335,10 +336,7 @@ def test_pretrained_resnet_starts_training(resnet18_state, tmp_path):
 
 # ---------------------------------------------------------------- a ResNet in the training loop
 
-FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
-needs_fashion_mnist = pytest.mark.skipif(
-  not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist"
-)
+needs_fashion_mnist = support.needs_fashion_mnist
 
 
 def tiny_resnet_config(**overrides):
@@ -360,11 +358,11 @@ def test_resnet_loop_on_eight_devices_equals_one():
     os.environ,
     XLA_FLAGS="--xla_force_host_platform_device_count=8",
     JAX_PLATFORMS="cpu",
-    PYTHONPATH=str(REPO),
+    PYTHONPATH=str(support.REPO),
   )
   result = subprocess.run(
     [sys.executable, __file__, "loop"],
-    cwd=REPO,
+    cwd=support.REPO,
     env=env,
     capture_output=True,
     text=True,
@@ -498,6 +496,16 @@ def test_resnet_run_resumes_bit_identically_and_evaluates_with_running_statistic
     batch_stats=jax.tree_util.tree_map(np.ones_like, model.batch_stats),
   )
   assert (fresh_statistics.encode(batch["image"]) != query_codes).any()
+  # The whole-model export keeps the running statistics too.
+  whole = tmp_path / "schn.safetensors"
+  exported = support.cli("schn_jax.export", f"--workdir={resumed}", "--part=all", f"--out={whole}")
+  assert exported.returncode == 0, exported.stderr[-2000:]
+  arrays, _ = weights.read_arrays(whole)
+  statistics = {k: v for k, v in arrays.items() if k.startswith("batch_stats/")}
+  flat = traverse_util.flatten_dict(model.batch_stats, sep="/")
+  assert flat and statistics.keys() == {f"batch_stats/{k}" for k in flat}
+  for key, value in flat.items():
+    np.testing.assert_array_equal(statistics[f"batch_stats/{key}"], value)
 
 
 if __name__ == "__main__":

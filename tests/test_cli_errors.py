@@ -6,7 +6,6 @@ names the key, file or file:line, and nothing was written.
 """
 
 import json
-import pathlib
 import subprocess
 import sys
 
@@ -14,11 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
-needs_fashion_mnist = pytest.mark.skipif(
-  not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist"
-)
+import support
+
+needs_fashion_mnist = support.needs_fashion_mnist
 
 
 @pytest.fixture
@@ -149,7 +146,7 @@ def test_bad_input_gives_one_error_line(tmp_path, image_list_root, other_run, co
   before = (other_run / "config.json").read_text()
   proc = subprocess.run(
     [sys.executable, *(a.format(**where) for a in command)],
-    cwd=REPO,
+    cwd=support.REPO,
     capture_output=True,
     text=True,
     timeout=300,

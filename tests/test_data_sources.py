@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 
 from schn_jax.data import build_dataset, default_data_config, sources
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import support
 
 
 def write_idx(path, array):
@@ -137,7 +137,7 @@ def test_data_layer_never_imports_tensorflow():
     "from schn_jax.data import sources\n"
     "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
   )
-  subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=support.REPO)
 
 
 @pytest.mark.skipif(
@@ -149,7 +149,7 @@ def test_prepare_without_tensorflow_says_what_to_install():
     [sys.executable, "-m", "schn_jax.data.prepare", "--dataset=cifar10"],
     capture_output=True,
     text=True,
-    cwd=REPO,
+    cwd=support.REPO,
   )
   assert result.returncode != 0
   assert "pip install tensorflow-cpu==2.21.0" in result.stderr

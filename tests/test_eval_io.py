@@ -1,7 +1,6 @@
 """Code files, bad input and the eval.py contract (FAISS search: test_search.py)."""
 
 import json
-import pathlib
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import pytest
 from schn_jax.evaluation import codes as codes_lib
 from schn_jax.evaluation import metrics
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import support
 
 
 def small_set(bits=12, num_queries=6, num_database=40, seed=0):
@@ -28,7 +27,7 @@ def small_set(bits=12, num_queries=6, num_database=40, seed=0):
 
 def run(*args):
   return subprocess.run(
-    [sys.executable, *args], cwd=REPO, capture_output=True, text=True, check=False
+    [sys.executable, *args], cwd=support.REPO, capture_output=True, text=True, check=False
   )
 
 

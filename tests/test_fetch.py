@@ -26,7 +26,7 @@ from schn_jax import download, errors, inference
 from schn_jax.data import build_dataset, default_data_config, sources
 from schn_jax.interop import pretrained, weights
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import support
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -336,7 +336,7 @@ def run_train(env, checksums, workdir):
   return subprocess.run(
     [sys.executable, "-c", TRAIN_WITH_CHECKSUMS, *checksums]
     + ["--config=configs/cifar.py", f"--workdir={workdir}", *TINY],
-    cwd=REPO,
+    cwd=support.REPO,
     env=env,
     capture_output=True,
     text=True,

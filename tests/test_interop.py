@@ -17,6 +17,7 @@ from schn_jax.models.visual import AlexNet
 from schn_jax.parity.fixtures import Fixture
 
 torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
 nn = torch.nn
 
 
@@ -90,37 +91,6 @@ def test_random_small_discriminator_round_trip():
 # ---- torchvision AlexNet -----------------------------------------------------------------
 
 
-def torchvision_alexnet():
-  """torchvision.models.AlexNet, rebuilt from torch.nn layers so torchvision is not needed."""
-  model = nn.Module()
-  model.features = nn.Sequential(
-    nn.Conv2d(3, 64, 11, 4, 2),
-    nn.ReLU(),
-    nn.MaxPool2d(3, 2),
-    nn.Conv2d(64, 192, 5, padding=2),
-    nn.ReLU(),
-    nn.MaxPool2d(3, 2),
-    nn.Conv2d(192, 384, 3, padding=1),
-    nn.ReLU(),
-    nn.Conv2d(384, 256, 3, padding=1),
-    nn.ReLU(),
-    nn.Conv2d(256, 256, 3, padding=1),
-    nn.ReLU(),
-    nn.MaxPool2d(3, 2),
-  )
-  model.avgpool = nn.AdaptiveAvgPool2d(6)
-  model.classifier = nn.Sequential(
-    nn.Dropout(),
-    nn.Linear(9216, 4096),
-    nn.ReLU(),
-    nn.Dropout(),
-    nn.Linear(4096, 4096),
-    nn.ReLU(),
-    nn.Linear(4096, 1000),
-  )
-  return model.eval()
-
-
 def randomize(model, seed):
   # torch's default init shrinks activations layer by layer, so fc7 would be tiny and
   # any 1e-4 tolerance trivially met; unit-variance weights keep fc7 of order one.
@@ -140,7 +110,7 @@ def torch_fc7(model, images_nchw):
 
 @pytest.fixture(scope="module")
 def torch_alexnet():
-  return randomize(torchvision_alexnet(), seed=0)
+  return randomize(torchvision.models.alexnet().eval(), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +159,7 @@ def test_export_loads_into_torch_and_reproduces_features(
   # Through a file, as a user would hand the weights back to torch.
   path = tmp_path / "exported.pth"
   torch_io.save_state_dict(exported, path)
-  fresh = randomize(torchvision_alexnet(), seed=1)
+  fresh = randomize(torchvision.models.alexnet().eval(), seed=1)
   result = fresh.load_state_dict(torch.load(path, weights_only=True), strict=False)
   assert sorted(result.missing_keys) == ["classifier.6.bias", "classifier.6.weight"]
   assert not result.unexpected_keys

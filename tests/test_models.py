@@ -519,8 +519,8 @@ def test_soft_similarity_matches_numpy(ns, n):
   rng = np.random.default_rng(ns * n)
   sample_labels = (rng.random((ns, 6)) < 0.25).astype(np.float32)
   database_labels = (rng.random((n, 6)) < 0.25).astype(np.float32)
-  r = losses.positive_ratio(sample_labels, database_labels)
-  soft = losses.soften(losses.label_similarity(sample_labels, database_labels), r)
+  r = dcc.positive_ratio(sample_labels, database_labels)
+  soft = dcc.soften(losses.label_similarity(sample_labels, database_labels), r)
   s = np.array(
     [
       [1.0 if np.any(sample_labels[i] * database_labels[j]) else -1.0 for j in range(n)]
@@ -561,9 +561,7 @@ def numpy_dcc(codes, u, u_label, u_latent, similarity, alpha=2.0, beta=0.1, gamm
 def _dcc_inputs(seed, ns=20, bits=12):
   rng = np.random.default_rng(seed)
   labels = (rng.random((ns, 4)) < 0.4).astype(np.float32)
-  soft = losses.soften(
-    losses.label_similarity(labels, labels), losses.positive_ratio(labels, labels)
-  )
+  soft = dcc.soften(losses.label_similarity(labels, labels), dcc.positive_ratio(labels, labels))
   return (
     rng.choice([-1.0, 0.0, 1.0], (ns, bits)).astype(np.float32),
     rng.uniform(-1, 1, (ns, bits)).astype(np.float32),

@@ -18,7 +18,6 @@ In float64 the two programs must agree to 1e-9.
 
 import json
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,8 @@ import sys
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import support
+
 PYTHON = sys.executable
 
 # float32 runs (several processes): the reference fixtures' step-delta rule, all but
@@ -41,13 +41,13 @@ def _env(devices, **extra):
     os.environ,
     XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
     JAX_PLATFORMS="cpu",
-    PYTHONPATH=str(REPO),
+    PYTHONPATH=str(support.REPO),
     **extra,
   )
   return env
 
 
-def _run(args, devices, timeout, cwd=REPO, **env):
+def _run(args, devices, timeout, cwd=support.REPO, **env):
   result = subprocess.run(
     [PYTHON, *args],
     cwd=cwd,
@@ -127,7 +127,7 @@ def _worker(variant):
 
   from schn_jax import sharding
   from schn_jax.models import SCHN, Discriminator
-  from schn_jax.training.loop import dcc_rows
+  from schn_jax.training.dcc import update_rows
   from schn_jax.training.state import (
     create_state,
     make_optimizers,
@@ -185,7 +185,9 @@ def _worker(variant):
     hyper = {"alpha": np.float64(2), "beta": np.float64(0.1), "gamma": np.float64(10)}
     database_labels = np.zeros((database_size, classes))
     database_labels[rows] = labels
-    return np.asarray(dcc_rows(database_codes, rows, database_labels, np.float64(0), codes, hyper))
+    return np.asarray(
+      update_rows(database_codes, rows, database_labels, np.float64(0), codes, hyper)
+    )
 
   single = jax.jit(make_per_device(None))(state, images, labels, rows, rng)
   single_codes = dcc(state.database_codes, single[1])
@@ -309,7 +311,7 @@ def _train_two_processes(workdir, devices_per_process, timeout, extra=(), **env)
         "--num_processes=2",
         f"--process_id={i}",
       ],
-      cwd=REPO,
+      cwd=support.REPO,
       env=_env(devices_per_process, **env),
       stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT,

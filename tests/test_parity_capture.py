@@ -7,7 +7,6 @@ that test is skipped; the rest need no reference.
 """
 
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ from configs import tiny
 from schn_jax import errors
 from schn_jax.parity import build, capture, fixtures, trajectory
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import support
 
 
 def _reference_files(root):
@@ -41,7 +40,7 @@ def test_cli_refuses_a_folder_that_is_not_a_checkout(tmp_path):
       "--iterations=1",
       f"--out={tmp_path / 'out'}",
     ],
-    cwd=REPO,
+    cwd=support.REPO,
     capture_output=True,
     text=True,
     timeout=120,

@@ -1,7 +1,6 @@
 """The parity check against the PyTorch reference fixtures, and its failure modes."""
 
 import json
-import pathlib
 import shutil
 import subprocess
 import sys
@@ -13,13 +12,13 @@ import pytest
 from schn_jax.parity import build, check, fixtures, step, tolerances
 from schn_jax.parity.fixtures import find_fixture_dirs
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import support
 
 
 def _run_cli(*args):
   return subprocess.run(
     [sys.executable, "-m", "schn_jax.parity.check", *map(str, args)],
-    cwd=REPO,
+    cwd=support.REPO,
     capture_output=True,
     text=True,
     timeout=300,

@@ -8,7 +8,6 @@ on copies of it, and the runs they resume must end with its codes, bit for bit.
 import json
 import logging
 import os
-import pathlib
 import shutil
 import signal
 import subprocess
@@ -18,22 +17,16 @@ import time
 import numpy as np
 import pytest
 
-from configs import tiny
 from schn_jax import errors, inference
 from schn_jax.training import checkpoint, train
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
+import support
 
-pytestmark = pytest.mark.skipif(
-  not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist"
-)
+pytestmark = support.needs_fashion_mnist
 
 
 def tiny_config(**overrides):
-  config = tiny.get_config()
-  config.update(dict(variant="mmasia", max_iter=2), **overrides)
-  return config
+  return support.tiny_config(**{"variant": "mmasia", "max_iter": 2, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +172,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_exits_130(tmp_path):
       "--config.variant=mmasia",
       "--config.max_iter=3",
     ],
-    cwd=REPO,
+    cwd=support.REPO,
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
     text=True,

@@ -2,7 +2,6 @@
 
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -14,24 +13,15 @@ import pytest
 from configs import tiny
 from schn_jax.training import train
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
+import support
 
-pytestmark = pytest.mark.skipif(
-  not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist"
-)
-
-
-def tiny_config(**overrides):
-  config = tiny.get_config()
-  config.update(overrides)
-  return config
+pytestmark = support.needs_fashion_mnist
 
 
 def train_cli(workdir, *overrides, **kwargs):
   return subprocess.Popen(
     [sys.executable, "train.py", "--config=configs/tiny.py", f"--workdir={workdir}", *overrides],
-    cwd=REPO,
+    cwd=support.REPO,
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,
@@ -41,7 +31,7 @@ def train_cli(workdir, *overrides, **kwargs):
 
 @pytest.mark.parametrize("variant", ["mmasia", "tomm"])
 def test_tiny_run_trains_checkpoints_and_evaluates(tmp_path, variant):
-  results = train.train_and_evaluate(tiny_config(variant=variant), tmp_path)
+  results = train.train_and_evaluate(support.tiny_config(variant=variant), tmp_path)
   bits = str(tiny.get_config().code_lengths[0])
   saved = json.loads((tmp_path / "metrics.json").read_text())
   assert saved[bits]["map"] == pytest.approx(results[bits]["map"])
@@ -67,10 +57,10 @@ def test_tiny_run_trains_checkpoints_and_evaluates(tmp_path, variant):
 
 
 def test_eval_cli_on_a_workdir(tmp_path):
-  train.train_and_evaluate(tiny_config(variant="mmasia", max_iter=1), tmp_path)
+  train.train_and_evaluate(support.tiny_config(variant="mmasia", max_iter=1), tmp_path)
   proc = subprocess.run(
     [sys.executable, "eval.py", f"--workdir={tmp_path}", "--ties=tie_aware"],
-    cwd=REPO,
+    cwd=support.REPO,
     capture_output=True,
     text=True,
     timeout=300,
@@ -108,16 +98,16 @@ def test_killed_run_resumes_to_identical_codes(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-  train.train_and_evaluate(tiny_config(max_iter=1), tmp_path)
+  train.train_and_evaluate(support.tiny_config(max_iter=1), tmp_path)
   with pytest.raises(FloatingPointError, match=r"loss term feature_image = nan at iteration 1"):
-    train.train_and_evaluate(tiny_config(max_iter=2, gamma=float("nan")), tmp_path)
+    train.train_and_evaluate(support.tiny_config(max_iter=2, gamma=float("nan")), tmp_path)
   checkpoints = sorted(p.name for p in (tmp_path / "bits_16" / "checkpoints").iterdir())
   assert checkpoints == ["1"]
 
 
 def test_impossible_config_is_refused_before_compiling(tmp_path):
   with pytest.raises(train.ConfigError, match=r"config.sample_size=5000 must be in \[1, 1000\]"):
-    train.train_and_evaluate(tiny_config(sample_size=5000), tmp_path)
+    train.train_and_evaluate(support.tiny_config(sample_size=5000), tmp_path)
 
 
 def test_unknown_config_key_is_refused(tmp_path):

@@ -90,8 +90,8 @@ def check_forward_and_loss(fixture, config, model, params):
 
 def soft_similarity(sample_labels, database_labels, dtype):
   """(ns, N) soft similarity and its r, as the training loop builds them."""
-  r = jnp.asarray(losses.positive_ratio(sample_labels, database_labels), dtype)
-  return losses.soften(losses.label_similarity(sample_labels, database_labels), r), r
+  r = jnp.asarray(dcc.positive_ratio(sample_labels, database_labels), dtype)
+  return dcc.soft_similarity(sample_labels, database_labels, r), r
 
 
 def check_dcc(fixture, config):

@@ -29,11 +29,11 @@ import numpy as np
 from schn_jax import errors, sharding
 from schn_jax.models import SCHN, Discriminator
 from schn_jax.models.visual import BATCHNORM_MODES
-from schn_jax.training import dcc, losses
+from schn_jax.training import dcc
 from schn_jax.training.state import create_state, make_optimizers
 from schn_jax.training.step import StepConfig, make_step_functions
 
-CODE_NAMES = ("U_image", "U_label", "U_latent")
+CODE_NAMES = dcc.CODE_NAMES
 
 
 # ---------------------------------------------------------------- model and state
@@ -272,7 +272,7 @@ class Iteration:
       self._chunk = sharding.map_replicated(
         self._per_device_chunk, mesh, kind, num_args=8, sharded=(7,), donate=(0, 1)
       )
-    self._dcc = jax.jit(dcc_rows)
+    self._dcc = jax.jit(dcc.update_rows)
 
   # ---- per-device programs
 
@@ -346,8 +346,13 @@ class Iteration:
       (full_rows, full_positions, full_steps, rest_rows, rest_positions, rest_steps),
     )
     state = state.replace(
-      database_codes=dcc_rows(
-        state.database_codes, sample, labels, r, buffers, self._dcc_hyper(state)
+      database_codes=dcc.update_rows(
+        state.database_codes,
+        sample,
+        labels,
+        r,
+        buffers,
+        dcc.hyper(self.config, state.database_codes.dtype),
       )
     )
     return state, full, rest
@@ -366,10 +371,6 @@ class Iteration:
     )
     return state, buffers, metrics
 
-  def _dcc_hyper(self, state):
-    dtype = state.database_codes.dtype
-    return {k: jnp.asarray(self.config[k], dtype) for k in ("alpha", "beta", "gamma")}
-
   # ---- the host side
 
   def __call__(self, state, plan=None):
@@ -386,7 +387,7 @@ class Iteration:
     )
     sample = np.asarray(sample, np.int32)
     r = np.asarray(
-      losses.positive_ratio(self._database_labels[sample], self._database_labels),
+      dcc.positive_ratio(self._database_labels[sample], self._database_labels),
       state.database_codes.dtype,
     )
     batches = Batches.of(sample, epoch_orders, config.batch_size)
@@ -454,21 +455,17 @@ class Iteration:
     codes = self._dcc(
       state.database_codes,
       *sharding.replicate(
-        (sample, self._database_labels, r, buffers, self._dcc_hyper(state)), mesh
+        (
+          sample,
+          self._database_labels,
+          r,
+          buffers,
+          dcc.hyper(self.config, state.database_codes.dtype),
+        ),
+        mesh,
       ),
     )
     return state.replace(database_codes=codes), step_losses
-
-
-def dcc_rows(database_codes, sample, labels, r, buffers, hyper):
-  """DCC on the sampled rows (labels: the whole database's); the (ns, ns) soft
-  similarity is built here, inside the program."""
-  sample_labels = labels[sample].astype(database_codes.dtype)
-  similarity = losses.soften(losses.label_similarity(sample_labels, sample_labels), r)
-  codes = dcc.dcc_update(
-    database_codes[sample], *(buffers[k] for k in CODE_NAMES), similarity, **hyper
-  )
-  return database_codes.at[sample].set(codes)
 
 
 def check_finite(step_losses, iteration):

@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def feature_loss(codes, database_codes, similarity):
@@ -61,32 +60,3 @@ binary_cross_entropy.defvjp(_bce_forward, _bce_backward)
 def label_similarity(labels_a, labels_b):
   """0/1 similarity (in the labels' dtype): 1 where two multi-hot label rows share a label."""
   return (labels_a @ labels_b.T > 0).astype(labels_a.dtype)
-
-
-def positive_ratio(sample_labels, database_labels, chunk=2048):
-  """r = sum(S) / sum(1 - S) of the +-1 similarity S between a sample and the database.
-
-  Counted exactly in integers over the distinct label patterns of each side
-  (ten for single-label data), so it costs O((ns + N) K) rather than an
-  (ns, N) comparison, and stays exact where ns * N is beyond float32's range.
-  """
-
-  def patterns(labels):
-    return np.unique(np.asarray(labels) > 0, axis=0, return_counts=True)
-
-  sample_patterns, sample_counts = patterns(sample_labels)
-  database_patterns, database_counts = patterns(database_labels)
-  positives = 0
-  for i in range(0, len(sample_patterns), chunk):
-    similar = (
-      sample_patterns[i : i + chunk].astype(np.float32) @ database_patterns.T.astype(np.float32)
-    ) > 0
-    positives += int(sample_counts[i : i + chunk] @ similar.astype(np.int64) @ database_counts)
-  negatives = len(sample_labels) * len(database_labels) - positives
-  return (positives - negatives) / (2.0 * negatives)
-
-
-def soften(similar, r):
-  """The train loop's soft similarity: 0/1 -> +-1, then S*(1+r) - r, so positives
-  stay 1 and negatives become -(1 + 2r)."""
-  return (2.0 * similar - 1.0) * (1.0 + r) - r
