@@ -34,8 +34,10 @@ def child(coordinator, process_id, megabytes):
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
 
+  from schn_jax import sharding
+
   jax.distributed.initialize(coordinator, 2, process_id)
-  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = sharding.make_mesh()
   put = lambda x, spec: jax.make_array_from_process_local_data(NamedSharding(mesh, spec), x)
   big = put(np.full((megabytes * 256, 1024), 1e-3, np.float32), P())
   rows = put(np.ones((8 * len(jax.local_devices()), 1024), np.float32), P("data"))

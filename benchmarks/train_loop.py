@@ -11,10 +11,9 @@ iterations after one warm-up iteration that absorbs compilation:
   the baseline): for every batch the host gathers the images, puts them on the
   device, runs the jitted step, and brings the losses (for the NaN check) and the
   sample's codes back to the host; DCC runs at the end of the iteration;
-- per_batch / scan: `training.loop.Iteration`, the loop train.py runs, with its
-  two kinds of program (config.loop_programs): a program per batch, dispatched
-  without waiting, or the whole iteration in one program (lax.scan); images are
-  gathered on device and the host syncs once per iteration in both.
+- scan: `training.loop.Iteration`, the loop train.py runs: the whole iteration
+  in one program (lax.scan); images are gathered on device and the host syncs
+  once per iteration.
 
 Prints one line per (variant, loop) with images/s and the ratio, and the input
 pipeline alone (host gather of the same batches) for scale. For a figure that
@@ -100,22 +99,21 @@ def make_per_batch_step(config, data, pieces, mesh):
     }
     return train_step(state, batch, rng)
 
-  mapped = sharding.map_step(per_device, mesh, num_rows=3, kind=config.parallel)
+  mapped = sharding.map_step(per_device, mesh, num_rows=3)
   return lambda state, images, labels, rows, rng: mapped(
     state, *sharding.shard_rows(mesh, images, labels, rows), sharding.replicate(rng, mesh)
   )
 
 
 def measure(config, data, kind, iterations):
-  """Images/s of `kind`: 'old per-batch', or the compiled loop's 'per_batch' or 'scan'."""
+  """Images/s of `kind`: 'old per-batch', or 'scan' (the compiled loop)."""
   bits = config.code_lengths[0]
   model, discriminator, optimizers, step_config, state = loop.build(
     config, bits, (28, 28, 1), data.source.num_classes, len(data.split.database)
   )
   mesh = sharding.make_mesh()
   state = sharding.replicate(state, mesh)
-  if kind != "old per-batch":
-    config.loop_programs = kind
+  if kind == "scan":
     program = loop.Iteration(config, data, model, discriminator, optimizers, step_config, mesh)
     run = lambda state: program(state)[0]
   else:
@@ -179,7 +177,7 @@ def main():
   parser.add_argument("--bits", type=int, default=32)
   parser.add_argument("--batch_size", type=int, default=None, help="default: the config's")
   parser.add_argument("--variants", default="mmasia,tomm")
-  parser.add_argument("--loops", default="old per-batch,per_batch,scan")
+  parser.add_argument("--loops", default="old per-batch,scan")
   args = parser.parse_args()
   config = fashion_mnist.get_config()
   config.code_lengths = (args.bits,)

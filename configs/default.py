@@ -59,18 +59,11 @@ def base_config(dataset):
   config.max_iter = 50  # outer iterations
   config.max_epoch = 3  # epochs over the sample per outer iteration
   config.batch_size = 64  # global batch, split across devices
-  # How the per-device step is mapped over all devices: "shard_map" (jax.shard_map
-  # under jax.jit, the default: pmap is in maintenance mode in current JAX) or
-  # "pmap" (one process only). Both give the same numbers.
-  config.parallel = "shard_map"
   # A training pool stored at the served size that needs no augmentation and takes at
   # most this many MiB (uint8) stays on device: each iteration is then one program.
   # Otherwise the host streams chunks of stream_chunk batches (docs/performance.md).
   config.device_pool_mb = 2048
   config.stream_chunk = 8
-  # "scan": the batches of an iteration loop inside one program; "per_batch": one
-  # program per batch, dispatched without waiting (slower; for comparison).
-  config.loop_programs = "scan"
   config.eval_iter = 10  # evaluate every this many outer iterations
   config.checkpoint_every = 1  # outer iterations between checkpoints
   config.seed = 999

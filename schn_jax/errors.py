@@ -11,6 +11,7 @@ The subclasses also derive from the built-in type callers used to catch
 (ValueError, FileNotFoundError), so existing `except` clauses keep working.
 """
 
+import signal
 import sys
 
 from absl import app, flags
@@ -96,6 +97,38 @@ def parse_flags(argv):
     fail(message)
 
 
+_interrupt_requested = False
+
+
+def _on_sigint(signum, frame):
+  global _interrupt_requested
+  _interrupt_requested = True
+  raise KeyboardInterrupt
+
+
+def check_interrupted():
+  """Raises KeyboardInterrupt when Ctrl-C came but was lost.
+
+  Python drops an exception raised inside a callback it cannot propagate from
+  (the garbage collector's, which JAX registers, or a C library's), so a Ctrl-C
+  that lands there would be ignored and the command would run on; long loops
+  call this between steps to honour it.
+  """
+  if _interrupt_requested:
+    raise KeyboardInterrupt
+
+
+def _drop_lost_interrupts(previous):
+  """An unraisable-exception hook that stays silent about the KeyboardInterrupt
+  `check_interrupted` will raise again, and passes on everything else."""
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and _interrupt_requested):
+      previous(unraisable)
+
+  return hook
+
+
 def run(main, interrupted=None):
   """absl.app.run(main) with user errors and Ctrl-C reported on one line.
 
@@ -104,6 +137,9 @@ def run(main, interrupted=None):
     interrupted: what to print after 'interrupted: ' on Ctrl-C (exit 130);
       None lets KeyboardInterrupt through with its traceback.
   """
+  if interrupted is not None:
+    signal.signal(signal.SIGINT, _on_sigint)
+    sys.unraisablehook = _drop_lost_interrupts(sys.unraisablehook)
   try:
     app.run(main, flags_parser=parse_flags)
   except UserError as error:

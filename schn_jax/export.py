@@ -17,7 +17,7 @@ import logging
 
 from absl import flags
 
-from schn_jax import errors, files, inference
+from schn_jax import errors, files, inference, run_folder
 from schn_jax.interop import weights
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run folder written by train.py.")
@@ -47,7 +47,7 @@ def main(argv):
     model.export(_OUT.value)
     step, bits = model.step, model.bits
   else:
-    config, bits, step, state_dir = inference.find_checkpoint(
+    config, bits, step, state_dir = run_folder.find_checkpoint(
       _WORKDIR.value, _BITS.value, _STEP.value
     )
     variables = inference.restore_variables(config, bits, state_dir, whole=True)

@@ -30,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from schn_jax import errors, sharding
+from schn_jax import errors, run_folder, sharding
 from schn_jax.data import pipeline
 from schn_jax.evaluation import codes as codes_lib
 from schn_jax.evaluation import metrics as metrics_lib
@@ -100,9 +100,9 @@ def evaluate(config, model, state, data, output_dir=None):
   metrics["database_codes"] = config.eval.database_codes
   if output_dir is not None and jax.process_index() == 0:
     codes_lib.save_codes(
-      output_dir / "codes.npz", query_codes, database_codes, query_labels, database_labels
+      output_dir / run_folder.CODES, query_codes, database_codes, query_labels, database_labels
     )
-    plots.plot_curves(metrics, output_dir / "curves.png")
+    plots.plot_curves(metrics, output_dir / run_folder.CURVES)
   return metrics
 
 
@@ -147,7 +147,7 @@ class TrainedModel:
   def from_workdir(cls, workdir, bits=None, step=None):
     """Restores `bits` (default: the run's only code length) at `step`
     (default: the latest checkpoint) from a folder written by train.py."""
-    config, bits, step, state_dir = find_checkpoint(workdir, bits, step)
+    config, bits, step, state_dir = run_folder.find_checkpoint(workdir, bits, step)
     variables = restore_variables(config, bits, state_dir)
     return cls(
       config,
@@ -268,52 +268,6 @@ def load(location, bits=None, step=None):
         )
     return model
   return TrainedModel.from_workdir(location, bits, step)
-
-
-def find_checkpoint(workdir, bits=None, step=None):
-  """(config, bits, step, state folder) of a run's checkpoint: `bits` default
-  the run's only code length, `step` default the latest."""
-  workdir = pathlib.Path(workdir)
-  config = read_config(workdir)
-  lengths = tuple(config.code_lengths)
-  if bits is None:
-    if len(lengths) != 1:
-      raise errors.CheckpointError(
-        f"{workdir} trained code lengths {lengths}: choose one with --bits."
-      )
-    bits = lengths[0]
-  directory = workdir / f"bits_{bits}" / "checkpoints"
-  steps = sorted(ocp.utils.checkpoint_steps(directory)) if directory.is_dir() else []
-  if not steps:
-    trained = [
-      b
-      for b in lengths
-      if (workdir / f"bits_{b}" / "checkpoints").is_dir()
-      and ocp.utils.checkpoint_steps(workdir / f"bits_{b}" / "checkpoints")
-    ]
-    raise errors.CheckpointError(
-      f"{directory}: no checkpoint of {bits}-bit codes; this run has "
-      f"checkpoints for {trained or 'no code length yet'}: choose one with "
-      "--bits, or train it first."
-    )
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
-    raise errors.CheckpointError(f"{directory}: no checkpoint {step}; there are {steps}.")
-  return config, bits, step, directory / str(step) / "state"
-
-
-def read_config(workdir):
-  """The ConfigDict a train.py run saved in workdir/config.json."""
-  path = pathlib.Path(workdir) / "config.json"
-  if not path.is_file():
-    raise errors.CheckpointError(
-      f"{path} not found: --workdir must be a folder written by train.py."
-    )
-  try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-  except json.JSONDecodeError as error:
-    raise errors.CheckpointError(f"{path}: not valid JSON ({error}).") from None
 
 
 def variables_template(config, bits, channels, num_classes=None):

@@ -63,6 +63,7 @@ def encode_set(
       total=num_items, unit="image", desc=f"encode {model.bits} bits", disable=not progress
     ) as bar:
       for number, start in enumerate(shards):
+        errors.check_interrupted()
         stop = min(start + shard_size, num_items)
         shard_path = parts_dir / f"shard_{number:06d}.npy" if parts_dir else None
         if shard_path is not None and shard_path.is_file():

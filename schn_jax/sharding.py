@@ -4,17 +4,10 @@ One ('data',) mesh of every device of every process; the per-device step is mapp
 over it here.
 
 The step (`step.make_step_functions(..., axis_name=DATA_AXIS)`) is written once
-with named-axis collectives; this module only decides how it is mapped:
-
-- 'shard_map' (default): `jax.shard_map` inside `jax.jit`. The state and the rng
-  are replicated (P()), the batch is split along its rows (P('data')), and the
-  outputs (state, the global batch's codes, metrics) are replicated. This is
-  the mapping current JAX develops; `jax.pmap` is in maintenance mode.
-- 'pmap': `jax.pmap` over the same function, for users who ask for it. The
-  state goes in with in_axes=None (pmap copies it to every device) and comes
-  back with out_axes=None (one copy of a value that is equal on every device),
-  so the training loop sees the same replicated state either way. Single
-  process only: multi-host runs use shard_map.
+with named-axis collectives and mapped here with `jax.shard_map` inside
+`jax.jit`: the state and the rng are replicated (P()), the batch is split along
+its rows (P('data')), and the outputs (state, the global batch's codes,
+metrics) are replicated.
 
 Global arrays: on several processes each one loads only its own rows of every
 batch (`data.pipeline.host_slice`); `shard_rows` stitches those into one
@@ -22,22 +15,22 @@ global array, and `replicate` turns values that every process holds equally
 (the initial state, DCC inputs) into arrays replicated on every device.
 """
 
+import functools
+
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
-KINDS = ("shard_map", "pmap")
 
 
-def make_mesh():
-  """All devices on one 'data' axis, each process's devices adjacent and in process order,
-  so that process p's rows of a global batch are the contiguous block
-  `data.pipeline.host_slice` gives it."""
-  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+def make_mesh(devices=None):
+  """`devices` (default: all of them) on one 'data' axis, each process's devices
+  adjacent and in process order, so that process p's rows of a global batch are
+  the contiguous block `data.pipeline.host_slice` gives it."""
+  devices = sorted(devices or jax.devices(), key=lambda d: (d.process_index, d.id))
   # Auto axis types: the rest of the code (DCC, evaluation, optax) is written for
   # jit's sharding propagation, not for explicitly typed shardings.
   return jax.make_mesh(
@@ -92,65 +85,36 @@ def shard_batches(mesh, local_batches):
   )
 
 
-def map_replicated(per_device, mesh, kind, num_args, sharded=(), axis=1, donate=()):
-  """Maps per_device(*args) over every device of `mesh`.
+def map_replicated(per_device, mesh, sharded=(), axis=1, donate=()):
+  """Maps per_device(*args) over every device of `mesh` with shard_map.
 
   Arguments are replicated global arrays, except those whose positions are in
   `sharded`: split over the devices along `axis` (0: one global batch, see
   `shard_rows`; 1: a stack of batches, see `shard_batches`). Every output must be
   equal on every device (the step makes it so) and is returned replicated.
   """
-  if kind == "shard_map":
+  split = P(*([None] * axis), DATA_AXIS)
+
+  @functools.partial(jax.jit, donate_argnums=donate)
+  def mapped(*args):
     # check_vma=False: the step follows the explicit-collective convention
     # (per-device gradients of loss / n, then psum). With varying-axes typing
     # JAX would already sum the gradients of replicated parameters when
     # transposing their implicit pvary, and the step's psum would count them
     # n times. The outputs are equal on every device by construction (global
     # batch after the all-gather, psum'd gradients), so P() is exact.
-    split = P(*([None] * axis), DATA_AXIS)
-    specs = tuple(split if i in sharded else P() for i in range(num_args))
-    return jax.jit(
-      jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(), check_vma=False),
-      donate_argnums=donate,
-    )
-  if kind == "pmap":
-    if jax.process_count() > 1:
-      raise ValueError(
-        "config.parallel='pmap' runs on one process; use 'shard_map' on several hosts"
-      )
-    devices = list(mesh.devices.flat)
-    pmapped = jax.pmap(
-      per_device,
-      axis_name=DATA_AXIS,
-      devices=devices,
-      in_axes=tuple(0 if i in sharded else None for i in range(num_args)),
-      out_axes=None,
-      donate_argnums=donate,
+    specs = tuple(split if i in sharded else P() for i in range(len(args)))
+    return jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(), check_vma=False)(
+      *args
     )
 
-    def mapped(*args):
-      # pmap maps a leading device axis: split `axis` into (devices, rows per device)
-      # and bring the devices to the front.
-      def split(x):
-        x = x.reshape(x.shape[:axis] + (len(devices), -1) + x.shape[axis + 1 :])
-        return jnp.moveaxis(x, axis, 0)
-
-      return pmapped(*(split(x) if i in sharded else x for i, x in enumerate(args)))
-
-    return mapped
-  raise ValueError(f"unknown parallel mapping {kind!r}; choose one of {KINDS}")
+  return mapped
 
 
-def map_step(per_device_step, mesh, num_rows, kind="shard_map"):
+def map_step(per_device_step, mesh, num_rows):
   """Maps per_device_step(state, *rows, rng) -> replicated outputs over `mesh`: the
   `num_rows` arguments after the state are global batches split along their rows
   (see `shard_rows`); the state is donated."""
   return map_replicated(
-    per_device_step,
-    mesh,
-    kind,
-    num_args=num_rows + 2,
-    sharded=tuple(range(1, num_rows + 1)),
-    axis=0,
-    donate=(0,),
+    per_device_step, mesh, sharded=tuple(range(1, num_rows + 1)), axis=0, donate=(0,)
   )

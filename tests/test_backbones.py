@@ -394,12 +394,7 @@ def _loop_worker():
   data = data_lib.build_dataset(config.data, tempfile.mkdtemp(), config.seed)
   runs = {}
   for devices in (1, 8):
-    mesh = jax.make_mesh(
-      (devices,),
-      (sharding.DATA_AXIS,),
-      devices=jax.devices()[:devices],
-      axis_types=(jax.sharding.AxisType.Auto,),
-    )
+    mesh = sharding.make_mesh(jax.devices()[:devices])
     model, discriminator, optimizers, step_config, state = loop.build(
       config, bits, (28, 28, 1), data.source.num_classes, len(data.split.database)
     )

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from schn_jax import errors, inference, retrieval
+from schn_jax import errors, inference, retrieval, run_folder
 from schn_jax.data import image_sets
 from schn_jax.evaluation import codes as codes_lib
 from schn_jax.evaluation import hamming, plots, search
@@ -232,7 +232,7 @@ def test_trained_model_refuses_what_it_cannot_restore(run, tmp_path, monkeypatch
     errors.UserError, match="does not fit the run.s config.json: visual/hash/linear/bias"
   ):
     inference.restore_params(
-      inference.read_config(workdir), 24, workdir / "bits_16" / "checkpoints" / "1" / "state"
+      run_folder.read_config(workdir), 24, workdir / "bits_16" / "checkpoints" / "1" / "state"
     )
 
 
@@ -252,7 +252,7 @@ def test_exported_model_encodes_like_the_run(run, tmp_path, suffix):
 
 def test_whole_model_weights_round_trip(run, tmp_path):
   workdir, _, _ = run
-  config, bits, step, state_dir = inference.find_checkpoint(workdir)
+  config, bits, step, state_dir = run_folder.find_checkpoint(workdir)
   params = inference.restore_params(config, bits, state_dir, whole=True)
   assert set(params) == {"visual", "semantic", "cycle"}
   weights.save_params(params, tmp_path / "schn.safetensors")

@@ -17,8 +17,8 @@ import time
 import numpy as np
 import pytest
 
-from schn_jax import errors, inference
-from schn_jax.training import checkpoint, train
+from schn_jax import errors, inference, run_folder
+from schn_jax.training import train
 
 import support
 
@@ -123,7 +123,7 @@ def test_resume_sets_a_damaged_checkpoint_aside(run_copy, finished_run):
   (run_copy / "metrics.json").unlink()
   train.train_and_evaluate(tiny_config(), run_copy)
   assert_same_codes(run_copy, finished_run)
-  assert (run_copy / "bits_16" / checkpoint.DAMAGED_DIR / "2").is_dir()
+  assert (run_folder.damaged_dir(run_copy, 16) / "2").is_dir()
   assert sorted(p.name for p in (run_copy / "bits_16" / "checkpoints").iterdir()) == ["1", "2"]
 
 
@@ -170,7 +170,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_exits_130(tmp_path):
       "--config=configs/tiny.py",
       f"--workdir={tmp_path}",
       "--config.variant=mmasia",
-      "--config.max_iter=3",
+      "--config.max_iter=200",  # far more than the interrupt needs: the run must not end first
     ],
     cwd=support.REPO,
     stdout=subprocess.PIPE,

@@ -18,9 +18,6 @@ from jax.experimental import multihost_utils
 
 from schn_jax import errors
 
-# Next to the checkpoints folder, so that orbax never sees what is set aside.
-DAMAGED_DIR = "damaged_checkpoints"
-
 
 def _brief(error):
   """The first line of an orbax/TensorStore error, without the spec dump it carries."""
@@ -73,8 +70,11 @@ class Checkpoints:
     damaged: steps that `restore` skipped because they cannot be read.
   """
 
-  def __init__(self, directory, every, keep=2, read_only=False):
+  def __init__(self, directory, every, *, aside, keep=2, read_only=False):
+    """directory: the checkpoints' folder; aside: where `set_aside_damaged` moves
+    unreadable ones (outside `directory`, so that orbax never sees them)."""
     self.directory = pathlib.Path(directory)
+    self.aside = pathlib.Path(aside)
     self.every = every
     self.damaged = []
     # Read-only managers write nothing: evaluation may run on a run folder it cannot write.
@@ -130,12 +130,12 @@ class Checkpoints:
     return None, None
 
   def set_aside_damaged(self):
-    """Moves the checkpoints `restore` skipped to ../damaged_checkpoints/, so that
-    the resumed run can save its own under the same step numbers."""
+    """Moves the checkpoints `restore` skipped to `aside`, so that the resumed
+    run can save its own under the same step numbers."""
     if not self.damaged:
       return
     if jax.process_index() == 0:
-      aside = self.directory.parent / DAMAGED_DIR
+      aside = self.aside
       aside.mkdir(exist_ok=True)
       for step in self.damaged:
         target = aside / str(step)

@@ -14,10 +14,7 @@ Images reach the step in one of two ways:
   `config.stream_chunk` batches in its threads while the device trains on the
   previous chunk (dispatch is asynchronous), and DCC runs on the result.
 
-`config.loop_programs` = "per_batch" runs a program per batch instead of loops
-over batches inside one, still dispatched without waiting and synced once per
-iteration (kept for comparison: benchmarks/train_loop.py). All of these run the
-same per-batch body, so they give the same numbers.
+Both run the same per-batch body, so they give the same numbers.
 """
 
 import dataclasses
@@ -252,25 +249,17 @@ class Iteration:
       max_bytes=config.device_pool_mb * 2**20,
     )
     self.on_device = images is not None
-    self.per_batch = config.loop_programs == "per_batch"
-    kind = config.parallel
     self._pool = ()
     if self.on_device:
       # pool_index maps a database position to its row of the uploaded pool.
       pool_index = np.full(len(split.database), -1, np.int32)
       pool_index[self.pool] = np.arange(len(self.pool), dtype=np.int32)
       self._pool = sharding.replicate((images, pool_index), mesh)
-    if self.on_device and not self.per_batch:
-      self._program = sharding.map_replicated(
-        self._per_device_iteration, mesh, kind, num_args=13, donate=(0,)
-      )
-    elif self.on_device:
-      self._chunk = sharding.map_replicated(
-        self._per_device_pool_chunk, mesh, kind, num_args=9, donate=(0, 1)
-      )
+    if self.on_device:
+      self._program = sharding.map_replicated(self._per_device_iteration, mesh, donate=(0,))
     else:
       self._chunk = sharding.map_replicated(
-        self._per_device_chunk, mesh, kind, num_args=8, sharded=(7,), donate=(0, 1)
+        self._per_device_chunk, mesh, sharded=(7,), donate=(0, 1)
       )
     self._dcc = jax.jit(dcc.update_rows)
 
@@ -302,11 +291,7 @@ class Iteration:
       buffers = {k: buffers[k].at[positions].set(codes[k]) for k in CODE_NAMES}
       return (state, buffers), metrics
 
-    xs = (rows, positions, steps, images)
-    if self.per_batch:
-      carry, metrics = body((state, buffers), jax.tree_util.tree_map(lambda x: x[0], xs))
-      return carry, jax.tree_util.tree_map(lambda x: x[None], metrics)
-    return jax.lax.scan(body, (state, buffers), xs)
+    return jax.lax.scan(body, (state, buffers), (rows, positions, steps, images))
 
   def _per_device_iteration(
     self,
@@ -357,14 +342,6 @@ class Iteration:
     )
     return state, full, rest
 
-  def _per_device_pool_chunk(
-    self, state, buffers, pool_images, pool_index, labels, rows, positions, steps, key
-  ):
-    (state, buffers), metrics = self._run_batches(
-      state, buffers, labels, rows, positions, steps, key, pool=(pool_images, pool_index)
-    )
-    return state, buffers, metrics
-
   def _per_device_chunk(self, state, buffers, labels, rows, positions, steps, key, images):
     (state, buffers), metrics = self._run_batches(
       state, buffers, labels, rows, positions, steps, key, images=images
@@ -392,7 +369,7 @@ class Iteration:
     )
     batches = Batches.of(sample, epoch_orders, config.batch_size)
     key = sharding.replicate(jax.random.fold_in(state.rng, iteration), mesh)
-    if self.on_device and not self.per_batch:
+    if self.on_device:
       state, full, rest = self._program(
         state,
         *self._pool,
@@ -407,7 +384,7 @@ class Iteration:
         for k in full
       }
     else:
-      state, step_losses = self._chunked(state, sample, batches, r, key, iteration)
+      state, step_losses = self._streamed(state, sample, batches, r, key, iteration)
     check_finite(step_losses, iteration)
     return (
       state.replace(iteration=state.iteration + 1),
@@ -415,10 +392,10 @@ class Iteration:
       batches.full_rows.size + batches.rest_rows.size,
     )
 
-  def _chunked(self, state, sample, batches, r, key, iteration):
-    """A program per chunk of batches (per batch with per_batch), dispatched without
-    waiting: the host loads the next chunk (when streaming) while the device trains
-    on the last one, and syncs once, on the losses, after DCC."""
+  def _streamed(self, state, sample, batches, r, key, iteration):
+    """A program per chunk of batches, dispatched without waiting: the host loads
+    the next chunk while the device trains on the last one, and syncs once, on the
+    losses, after DCC."""
     config, mesh = self.config, self.mesh
     bits, dtype = state.database_codes.shape[1], state.database_codes.dtype
     buffers = sharding.replicate(
@@ -430,23 +407,16 @@ class Iteration:
       outputs = []
       for rows, positions, steps in batches.of_epoch(epoch):
         size = rows.shape[1]
-        if not self.on_device:
-          loaded = self.data.batches(
-            self.data.split.database[rows.reshape(-1)], size, train=True, seed=(*seed, size)
-          )
-        chunk_size = 1 if self.per_batch else config.stream_chunk
-        for start in range(0, len(rows), chunk_size):
-          chunk = slice(start, start + chunk_size)
+        loaded = self.data.batches(
+          self.data.split.database[rows.reshape(-1)], size, train=True, seed=(*seed, size)
+        )
+        for start in range(0, len(rows), config.stream_chunk):
+          chunk = slice(start, start + config.stream_chunk)
           indices = sharding.replicate((rows[chunk], positions[chunk], steps[chunk]), mesh)
-          if self.on_device:
-            state, buffers, metrics = self._chunk(
-              state, buffers, *self._pool, self._labels, *indices, key
-            )
-          else:
-            images = np.stack([next(loaded)["image"] for _ in range(len(rows[chunk]))])
-            state, buffers, metrics = self._chunk(
-              state, buffers, self._labels, *indices, key, sharding.shard_batches(mesh, images)
-            )
+          images = np.stack([next(loaded)["image"] for _ in range(len(rows[chunk]))])
+          state, buffers, metrics = self._chunk(
+            state, buffers, self._labels, *indices, key, sharding.shard_batches(mesh, images)
+          )
           outputs.append(metrics)
       per_epoch.append(
         {k: np.concatenate([sharding.to_host(m[k]) for m in outputs]) for k in outputs[0]}

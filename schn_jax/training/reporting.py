@@ -1,13 +1,8 @@
 """Metrics to TensorBoard event files (tensorboardX: no TensorFlow), the log and JSON files."""
 
-import json
-import pathlib
-
 import jax
 import tensorboardX
 import tqdm
-
-from schn_jax import errors, files
 
 
 class MetricWriter:
@@ -26,22 +21,3 @@ class MetricWriter:
   def close(self):
     if self._writer is not None:
       self._writer.close()
-
-
-def write_json(path, value):
-  """Writes `value` as JSON to a temporary file renamed over `path`, so that a
-  crash or a reader never sees half a file."""
-  files.write_text(path, json.dumps(value, indent=2))
-
-
-def read_json(path, fix):
-  """The JSON object in `path`; a damaged or non-object file raises a UserError
-  naming it, followed by `fix` (what the user should do)."""
-  path = pathlib.Path(path)
-  try:
-    value = json.loads(path.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise errors.UserError(f"{path} is not valid JSON ({e}); {fix}") from None
-  if not isinstance(value, dict):
-    raise errors.UserError(f"{path} holds a JSON {type(value).__name__}, not an object; {fix}")
-  return value

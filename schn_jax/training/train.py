@@ -6,7 +6,6 @@ Sections: configuration checks; model and state; one outer iteration
 
 import copy
 import dataclasses
-import json
 import logging
 import os
 import pathlib
@@ -15,17 +14,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import tqdm
 
 from schn_jax import data as data_lib
-from schn_jax import download, errors, files, inference, interop, sharding
+from schn_jax import download, errors, files, inference, interop, run_folder, sharding
 from schn_jax.evaluation import metrics as metrics_lib
 from schn_jax.interop import pretrained
 from schn_jax.models import VARIANTS
 from schn_jax.models.visual import BACKBONES, BATCHNORM_MODES
-from schn_jax.training import reporting
 from schn_jax.training.checkpoint import Checkpoints
 from schn_jax.training.loop import (
   DATABASE_INITS,
@@ -92,13 +89,6 @@ def check_config(config, database_size, train_size):
     problems.append(f"config.dtype={config.dtype!r}: 'float32' or 'float64'")
   elif config.dtype == "float64" and not jax.config.jax_enable_x64:
     problems.append("config.dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1")
-  if config.parallel not in sharding.KINDS:
-    problems.append(f"config.parallel={config.parallel!r}: one of {sharding.KINDS}")
-  elif config.parallel == "pmap" and jax.process_count() > 1:
-    problems.append(
-      f"config.parallel='pmap' runs on one process, this run has "
-      f"{jax.process_count()}: use 'shard_map'"
-    )
   for key in ("max_iter", "max_epoch", "eval_iter", "checkpoint_every"):
     if config[key] <= 0:
       problems.append(f"config.{key}={config[key]} must be positive")
@@ -109,8 +99,6 @@ def check_config(config, database_size, train_size):
       problems.append(
         f"config.{key}: factor must be positive and milestones integers (0-based outer iterations)"
       )
-  if config.loop_programs not in ("scan", "per_batch"):
-    problems.append(f"config.loop_programs={config.loop_programs!r}: 'scan' or 'per_batch'")
   if config.database_init not in DATABASE_INITS:
     problems.append(
       f"config.database_init={config.database_init!r}: one of {DATABASE_INITS} "
@@ -151,10 +139,10 @@ def check_workdir(config, workdir):
       raise files.PathError(
         f"--workdir={workdir} is inside config.data.{key}={folder}: keep runs out of the dataset."
       )
-  path = pathlib.Path(workdir) / "config.json"
-  if not path.is_file():
+  if not run_folder.has_config(workdir):
     return
-  stored = reporting.read_json(path, "train.py writes it when a run starts: use another --workdir")
+  stored = run_folder.read_config(workdir).to_dict()
+  path = pathlib.Path(workdir) / run_folder.CONFIG
   differing = []
   for key in RUN_KEYS:
     ours, theirs = config, stored
@@ -221,7 +209,6 @@ def restore_run(config, data, bits, workdir, read_only=False):
 
   read_only: evaluation; nothing is written, and no checkpoint is a CheckpointError.
   """
-  directory = workdir / f"bits_{bits}"
   size = config.data.image_size
   channels = config.data.num_channels or data.source.image(0).shape[-1]
   image_shape = data.normalize(np.zeros((1, size, size, channels), np.uint8)).shape[1:]
@@ -232,7 +219,10 @@ def restore_run(config, data, bits, workdir, read_only=False):
   # Replicated before the restore, so the checkpoint is read into the same layout.
   state = sharding.replicate(state, mesh)
   checkpoints = Checkpoints(
-    (directory / "checkpoints").absolute(), config.checkpoint_every, read_only=read_only
+    run_folder.checkpoints_dir(workdir, bits).absolute(),
+    config.checkpoint_every,
+    aside=run_folder.damaged_dir(workdir, bits),
+    read_only=read_only,
   )
   meta = {
     "bits": bits,
@@ -244,7 +234,7 @@ def restore_run(config, data, bits, workdir, read_only=False):
   restored, saved_meta = checkpoints.restore(state)
   if restored is None and read_only:
     raise errors.CheckpointError(
-      f"{directory / 'checkpoints'}: no checkpoint to evaluate; train "
+      f"{run_folder.checkpoints_dir(workdir, bits)}: no checkpoint to evaluate; train "
       "this code length first (train.py with this --workdir)"
     )
   if restored is None:
@@ -258,7 +248,7 @@ def restore_run(config, data, bits, workdir, read_only=False):
     for key in ("bits", "variant", "dataset"):
       if saved_meta.get(key) != meta[key]:
         raise ConfigError(
-          f"{directory}: the checkpoint was written with {key}="
+          f"{run_folder.bits_dir(workdir, bits)}: the checkpoint was written with {key}="
           f"{saved_meta.get(key)!r}, this run has {meta[key]!r}; use another --workdir"
         )
     state, meta = restored, saved_meta
@@ -275,7 +265,7 @@ def restore_run(config, data, bits, workdir, read_only=False):
 
 def train_code_length(config, data, bits, workdir, writer):
   """Trains (or resumes) one code length; returns its final metrics."""
-  directory = workdir / f"bits_{bits}"
+  directory = run_folder.bits_dir(workdir, bits)
   run = restore_run(config, data, bits, workdir)
   model, state, checkpoints, meta = run.model, run.state, run.checkpoints, run.meta
   iteration_program = Iteration(
@@ -295,6 +285,7 @@ def train_code_length(config, data, bits, workdir, writer):
     ) as progress,
   ):
     while int(state.iteration) < config.max_iter:
+      errors.check_interrupted()
       started = time.perf_counter()
       state, step_losses, images_seen = iteration_program(state)
       progress.update(batches_per_iteration(config))
@@ -347,10 +338,10 @@ def train_and_evaluate(config, workdir):
   """
   workdir = pathlib.Path(workdir)
   check_workdir(config, workdir)
-  metrics_path = workdir / "metrics.json"
+  metrics_path = workdir / run_folder.METRICS
   results = {}
   if metrics_path.exists():
-    results = reporting.read_json(metrics_path, "delete it: it is rebuilt from the checkpoints")
+    results = run_folder.read_json(metrics_path, "delete it: it is rebuilt from the checkpoints")
   # Every download before anything is written; offline, one error names each missing file.
   download.fetch_all(data_lib.remote_files(config.data) + pretrained.remote_files(config))
   data = data_lib.build_dataset(config.data, str(workdir), config.seed, split_mode="defer")
@@ -358,8 +349,8 @@ def train_and_evaluate(config, workdir):
   workdir.mkdir(parents=True, exist_ok=True)
   data.write_split(workdir)
   if jax.process_index() == 0:
-    reporting.write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
-  writer = MetricWriter(str(workdir / "tensorboard"))
+    run_folder.write_config(workdir, config)
+  writer = MetricWriter(str(workdir / run_folder.TENSORBOARD))
   try:
     for bits in config.code_lengths:
       results[str(bits)] = train_code_length(config, data, bits, workdir, writer)
@@ -372,7 +363,7 @@ def train_and_evaluate(config, workdir):
         config.eval.database_codes,
       )
       if jax.process_index() == 0:
-        reporting.write_json(metrics_path, results)
+        run_folder.write_json(metrics_path, results)
   finally:
     writer.close()
   return results
@@ -392,16 +383,7 @@ def evaluate_workdir(workdir, overrides=None, output_dir=None):
   the workdir.
   """
   workdir = pathlib.Path(workdir)
-  path = workdir / "config.json"
-  if not path.is_file():
-    raise errors.CheckpointError(
-      f"{path} not found: --workdir must be a folder written by train.py"
-    )
-  config = ml_collections.ConfigDict(
-    reporting.read_json(
-      path, "train.py writes it when a run starts; without it the run cannot be evaluated"
-    )
-  )
+  config = run_folder.read_config(workdir)
   for key, value in (overrides or {}).items():
     config.eval[key] = value
   data = data_lib.build_dataset(config.data, str(workdir), config.seed, split_mode="load")
@@ -417,14 +399,14 @@ def evaluate_workdir(workdir, overrides=None, output_dir=None):
     run = restore_run(config, data, bits, workdir, read_only=True)
     run.checkpoints.close()
     if output_dir is not None:
-      out = pathlib.Path(output_dir) / f"bits_{bits}"
+      out = run_folder.bits_dir(output_dir, bits)
     else:
-      out = workdir / f"bits_{bits}" / "eval" if _writable(workdir) else None
+      out = run_folder.eval_dir(workdir, bits) if _writable(workdir) else None
     if out is not None and jax.process_index() == 0:
       out.mkdir(parents=True, exist_ok=True)
     metrics = inference.evaluate(config, run.model, run.state, data, out)
     metrics.update(iteration=int(run.state.iteration), variant=config.variant)
     if out is not None and jax.process_index() == 0:
-      reporting.write_json(out / "metrics.json", metrics)
+      run_folder.write_json(out / run_folder.METRICS, metrics)
     results[str(bits)] = {k: v for k, v in metrics.items() if k != "curves"}
   return results
