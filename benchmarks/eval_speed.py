@@ -74,10 +74,10 @@ def measure(task, num_queries):
 
     run = lambda: hamming.hamming_topk(*arrays, 100)[1].mean()
   else:
-    from schn_jax.evaluation import search
+    from schn_jax.evaluation import indexes
 
-    index = search.build_index(arrays[1])
-    run = lambda: np.mean([d.mean() for _, d in search.knn(index, arrays[0], 100)])
+    index = indexes.build_index(arrays[1])
+    run = lambda: np.mean([d.mean() for _, d in indexes.knn(index, arrays[0], 100)])
   times = []
   for _ in range(1 if task in ("map_numpy", "topk_faiss") else 2):
     start = time.perf_counter()

@@ -3,7 +3,7 @@
     python -m benchmarks.search_speed [--num_database=1000000] [--num_queries=1000]
 
 Database and queries are uniformly random 64-bit codes (queries drawn apart
-from the database), searched through `schn_jax.evaluation.search` (what the
+from the database), searched through `schn_jax.evaluation.indexes` (what the
 search command runs, re-sorting of ties included). For each index and
 search-time setting: build seconds (training included), queries per second
 (one batch of all queries, FAISS's OpenMP threads), and two recalls against
@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 from absl import app, flags
 
-from schn_jax.evaluation import search
+from schn_jax.evaluation import indexes
 
 _NUM_DATABASE = flags.DEFINE_integer("num_database", 1_000_000, "Database codes.")
 _NUM_QUERIES = flags.DEFINE_integer("num_queries", 1000, "Query codes.")
@@ -71,13 +71,13 @@ def main(argv):
   exact = None
   for description, settings in INDEXES:
     started = time.perf_counter()
-    index = search.build_index(database, description)
+    index = indexes.build_index(database, description)
     build_seconds = time.perf_counter() - started
     for setting in settings:
-      search.set_search_parameters(index, **setting)
-      search.knn(index, queries[:10], _K)  # warm-up: threads, first-touch pages
+      indexes.set_search_parameters(index, **setting)
+      indexes.knn(index, queries[:10], _K)  # warm-up: threads, first-touch pages
       started = time.perf_counter()
-      results = search.knn(index, queries, _K)
+      results = indexes.knn(index, queries, _K)
       seconds = time.perf_counter() - started
       if exact is None:
         exact = (

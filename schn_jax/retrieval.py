@@ -3,7 +3,7 @@ and turn results into JSON records and a PNG grid.
 
 The pieces live below: `inference.TrainedModel` (restore, encode),
 `data.image_sets` (where images come from), `evaluation.codes` (the codes
-file), `evaluation.search` (FAISS indexes), `evaluation.plots` (the grid).
+file), `evaluation.indexes` (FAISS indexes), `evaluation.plots` (the grid).
 The command lines `python -m schn_jax.encode` and `python -m schn_jax.search`
 are thin wrappers around this module.
 """
@@ -21,7 +21,7 @@ import tqdm
 from schn_jax import errors, files
 from schn_jax.data import image_sets, pipeline
 from schn_jax.evaluation import codes as codes_lib
-from schn_jax.evaluation import plots, search
+from schn_jax.evaluation import indexes, plots
 
 SHARD_SIZE = 4096
 
@@ -214,28 +214,28 @@ def search_codes(
   """
   query_codes = np.asarray(query_codes)
   if radius is not None and not 0 <= radius <= database.bits:
-    raise search.SearchError(
+    raise indexes.SearchError(
       f"radius={radius}: give a Hamming distance from 0 to the code length, {database.bits} "
       "(which takes every item)."
     )
   if query_codes.shape[1] != database.bits:
-    raise search.SearchError(
+    raise indexes.SearchError(
       f"the queries have {query_codes.shape[1]}-bit codes, the database "
       f"{database.bits}-bit codes: encode both with the same --bits."
     )
   if index_file is not None:
-    faiss_index = search.load_index(index_file, database.codes)
+    faiss_index = indexes.load_index(index_file, database.codes)
   else:
-    faiss_index = search.build_index(database.codes, index)
+    faiss_index = indexes.build_index(database.codes, index)
   if save_index_to is not None:
-    search.save_index(faiss_index, save_index_to, database.codes)
-  search.set_search_parameters(faiss_index, nprobe=nprobe, nflip=nflip, ef_search=ef_search)
+    indexes.save_index(faiss_index, save_index_to, database.codes)
+  indexes.set_search_parameters(faiss_index, nprobe=nprobe, nflip=nflip, ef_search=ef_search)
   if radius is None:
-    return search.knn(faiss_index, query_codes, k)
-  results = search.range_search(faiss_index, query_codes, radius)
+    return indexes.knn(faiss_index, query_codes, k)
+  results = indexes.range_search(faiss_index, query_codes, radius)
   if k is not None:
     if k <= 0:
-      raise search.SearchError(f"k={k}: ask for at least one neighbour.")
+      raise indexes.SearchError(f"k={k}: ask for at least one neighbour.")
     results = [(ids[:k], distances[:k]) for ids, distances in results]
   return results
 

@@ -28,7 +28,7 @@ from absl import flags
 from schn_jax import errors, files, inference, retrieval
 from schn_jax.data import image_sets
 from schn_jax.evaluation import codes as codes_lib
-from schn_jax.evaluation import search as search_lib
+from schn_jax.evaluation import indexes
 
 _DATABASE = flags.DEFINE_string("database", None, "Codes file of the database.")
 _QUERIES = flags.DEFINE_string("queries", None, "Codes file of the queries.")
@@ -52,9 +52,7 @@ _CLASS_FOLDERS = flags.DEFINE_bool(
   "class_folders", False, "Query image folder: the first level names the class."
 )
 _TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir.")
-_INDEX = flags.DEFINE_string(
-  "index", search_lib.FLAT, "flat or a faiss.index_binary_factory string."
-)
+_INDEX = flags.DEFINE_string("index", indexes.FLAT, "flat or a faiss.index_binary_factory string.")
 _TOPK = flags.DEFINE_integer("topk", 10, "Neighbours per query.")
 _RADIUS = flags.DEFINE_integer(
   "radius", None, "Radius search: every item within this Hamming distance."
@@ -149,8 +147,8 @@ def main(argv):
       raise errors.UserError(
         "give --queries or --query_images to search, or --save_index to only build an index."
       )
-    index = search_lib.build_index(database.codes, _INDEX.value)
-    search_lib.save_index(index, _SAVE_INDEX.value, database.codes)
+    index = indexes.build_index(database.codes, _INDEX.value)
+    indexes.save_index(index, _SAVE_INDEX.value, database.codes)
     print(f"{_SAVE_INDEX.value}: {_INDEX.value} index of {len(database)} codes")
     return
   queries, query_set = query_codes_and_set(database)

@@ -27,7 +27,7 @@ from PIL import Image
 from schn_jax import inference, retrieval
 from schn_jax.data import image_sets
 from schn_jax.evaluation import codes as codes_lib
-from schn_jax.evaluation import search
+from schn_jax.evaluation import indexes
 
 import support
 
@@ -63,10 +63,10 @@ def world(tmp_path_factory):
     root / "q.npz",
     progress=False,
   )
-  search.save_index(search.build_index(database.codes), root / "db.faiss", database.codes)
+  indexes.save_index(indexes.build_index(database.codes), root / "db.faiss", database.codes)
   other = database.codes.copy()
   other[0] *= -1  # same count and length, one code different
-  search.save_index(search.build_index(other), root / "other.faiss", other)
+  indexes.save_index(indexes.build_index(other), root / "other.faiss", other)
   images = np.zeros((5, 28, 28), np.uint8)
   np.savez(root / "arrays.npz", images=images, labels=np.array([0, 1, 2, 1, 0]))
   np.savez(root / "minus_one.npz", images=images, labels=np.array([0, 1, -1, 1, 0]))

@@ -1,4 +1,4 @@
-"""Code files, bad input and the eval.py contract (FAISS search: test_search.py)."""
+"""Code files, bad input and the eval.py contract (FAISS search: test_indexes.py)."""
 
 import json
 import subprocess

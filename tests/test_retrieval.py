@@ -10,7 +10,7 @@ from configs import tiny
 from schn_jax import errors, inference, retrieval, run_folder
 from schn_jax.data import image_sets
 from schn_jax.evaluation import codes as codes_lib
-from schn_jax.evaluation import hamming, plots, search
+from schn_jax.evaluation import hamming, indexes, plots
 from schn_jax.interop import weights
 
 import support
@@ -207,8 +207,8 @@ def test_user_errors_are_one_line_exit_2(run, tmp_path):
     "error: the queries have 24-bit codes, the database 16-bit codes: encode "
     "both with the same --bits."
   )
-  index24 = search.build_index(np.ones((150, 24)))
-  search.save_index(index24, tmp_path / "i24.faiss", np.ones((150, 24)))
+  index24 = indexes.build_index(np.ones((150, 24)))
+  indexes.save_index(index24, tmp_path / "i24.faiss", np.ones((150, 24)))
   with pytest.raises(
     errors.UserError, match="i24.faiss holds 24-bit codes but the codes have 16 bits"
   ):

@@ -127,6 +127,20 @@ def replay(fixture, dtype):
     yield t, state, step_losses, evaluation
 
 
+def compare_codes(quantity, codes, expected, dtype, float32_spread, informational):
+  """Codes against the reference's: identical in float64; in float32 a fraction of
+  differing bits bounded by the fixture's own float32-vs-float64 spread."""
+  if dtype == "float64":
+    return compare_exact(quantity, codes, expected)
+  return Comparison(
+    quantity,
+    fraction_differing(codes, expected),
+    SPREAD_FACTOR * float32_spread + TRAJECTORY_FLOAT32["fraction"],
+    measure="fraction differing",
+    informational=informational,
+  )
+
+
 def check_trajectory(fixture, dtype):
   """Every iteration's codes and losses and every evaluation of one run, in `dtype`."""
   arrays = fixture.npz(dtype)
@@ -137,21 +151,16 @@ def check_trajectory(fixture, dtype):
   for t, state, step_losses, evaluation in replay(fixture, dtype):
     codes = sharding.to_host(state.database_codes)
     chaotic = dtype == "float32" and t >= window
-    if dtype == "float64":
-      results.append(compare_exact(f"iteration {t}/B_after", codes, arrays["B_after"][t]))
-    else:
-      limit = (
-        SPREAD_FACTOR * spread["B_after_fraction_differing"][t] + TRAJECTORY_FLOAT32["fraction"]
+    results.append(
+      compare_codes(
+        f"iteration {t}/B_after",
+        codes,
+        arrays["B_after"][t],
+        dtype,
+        spread["B_after_fraction_differing"][t],
+        chaotic,
       )
-      results.append(
-        Comparison(
-          f"iteration {t}/B_after",
-          fraction_differing(codes, arrays["B_after"][t]),
-          limit,
-          measure="fraction differing",
-          informational=chaotic,
-        )
-      )
+    )
     for name in TRAJECTORY_LOSSES[fixture.variant]:
       error = relative_error(step_losses[name], arrays[name][t])
       limit = (
@@ -169,10 +178,17 @@ def check_trajectory(fixture, dtype):
       continue  # reported below as a schedule mismatch
     v = eval_iterations.index(t + 1)
     query_codes, maps = evaluation
-    if dtype == "float64":
-      results.append(
-        compare_exact(f"eval {t + 1}/query_codes", query_codes, arrays["eval_query_codes"][v])
+    results.append(
+      compare_codes(
+        f"eval {t + 1}/query_codes",
+        query_codes,
+        arrays["eval_query_codes"][v],
+        dtype,
+        spread["eval_query_codes_fraction_differing"][v],
+        chaotic,
       )
+    )
+    if dtype == "float64":
       for ties, key in (("stable", "eval_map_stable"), ("reference", "eval_map_stable_refslice")):
         results.append(
           Comparison(
@@ -182,20 +198,6 @@ def check_trajectory(fixture, dtype):
             measure="|diff|",
           )
         )
-    else:
-      limit = (
-        SPREAD_FACTOR * spread["eval_query_codes_fraction_differing"][v]
-        + TRAJECTORY_FLOAT32["fraction"]
-      )
-      results.append(
-        Comparison(
-          f"eval {t + 1}/query_codes",
-          fraction_differing(query_codes, arrays["eval_query_codes"][v]),
-          limit,
-          measure="fraction differing",
-          informational=chaotic,
-        )
-      )
   recorded = [i for i in eval_iterations if i <= len(arrays["samples"])]
   results.append(
     Comparison(

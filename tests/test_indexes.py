@@ -5,7 +5,7 @@ import pytest
 
 from schn_jax import errors
 from schn_jax.evaluation import codes as codes_lib
-from schn_jax.evaluation import hamming, search
+from schn_jax.evaluation import hamming, indexes
 
 
 def random_codes(num, bits, seed):
@@ -26,10 +26,10 @@ def test_flat_equals_exact_ranking_ties_included(tmp_path, bits):
   # 12 bits over 2,000 items: every distance is shared by many items, so the
   # boundary of the top 25 cuts through ties.
   database, queries = random_codes(2000, bits, 0), random_codes(20, bits, 1)
-  index = search.build_index(database, "flat")
-  search.save_index(index, tmp_path / "flat.faiss", database)
-  loaded = search.load_index(tmp_path / "flat.faiss", database)
-  ids, distances = stack(search.knn(loaded, queries, 25))
+  index = indexes.build_index(database, "flat")
+  indexes.save_index(index, tmp_path / "flat.faiss", database)
+  loaded = indexes.load_index(tmp_path / "flat.faiss", database)
+  ids, distances = stack(indexes.knn(loaded, queries, 25))
   exact_ids, exact_distances = hamming.hamming_topk(queries, database, 25)
   np.testing.assert_array_equal(ids, exact_ids)
   np.testing.assert_array_equal(distances, exact_distances)
@@ -44,9 +44,9 @@ def test_flat_equals_exact_ranking_ties_included(tmp_path, bits):
 )
 def test_approximate_indexes_made_exhaustive_match_exact_distances(description, params):
   database, queries = random_codes(2000, 16, 2), random_codes(20, 16, 3)
-  index = search.build_index(database, description)
-  search.set_search_parameters(index, **params)
-  results = search.knn(index, queries, 10)
+  index = indexes.build_index(database, description)
+  indexes.set_search_parameters(index, **params)
+  results = indexes.knn(index, queries, 10)
   ids, distances = stack(results)
   exact_ids, exact_distances = hamming.hamming_topk(queries, database, 10)
   np.testing.assert_array_equal(distances, exact_distances)
@@ -67,14 +67,14 @@ def test_approximate_indexes_made_exhaustive_match_exact_distances(description, 
 )
 def test_radius_search_returns_exactly_the_ball(description, nflip):
   database, queries = random_codes(1000, 16, 4), random_codes(10, 16, 5)
-  index = search.build_index(database, description)
+  index = indexes.build_index(database, description)
   if nflip is not None:
     # Every code within radius 3 has a prefix within 3 flips of the query's.
-    search.set_search_parameters(index, nflip=nflip)
+    indexes.set_search_parameters(index, nflip=nflip)
   if description == "BIVF4":
-    search.set_search_parameters(index, nprobe=4)
+    indexes.set_search_parameters(index, nprobe=4)
   brute = brute_distances(queries, database)
-  for q, (ids, distances) in enumerate(search.range_search(index, queries, 3)):
+  for q, (ids, distances) in enumerate(indexes.range_search(index, queries, 3)):
     expected = np.flatnonzero(brute[q] <= 3)
     expected = expected[np.lexsort((expected, brute[q, expected]))]
     np.testing.assert_array_equal(ids, expected)
@@ -83,7 +83,7 @@ def test_radius_search_returns_exactly_the_ball(description, nflip):
 
 def test_hash_index_misses_are_dropped_not_padded():
   database, queries = random_codes(300, 16, 6), random_codes(6, 16, 7)
-  results = search.knn(search.build_index(database, "BHash16"), queries, 5)
+  results = indexes.knn(indexes.build_index(database, "BHash16"), queries, 5)
   brute = brute_distances(queries, database)
   for q, (ids, distances) in enumerate(results):
     assert len(ids) <= 5 and (ids >= 0).all()
@@ -92,7 +92,7 @@ def test_hash_index_misses_are_dropped_not_padded():
 
 def test_k_larger_than_the_database_is_clipped(caplog):
   database, queries = random_codes(7, 16, 8), random_codes(2, 16, 9)
-  ids, distances = stack(search.knn(search.build_index(database), queries, 50))
+  ids, distances = stack(indexes.knn(indexes.build_index(database), queries, 50))
   assert ids.shape == (2, 7) and set(ids[0]) == set(range(7))
   assert distances.max() <= 16
   assert "k=50 is more than the 7 database items" in caplog.text
@@ -101,43 +101,46 @@ def test_k_larger_than_the_database_is_clipped(caplog):
 @pytest.mark.parametrize(
   "call, message",
   [
-    (lambda index, q: search.knn(index, q, 0), r"k=0: ask for at least one"),
-    (lambda index, q: search.range_search(index, q, -1), r"radius=-1"),
+    (lambda index, q: indexes.knn(index, q, 0), r"k=0: ask for at least one"),
+    (lambda index, q: indexes.range_search(index, q, -1), r"radius=-1"),
     (
-      lambda index, q: search.knn(index, q[:, :8], 3),
+      lambda index, q: indexes.knn(index, q[:, :8], 3),
       r"query codes have 8 bits but the index holds 16-bit codes",
     ),
     (
-      lambda index, q: search.check_index(index, 40, 24),
+      lambda index, q: indexes.check_index(index, 40, 24),
       r"holds 16-bit codes but the codes have 24 bits",
     ),
-    (lambda index, q: search.check_index(index, 41, 16), r"holds 40 codes but the database has 41"),
-    (lambda index, q: search.set_search_parameters(index, nprobe=4), r"nprobe applies to IVF"),
+    (
+      lambda index, q: indexes.check_index(index, 41, 16),
+      r"holds 40 codes but the database has 41",
+    ),
+    (lambda index, q: indexes.set_search_parameters(index, nprobe=4), r"nprobe applies to IVF"),
   ],
 )
 def test_bad_requests_are_user_errors(call, message):
-  index = search.build_index(random_codes(40, 16, 10))
+  index = indexes.build_index(random_codes(40, 16, 10))
   with pytest.raises(errors.UserError, match=message):
     call(index, random_codes(3, 16, 11))
 
 
 def test_bad_index_descriptions_and_files(tmp_path):
   codes = random_codes(40, 16, 12)
-  with pytest.raises(search.SearchError, match=r"index 'BNonsense'.*BHash16"):
-    search.build_index(codes, "BNonsense")
-  with pytest.raises(search.SearchError, match="only 40 codes"):
-    search.build_index(codes, "BIVF64")
-  with pytest.raises(search.SearchError, match="IndexBinaryHNSW has no radius search"):
-    search.range_search(search.build_index(codes, "BHNSW8"), codes, 2)
+  with pytest.raises(indexes.SearchError, match=r"index 'BNonsense'.*BHash16"):
+    indexes.build_index(codes, "BNonsense")
+  with pytest.raises(indexes.SearchError, match="only 40 codes"):
+    indexes.build_index(codes, "BIVF64")
+  with pytest.raises(indexes.SearchError, match="IndexBinaryHNSW has no radius search"):
+    indexes.range_search(indexes.build_index(codes, "BHNSW8"), codes, 2)
   (tmp_path / "junk.faiss").write_bytes(b"not an index")
-  with pytest.raises(search.SearchError, match="not a FAISS binary index"):
-    search.load_index(tmp_path / "junk.faiss", codes)
-  with pytest.raises(search.SearchError, match="no such index file"):
-    search.load_index(tmp_path / "missing.faiss", codes)
+  with pytest.raises(indexes.SearchError, match="not a FAISS binary index"):
+    indexes.load_index(tmp_path / "junk.faiss", codes)
+  with pytest.raises(indexes.SearchError, match="no such index file"):
+    indexes.load_index(tmp_path / "missing.faiss", codes)
   zeros = codes.copy()
   zeros[5, 2] = 0
-  with pytest.raises(search.SearchError, match="row 5"):
-    search.build_index(zeros)
+  with pytest.raises(indexes.SearchError, match="row 5"):
+    indexes.build_index(zeros)
 
 
 def test_packing_is_faiss_layout():
@@ -176,10 +179,10 @@ def test_item_codes_round_trip_and_refusals(tmp_path):
 
 def test_a_saved_index_refuses_other_codes_of_the_same_size(tmp_path):
   codes, other = random_codes(40, 16, 20), random_codes(40, 16, 21)
-  search.save_index(search.build_index(codes), tmp_path / "db.faiss", codes)
-  assert search.load_index(tmp_path / "db.faiss", codes).ntotal == 40
-  with pytest.raises(search.SearchError, match="not built from these database codes"):
-    search.load_index(tmp_path / "db.faiss", other)
+  indexes.save_index(indexes.build_index(codes), tmp_path / "db.faiss", codes)
+  assert indexes.load_index(tmp_path / "db.faiss", codes).ntotal == 40
+  with pytest.raises(indexes.SearchError, match="not built from these database codes"):
+    indexes.load_index(tmp_path / "db.faiss", other)
   (tmp_path / "db.faiss.codes.json").unlink()
-  with pytest.raises(search.SearchError, match="not built from these database codes"):
-    search.load_index(tmp_path / "db.faiss", codes)
+  with pytest.raises(indexes.SearchError, match="not built from these database codes"):
+    indexes.load_index(tmp_path / "db.faiss", codes)
