@@ -37,7 +37,6 @@ from schn_jax import data as data_lib
 from schn_jax import sharding
 from schn_jax.training import dcc as dcc_lib
 from schn_jax.training import loop
-from schn_jax.training.step import make_step_functions
 
 
 def per_batch_iteration(config, data, state, step, mesh, dcc):
@@ -86,10 +85,7 @@ def per_batch_iteration(config, data, state, step, mesh, dcc):
 
 
 def make_per_batch_step(config, data, pieces, mesh):
-  model, discriminator, optimizers, step_config = pieces
-  _, _, train_step = make_step_functions(
-    model, discriminator, optimizers, step_config, axis_name=sharding.DATA_AXIS
-  )
+  _, _, train_step = pieces.step_functions(sharding.DATA_AXIS)
 
   def per_device(state, images, labels, rows, rng):
     batch = {
@@ -108,16 +104,16 @@ def make_per_batch_step(config, data, pieces, mesh):
 def measure(config, data, kind, iterations):
   """Images/s of `kind`: 'old per-batch', or 'scan' (the compiled loop)."""
   bits = config.code_lengths[0]
-  model, discriminator, optimizers, step_config, state = loop.build(
+  pieces, state = loop.build(
     config, bits, (28, 28, 1), data.source.num_classes, len(data.split.database)
   )
   mesh = sharding.make_mesh()
   state = sharding.replicate(state, mesh)
   if kind == "scan":
-    program = loop.Iteration(config, data, model, discriminator, optimizers, step_config, mesh)
+    program = loop.Iteration(config, data, pieces, mesh)
     run = lambda state: program(state)[0]
   else:
-    step = make_per_batch_step(config, data, (model, discriminator, optimizers, step_config), mesh)
+    step = make_per_batch_step(config, data, pieces, mesh)
     dcc = jax.jit(dcc_lib.update_rows)
     run = lambda state: per_batch_iteration(config, data, state, step, mesh, dcc)
   state = run(state)  # warm-up: compilation
@@ -146,10 +142,10 @@ def matmul_rate(n=2048, repeats=5):
 def step_flops_per_image(config, data):
   """XLA's FLOP count of one training step at the config's batch, per image."""
   bits, batch = config.code_lengths[0], config.batch_size
-  model, discriminator, optimizers, step_config, state = loop.build(
+  pieces, state = loop.build(
     config, bits, (28, 28, 1), data.source.num_classes, len(data.split.database)
   )
-  _, _, train_step = make_step_functions(model, discriminator, optimizers, step_config)
+  _, _, train_step = pieces.step_functions()
   inputs = {
     "images": jnp.zeros((batch, 28, 28, 1)),
     "labels": jnp.zeros((batch, data.source.num_classes)),

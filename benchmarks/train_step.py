@@ -77,15 +77,12 @@ def measure_schn(backbone, batch, size, repeats, variant):
 
   from configs import default
   from schn_jax.training import loop
-  from schn_jax.training.step import make_step_functions
 
   config = default.base_config("cifar10")
   config.variant, config.backbone, config.batch_size = variant, backbone, batch
-  model, discriminator, optimizers, step_config, state = loop.build(
-    config, BITS, (size, size, 3), NUM_CLASSES, DATABASE_SIZE
-  )
+  pieces, state = loop.build(config, BITS, (size, size, 3), NUM_CLASSES, DATABASE_SIZE)
   params = sum(x.size for x in jax.tree_util.tree_leaves(state.params["visual"]["backbone"]))
-  _, _, train_step = make_step_functions(model, discriminator, optimizers, step_config)
+  _, _, train_step = pieces.step_functions()
   step_fn = jax.jit(train_step, donate_argnums=(0,))
   images, labels, codes = synthetic(batch, size)
   batch_inputs = {"images": images, "labels": labels, "database_codes": codes}

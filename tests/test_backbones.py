@@ -320,7 +320,7 @@ def test_pretrained_resnet_starts_training(resnet18_state, tmp_path):
   weights.write_arrays({k: v.numpy() for k, v in resnet18_state.items()}, path)
   config = default_config.base_config("fashion_mnist")
   config.backbone, config.pretrained_backbone = "resnet18", str(path)
-  _, _, _, _, state = loop.build(config, 8, (32, 32, 3), 4, 10)
+  _, state = loop.build(config, 8, (32, 32, 3), 4, 10)
   started = train.with_pretrained_backbone(config, state)
   backbone = started.params["visual"]["backbone"]
   stats = started.batch_stats["visual"]["backbone"]
@@ -395,11 +395,11 @@ def _loop_worker():
   runs = {}
   for devices in (1, 8):
     mesh = sharding.make_mesh(jax.devices()[:devices])
-    model, discriminator, optimizers, step_config, state = loop.build(
+    pieces, state = loop.build(
       config, bits, (28, 28, 1), data.source.num_classes, len(data.split.database)
     )
     initial_stats = jax.device_get(state.batch_stats)
-    iteration = loop.Iteration(config, data, model, discriminator, optimizers, step_config, mesh)
+    iteration = loop.Iteration(config, data, pieces, mesh)
     state, losses = sharding.replicate(state, mesh), []
     for _ in range(config.max_iter):
       state, step_losses, _ = iteration(state)

@@ -247,10 +247,10 @@ def _loop_worker(variant):
   runs = {}
   for devices in (1, 8):
     mesh = sharding.make_mesh(jax.devices()[:devices])
-    model, discriminator, optimizers, step_config, state = loop.build(
+    pieces, state = loop.build(
       config, bits, (28, 28, 1), data.source.num_classes, len(data.split.database)
     )
-    iteration = loop.Iteration(config, data, model, discriminator, optimizers, step_config, mesh)
+    iteration = loop.Iteration(config, data, pieces, mesh)
     state, losses = sharding.replicate(state, mesh), []
     for _ in range(config.max_iter):
       state, step_losses, _ = iteration(state)

@@ -172,10 +172,10 @@ def test_streamed_iteration_equals_the_on_device_one(variant):
   results = {}
   for device_pool_mb in (2048, 0):
     config.device_pool_mb = device_pool_mb
-    model, discriminator, optimizers, step_config, state = loop.build(config, 8, (28, 28, 1), 4, 30)
+    pieces, state = loop.build(config, 8, (28, 28, 1), 4, 30)
     mesh = sharding.make_mesh()
     state = sharding.replicate(state, mesh)
-    iteration = loop.Iteration(config, data, model, discriminator, optimizers, step_config, mesh)
+    iteration = loop.Iteration(config, data, pieces, mesh)
     assert iteration.on_device == (device_pool_mb > 0)
     loads = []
     batches = data.batches

@@ -86,15 +86,15 @@ def replay(fixture, dtype):
   bits, size = config.code_lengths[0], config.data.image_size
   channels = config.data.num_channels
   check_normalization(fixture, channels, data.source.images.shape[-1])
-  model, params, disc_params = build_model(fixture, bits, data.source.num_classes, size)
-  model, discriminator, optimizers, step_config, _ = loop.build(
+  _, params, disc_params = build_model(fixture, bits, data.source.num_classes, size)
+  pieces, _ = loop.build(
     config, bits, (size, size, channels), data.source.num_classes, len(data.split.database)
   )
   mesh = sharding.make_mesh()
   state = create_state(
     params,
     disc_params,
-    optimizers,
+    pieces.optimizers,
     len(data.split.database),
     bits,
     jax.random.key(config.seed),
@@ -102,14 +102,14 @@ def replay(fixture, dtype):
   )
   initial = loop.initial_database_codes(config, data.labels[data.split.database], bits, dtype)
   state = sharding.replicate(state.replace(database_codes=jnp.asarray(initial)), mesh)
-  iteration = loop.Iteration(config, data, model, discriminator, optimizers, step_config, mesh)
+  iteration = loop.Iteration(config, data, pieces, mesh)
   labels = data.labels
   for t in range(int(fixture.meta["iterations_recorded"])):
     state, step_losses, _ = iteration(state, plan=(arrays["samples"][t], arrays["epoch_orders"][t]))
     evaluation = None
     if loop.should_evaluate(config, t + 1):
       query_codes = inference.encode_split(
-        model, state.params, data, data.split.query, config.eval.batch_size
+        pieces.model, state.params, data, data.split.query, config.eval.batch_size
       )
       database_codes = sharding.to_host(state.database_codes)
       maps = {

@@ -18,6 +18,7 @@ Both run the same per-batch body, so they give the same numbers.
 """
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +37,26 @@ CODE_NAMES = dcc.CODE_NAMES
 # ---------------------------------------------------------------- model and state
 
 
+@dataclasses.dataclass(frozen=True)
+class Pieces:
+  """What a run builds once and training never changes: the networks, the
+  optimizers and the step's constants. It travels beside the state, which holds
+  everything that changes."""
+
+  model: SCHN
+  discriminator: Discriminator
+  optimizers: Any
+  step_config: StepConfig
+
+  def step_functions(self, axis_name=None):
+    """(cycle_update, adversarial_update, train_step): `step.make_step_functions`."""
+    return make_step_functions(
+      self.model, self.discriminator, self.optimizers, self.step_config, axis_name=axis_name
+    )
+
+
 def build(config, bits, image_shape, num_classes, database_size):
-  """(model, discriminator, optimizers, step config, fresh state)."""
+  """(the run's Pieces, a fresh state)."""
   model = SCHN(
     config.variant,
     bits,
@@ -73,7 +92,7 @@ def build(config, bits, image_shape, num_classes, database_size):
     jnp.dtype(config.dtype),
     batch_stats=variables.get("batch_stats", {}),
   )
-  return model, discriminator, optimizers, StepConfig.from_config(config), state
+  return Pieces(model, discriminator, optimizers, StepConfig.from_config(config)), state
 
 
 DATABASE_INITS = ("zeros", "label_codes")
@@ -233,11 +252,9 @@ class Iteration:
   and, on the on-device path, uploads the training pool.
   """
 
-  def __init__(self, config, data, model, discriminator, optimizers, step_config, mesh):
+  def __init__(self, config, data, pieces, mesh):
     self.config, self.data, self.mesh = config, data, mesh
-    _, _, self._train_step = make_step_functions(
-      model, discriminator, optimizers, step_config, axis_name=sharding.DATA_AXIS
-    )
+    _, _, self._train_step = pieces.step_functions(sharding.DATA_AXIS)
     split = data.split
     self.pool = training_positions(split)
     labels = data.labels[split.database]

@@ -27,6 +27,7 @@ from schn_jax.training.checkpoint import Checkpoints
 from schn_jax.training.loop import (
   DATABASE_INITS,
   Iteration,
+  Pieces,
   batches_per_iteration,
   build,
   initial_database_codes,
@@ -188,13 +189,10 @@ def with_pretrained_backbone(config, state):
 
 @dataclasses.dataclass
 class Run:
-  """One code length of a run: its model pieces, its state (replicated over `mesh`),
+  """One code length of a run: its fixed pieces, its state (replicated over `mesh`),
   its checkpoints and what they record beside the state (`meta`)."""
 
-  model: Any
-  discriminator: Any
-  optimizers: Any
-  step_config: Any
+  pieces: Pieces
   state: Any
   mesh: Any
   checkpoints: Checkpoints
@@ -212,7 +210,7 @@ def restore_run(config, data, bits, workdir, read_only=False):
   size = config.data.image_size
   channels = config.data.num_channels or data.source.image(0).shape[-1]
   image_shape = data.normalize(np.zeros((1, size, size, channels), np.uint8)).shape[1:]
-  model, discriminator, optimizers, step_config, state = build(
+  pieces, state = build(
     config, bits, image_shape, data.source.num_classes, len(data.split.database)
   )
   mesh = sharding.make_mesh()
@@ -260,17 +258,15 @@ def restore_run(config, data, bits, workdir, read_only=False):
     )
     if not read_only:
       checkpoints.set_aside_damaged()
-  return Run(model, discriminator, optimizers, step_config, state, mesh, checkpoints, meta)
+  return Run(pieces, state, mesh, checkpoints, meta)
 
 
 def train_code_length(config, data, bits, workdir, writer):
   """Trains (or resumes) one code length; returns its final metrics."""
   directory = run_folder.bits_dir(workdir, bits)
   run = restore_run(config, data, bits, workdir)
-  model, state, checkpoints, meta = run.model, run.state, run.checkpoints, run.meta
-  iteration_program = Iteration(
-    config, data, run.model, run.discriminator, run.optimizers, run.step_config, run.mesh
-  )
+  model, state, checkpoints, meta = run.pieces.model, run.state, run.checkpoints, run.meta
+  iteration_program = Iteration(config, data, run.pieces, run.mesh)
   total = config.max_iter * batches_per_iteration(config)
   final = None
   # Leaving the block waits for the checkpoint being written, also on Ctrl-C or an error.
@@ -404,7 +400,7 @@ def evaluate_workdir(workdir, overrides=None, output_dir=None):
       out = run_folder.eval_dir(workdir, bits) if _writable(workdir) else None
     if out is not None and jax.process_index() == 0:
       out.mkdir(parents=True, exist_ok=True)
-    metrics = inference.evaluate(config, run.model, run.state, data, out)
+    metrics = inference.evaluate(config, run.pieces.model, run.state, data, out)
     metrics.update(iteration=int(run.state.iteration), variant=config.variant)
     if out is not None and jax.process_index() == 0:
       run_folder.write_json(out / run_folder.METRICS, metrics)
