@@ -41,7 +41,6 @@ def check_outputs(outputs, inputs=(), *, folders=(), writable=True):
     inputs: (name, path) pairs of files or folders the command reads.
     folders: (description, path) pairs of input folders whose every file
       belongs to the input (a run folder): no output may go inside them.
-
     writable: also check that each output can be written (`check_writable`).
 
   Raises:
