@@ -18,19 +18,6 @@ from PIL import Image
 
 from schn_jax.data import sources
 
-CLASSES = (
-  "tshirt",
-  "trouser",
-  "pullover",
-  "dress",
-  "coat",
-  "sandal",
-  "shirt",
-  "sneaker",
-  "bag",
-  "boot",
-)
-
 _OUT = flags.DEFINE_string("out", None, "Folder to write into.")
 _FIRST = flags.DEFINE_integer("first", 0, "First image number (0-69,999).")
 _COUNT = flags.DEFINE_integer("count", 1000, "How many images.")
@@ -46,7 +33,7 @@ def main(argv):
   lines = []
   for number in numbers:
     label = int(fashion.labels[number].argmax())
-    name = f"{CLASSES[label]}/{number:05d}.png"
+    name = f"{sources.FASHION_MNIST_CLASSES[label]}/{number:05d}.png"
     (out / name).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(fashion.images[number, ..., 0]).save(out / name)
     lines.append(name + " " + " ".join("1" if j == label else "0" for j in range(10)))

@@ -16,18 +16,7 @@ FASHION_MNIST = pathlib.Path(sources.FASHION_MNIST_ROOT)
 needs_fashion_mnist = pytest.mark.skipif(
   not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist"
 )
-CLASSES = (
-  "tshirt",
-  "trouser",
-  "pullover",
-  "dress",
-  "coat",
-  "sandal",
-  "shirt",
-  "sneaker",
-  "bag",
-  "boot",
-)
+CLASSES = sources.FASHION_MNIST_CLASSES
 
 
 def tiny_config(**overrides):
@@ -50,6 +39,21 @@ def write_class_folders(folder, indices, fashion):
     path = folder / CLASSES[int(fashion.labels[i].argmax())] / f"{i:05d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(fashion.images[i, ..., 0]).save(path)
+
+
+def interrupt_hashing_after(monkeypatch, model, batches):
+  """Makes `model.hash` raise KeyboardInterrupt on its call after `batches`
+  batches, as a Ctrl-C mid-encode would; returns the original hash."""
+  hash_batch, calls = model.hash, []
+
+  def interrupted(batch):
+    if len(calls) == batches:
+      raise KeyboardInterrupt
+    calls.append(len(batch))
+    return hash_batch(batch)
+
+  monkeypatch.setattr(model, "hash", interrupted)
+  return hash_batch
 
 
 def tiny_retrieval_run(root):

@@ -334,23 +334,18 @@ def test_a_resumed_encode_encodes_changed_images_again(world, tmp_path, monkeypa
   shutil.copytree(world["db_folder"], folder, ignore=shutil.ignore_patterns("*.txt"))
   model = inference.TrainedModel.from_workdir(world["run"])
   images = image_sets.FolderImages(folder, channels=1)
-  hash_batch = model.hash
-  calls = []
-
-  def interrupted(batch):
-    if len(calls) == 2:
-      raise KeyboardInterrupt
-    calls.append(len(batch))
-    return hash_batch(batch)
-
-  monkeypatch.setattr(model, "hash", interrupted)
+  before = retrieval.encode_set(model, images).codes
+  # The replacement is an image whose code differs from image 0's, so that
+  # keeping the stale shard would show.
+  donor = next(i for i in range(1, len(before)) if (before[i] != before[0]).any())
+  hash_batch = support.interrupt_hashing_after(monkeypatch, model, 2)
   with pytest.raises(KeyboardInterrupt):
     retrieval.encode_to_file(
       model, images, tmp_path / "c.npz", batch_size=32, shard_size=32, progress=False
     )
   # Image 0 of the first shard is replaced by another after the interruption.
   replaced = folder / images.paths[0]
-  shutil.copyfile(folder / images.paths[-1], replaced)
+  shutil.copyfile(folder / images.paths[donor], replaced)
   os.utime(replaced, ns=(10**18, 10**18))
   monkeypatch.setattr(model, "hash", hash_batch)
   images = image_sets.FolderImages(folder, channels=1)
@@ -359,4 +354,4 @@ def test_a_resumed_encode_encodes_changed_images_again(world, tmp_path, monkeypa
   )
   straight = retrieval.encode_set(model, images)
   np.testing.assert_array_equal(resumed.codes, straight.codes)
-  np.testing.assert_array_equal(resumed.codes[0], straight.codes[-1])
+  np.testing.assert_array_equal(resumed.codes[0], before[donor])

@@ -128,16 +128,7 @@ def test_interrupted_encode_resumes_without_redoing_shards(run, tmp_path, monkey
   workdir, database_folder, _ = run
   model = inference.TrainedModel.from_workdir(workdir)
   images = image_sets.FolderImages(database_folder, channels=model.channels)
-  hash_batch = model.hash
-  calls = []
-
-  def interrupted(batch):
-    if len(calls) == 2:
-      raise KeyboardInterrupt
-    calls.append(len(batch))
-    return hash_batch(batch)
-
-  monkeypatch.setattr(model, "hash", interrupted)
+  hash_batch = support.interrupt_hashing_after(monkeypatch, model, 2)
   out = tmp_path / "codes.npz"
   with pytest.raises(KeyboardInterrupt):
     retrieval.encode_to_file(model, images, out, batch_size=32, shard_size=32, progress=False)
@@ -146,7 +137,7 @@ def test_interrupted_encode_resumes_without_redoing_shards(run, tmp_path, monkey
     "shard_000001.npy",
   ]
   assert not out.exists()
-  calls.clear()
+  calls = []
   monkeypatch.setattr(model, "hash", lambda batch: calls.append(1) or hash_batch(batch))
   resumed = retrieval.encode_to_file(
     model, images, out, batch_size=32, shard_size=32, progress=False

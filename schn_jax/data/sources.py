@@ -21,6 +21,19 @@ import numpy as np
 from schn_jax import download, errors
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+# Short folder names for its ten classes, in label order (written image folders use them).
+FASHION_MNIST_CLASSES = (
+  "tshirt",
+  "trouser",
+  "pullover",
+  "dress",
+  "coat",
+  "sandal",
+  "shirt",
+  "sneaker",
+  "bag",
+  "boot",
+)
 FASHION_MNIST_FILES = (
   ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
   ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
