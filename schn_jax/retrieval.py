@@ -327,12 +327,12 @@ def draw_grid(
   An image that cannot be read (a set that is None, a file moved or damaged
   since it was encoded) is drawn as a placeholder, with a warning."""
   missing = []
+  queries, database = _by_path(query_set), _by_path(database_set)
 
-  def picture(image_set, item_path):
-    positions = image_set and _positions(image_set)
-    if positions and item_path in positions:
+  def picture(image_set, by_path, item_path):
+    if item_path in by_path:
       try:
-        return image_set.image(positions[item_path])
+        return image_set.image(by_path[item_path])
       except errors.UserError:
         pass
     missing.append(item_path)
@@ -341,10 +341,11 @@ def draw_grid(
   rows = []
   for record in records[:max_queries]:
     cells = [
-      (picture(database_set, n["path"]), f"d={n['distance']}", n.get("correct"))
+      (picture(database_set, database, n["path"]), f"d={n['distance']}", n.get("correct"))
       for n in record["neighbors"][:max_neighbors]
     ]
-    rows.append((picture(query_set, record["query"]), _caption(record["query"]), cells))
+    query = picture(query_set, queries, record["query"])
+    rows.append((query, _caption(record["query"]), cells))
   if missing:
     logging.warning(
       "%d image(s) of the grid could not be read (e.g. %r) and are drawn blank.",
@@ -354,10 +355,9 @@ def draw_grid(
   return plots.retrieval_grid(rows, path, thumbnail=thumbnail)
 
 
-def _positions(image_set):
-  if not hasattr(image_set, "_grid_positions"):
-    image_set._grid_positions = {p: i for i, p in enumerate(image_set.paths)}
-  return image_set._grid_positions
+def _by_path(image_set):
+  """{path: position} of a set's items; {} for no set."""
+  return {} if image_set is None else {p: i for i, p in enumerate(image_set.paths)}
 
 
 def _caption(path, width=18):
