@@ -28,7 +28,7 @@ import pathlib
 
 from absl import flags
 
-from schn_jax import errors, files
+from schn_jax import errors, evaluator, files
 from schn_jax.evaluation import codes as codes_lib
 from schn_jax.evaluation import metrics as metrics_lib
 from schn_jax.evaluation import plots
@@ -89,8 +89,6 @@ def prepare_output_dir(inputs, run=None):
 
 def evaluate_workdir():
   """--workdir mode: the run's checkpoints, the flags given explicitly as overrides."""
-  from schn_jax.training import train
-
   given = [
     f"--{name}"
     for name in ("codes", *(f"{key}_t" for key in codes_lib.CODE_KEYS))
@@ -107,7 +105,7 @@ def evaluate_workdir():
   if _DATABASE_CODES.value:
     overrides["database_codes"] = _DATABASE_CODES.value
   output_dir = prepare_output_dir([("--workdir", _WORKDIR.value)], run=_WORKDIR.value)
-  results = train.evaluate_workdir(_WORKDIR.value, overrides, output_dir)
+  results = evaluator.evaluate_run(_WORKDIR.value, overrides, output_dir)
   print(json.dumps(results))
 
 

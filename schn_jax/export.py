@@ -47,20 +47,18 @@ def main(argv):
     model.export(_OUT.value)
     step, bits = model.step, model.bits
   else:
-    config, bits, step, state_dir = run_folder.find_checkpoint(
-      _WORKDIR.value, _BITS.value, _STEP.value
-    )
-    variables = inference.restore_variables(config, bits, state_dir, whole=True)
+    saved = run_folder.read_checkpoint(_WORKDIR.value, _BITS.value, _STEP.value, whole=True)
     weights.save_params(
-      inference.file_tree(variables["params"], variables["batch_stats"]),
+      inference.file_tree(saved.variables["params"], saved.variables["batch_stats"]),
       _OUT.value,
       {
         "format": "schn_jax.params/1",
-        "config": config.to_json_best_effort(),
-        "bits": str(bits),
-        "step": str(step),
+        "config": saved.config.to_json_best_effort(),
+        "bits": str(saved.bits),
+        "step": str(saved.step),
       },
     )
+    step, bits = saved.step, saved.bits
   print(f"{_OUT.value}: {_PART.value} weights of {bits} bits, checkpoint {step}")
 
 

@@ -1,22 +1,20 @@
-"""A trained run as an object: restore one code length's visual network, encode images.
+"""Encoding images with a trained visual network, and a trained run as an object.
 
     model = TrainedModel.from_workdir('runs/fashion_mnist', bits=32)
     codes = model.encode(images)      # uint8 (n, S, S, C) -> float32 (n, 32) in {-1, 0, +1}
     model.export('model.safetensors')  # one file: weights, config and code length
     model = TrainedModel.from_weights('model.safetensors')
 
+`Encoder` is the one encoding path: sign(U_image) of the dataset-normalised
+images, batches split over every device. Training and `eval.py --workdir`
+evaluate through it (schn_jax.evaluator), `TrainedModel.encode` encodes arrays
+through it, and `retrieval.encode_set` encodes image sets through it.
+
 Restoring reads the run's `config.json` and the visual network's parameters
 (and BatchNorm running statistics, for backbones that have them) from the
-latest orbax checkpoint of `bits_<bits>`, and nothing else: no dataset, no
-pretrained .pth backbone, no torch, no optimizer moments or learned database
-codes (the checkpoint is read partially). The parameter
-template comes from `jax.eval_shape` of the model's init, so a config that
-does not match the checkpoint is refused with the leaves that differ.
-
-`encode` computes what training evaluates with (`encode_split`, on a dataset's
-split): sign(U_image) of the dataset-normalised images, batches split over
-every local device. `evaluate` is the evaluation of a training state, used at
-the end of training and by `eval.py --workdir`.
+newest readable orbax checkpoint of `bits_<bits>` (run_folder.read_checkpoint),
+and nothing else: no dataset, no pretrained .pth backbone, no torch, no
+optimizer moments or learned database codes.
 """
 
 import functools
@@ -24,19 +22,14 @@ import json
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from schn_jax import errors, run_folder, sharding
 from schn_jax.data import pipeline
-from schn_jax.evaluation import codes as codes_lib
-from schn_jax.evaluation import metrics as metrics_lib
-from schn_jax.evaluation import plots
 from schn_jax.interop import weights
-from schn_jax.models import SCHN
+from schn_jax.models import SCHN, variables_template
 from schn_jax.models.visual import input_channels
 
 EXPORT_FORMAT = "schn_jax.TrainedModel/1"
@@ -52,58 +45,47 @@ def _hash_batch(model, num_channels, variables, images):
   return model.apply(variables, inputs, method=SCHN.encode_images)
 
 
-def encode_split(model, params, data, indices, batch_size, batch_stats=None):
-  """sign(U_image) of a dataset's images at `indices` (test transform), as float32
-  {-1, 0, +1}: what training evaluates with and `eval.py --workdir` re-evaluates.
-  `batch_stats`: BatchNorm's running statistics, for backbones that have them.
+class Encoder:
+  """The visual network of `model` with `variables` ({'params', 'batch_stats'};
+  'batch_stats' {} for backbones without BatchNorm), replicated on every device.
 
-  Batches are split over every device of every host (each host loads its own
-  rows); the codes are gathered so that every host returns all of them.
+  num_channels: the data config's num_channels (the channels the network reads;
+  None: the images' own).
   """
-  mesh = sharding.make_mesh()
-  # Batches are padded, so rounding up to a multiple of the devices only adds padding.
-  batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
-  variables = sharding.replicate({"params": params, "batch_stats": batch_stats or {}}, mesh)
-  out = []
-  for start, batch in zip(
-    range(0, len(indices), batch_size), data.batches(indices, batch_size, train=False)
-  ):
-    n = min(batch_size, len(indices) - start)
-    (images,) = sharding.shard_rows(mesh, batch["image"])
-    hashes = _hash_batch(model, data.config.num_channels, variables, images)
-    out.append(np.sign(sharding.to_host(hashes)[:n]).astype(np.float32))
-  return np.concatenate(out)
 
+  def __init__(self, model, num_channels, variables, mesh=None):
+    self.model = model
+    self.num_channels = num_channels
+    self.mesh = mesh or sharding.make_mesh()
+    variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}}
+    self.variables = sharding.replicate(variables, self.mesh)
 
-def evaluate(config, model, state, data, output_dir=None):
-  """mAP and curves of a training state: query codes from the visual network;
-  database codes learned (the reference) or encoded (config.eval.database_codes).
-  With `output_dir`, process 0 writes codes.npz and curves.png there."""
-  split = data.split
-  batch = config.eval.batch_size
-  query_codes = encode_split(model, state.params, data, split.query, batch, state.batch_stats)
-  if config.eval.database_codes == "learned":
-    database_codes = sharding.to_host(state.database_codes)
-  else:
-    database_codes = encode_split(
-      model, state.params, data, split.database, batch, state.batch_stats
-    )
-  query_labels, database_labels = data.labels[split.query], data.labels[split.database]
-  metrics = metrics_lib.evaluate_codes(
-    query_codes,
-    database_codes,
-    query_labels,
-    database_labels,
-    topk=config.eval.topk,
-    ties=config.eval.ties,
-  )
-  metrics["database_codes"] = config.eval.database_codes
-  if output_dir is not None and jax.process_index() == 0:
-    codes_lib.save_codes(
-      output_dir / run_folder.CODES, query_codes, database_codes, query_labels, database_labels
-    )
-    plots.plot_curves(metrics, output_dir / run_folder.CURVES)
-  return metrics
+  @staticmethod
+  def rounded_batch_size(batch_size):
+    """`batch_size` rounded up to a multiple of the devices (batches are split over them)."""
+    return -(-batch_size // jax.device_count()) * jax.device_count()
+
+  def hash(self, images):
+    """U_image (n, bits) of this process's uint8 images (n, S, S, C), gathered
+    from every process. Several processes each give rows of one global batch,
+    as many as their devices divide; a single process may give any n."""
+    images = np.asarray(images, np.uint8)
+    pad = -len(images) % jax.local_device_count()
+    if pad and jax.process_count() > 1:
+      raise ValueError(f"{len(images)} rows do not split over {jax.local_device_count()} devices")
+    if pad:
+      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], np.uint8)])
+    (sharded,) = sharding.shard_rows(self.mesh, images)
+    out = _hash_batch(self.model, self.num_channels, self.variables, sharded)
+    return sharding.to_host(out)[: len(out) - pad]
+
+  def signs(self, batches, count):
+    """sign(U_image) as float32 (count, bits) in {-1, 0, +1} (0 only where U_image
+    is exactly 0) of the first `count` rows of `batches`: dicts whose 'image'
+    holds this process's rows of each global batch, only the last one padded
+    (data.RetrievalData.batches, data.pipeline.Loader.batches)."""
+    out = [np.sign(self.hash(batch["image"])).astype(np.float32) for batch in batches]
+    return np.concatenate(out)[:count] if out else np.zeros((0, self.model.bits), np.float32)
 
 
 class TrainedModel:
@@ -133,28 +115,25 @@ class TrainedModel:
     self.step = step
     self.workdir = workdir
     self.weights_file = weights_file
-    self.model = SCHN(
-      config.variant, bits, backbone=config.backbone, dropout_rate=config.dropout_rate
-    )
     self.image_size = config.data.image_size
     self.channels = int(input_channels(self.params["visual"]["backbone"]))
-    self._mesh = sharding.make_mesh()
-    self._device_variables = sharding.replicate(
-      {"params": self.params, "batch_stats": self.batch_stats}, self._mesh
+    self.encoder = Encoder(
+      SCHN.from_config(config, bits),
+      config.data.num_channels,
+      {"params": self.params, "batch_stats": self.batch_stats},
     )
 
   @classmethod
   def from_workdir(cls, workdir, bits=None, step=None):
     """Restores `bits` (default: the run's only code length) at `step`
-    (default: the latest checkpoint) from a folder written by train.py."""
-    config, bits, step, state_dir = run_folder.find_checkpoint(workdir, bits, step)
-    variables = restore_variables(config, bits, state_dir)
+    (default: the newest readable checkpoint) from a folder written by train.py."""
+    saved = run_folder.read_checkpoint(workdir, bits, step)
     return cls(
-      config,
-      bits,
-      variables["params"],
-      batch_stats=variables["batch_stats"],
-      step=step,
+      saved.config,
+      saved.bits,
+      saved.variables["params"],
+      batch_stats=saved.variables["batch_stats"],
+      step=saved.step,
       workdir=pathlib.Path(workdir).absolute(),
     )
 
@@ -221,9 +200,7 @@ class TrainedModel:
     the dataset's test transform (resize the shorter side, center crop)."""
     return pipeline.transform(np.asarray(image, np.uint8), None, self.config.data)
 
-  def hash(self, images):
-    """U_image, the continuous codes (n, bits) float32, of uint8 images
-    (n, image_size, image_size, channels), any n."""
+  def _checked(self, images):
     images = np.asarray(images, np.uint8)
     expected = (self.image_size, self.image_size, self.channels)
     if images.ndim != 4 or images.shape[1:] != expected:
@@ -231,23 +208,20 @@ class TrainedModel:
         f"images must be uint8 (n, {', '.join(map(str, expected))}),"
         f" got {images.shape}; see TrainedModel.preprocess."
       )
-    devices = jax.device_count()
-    pad = -len(images) % devices
-    if pad:
-      images = np.concatenate([images, np.zeros((pad,) + expected, np.uint8)])
-    (sharded,) = sharding.shard_rows(self._mesh, images)
-    out = _hash_batch(self.model, self.config.data.num_channels, self._device_variables, sharded)
-    return sharding.to_host(out)[: len(images) - pad]
+    return images
+
+  def hash(self, images):
+    """U_image, the continuous codes (n, bits) float32, of uint8 images
+    (n, image_size, image_size, channels), any n."""
+    return self.encoder.hash(self._checked(images))
 
   def encode(self, images, batch_size=256):
     """sign(U_image) as float32 (n, bits) in {-1, 0, +1}; 0 only where U_image
     is exactly 0. Images as for `hash`, encoded batch_size at a time."""
-    batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
-    images = np.asarray(images, np.uint8)
-    out = [
-      np.sign(self.hash(images[i : i + batch_size])) for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(out) if out else np.zeros((0, self.bits), np.float32)
+    images = self._checked(images)
+    batch_size = Encoder.rounded_batch_size(batch_size)
+    batches = ({"image": images[i : i + batch_size]} for i in range(0, len(images), batch_size))
+    return self.encoder.signs(batches, len(images))
 
 
 def file_tree(params, batch_stats):
@@ -268,87 +242,3 @@ def load(location, bits=None, step=None):
         )
     return model
   return TrainedModel.from_workdir(location, bits, step)
-
-
-def variables_template(config, bits, channels, num_classes=None):
-  """Shapes and dtypes of SCHN's variables ({'params'} and, for backbones with
-  BatchNorm, {'batch_stats'}), computed without computing them: the visual
-  network's only ({'visual': ...}) when num_classes is None, else the whole model's."""
-  model = SCHN(config.variant, bits, backbone=config.backbone, dropout_rate=config.dropout_rate)
-  size = config.data.image_size
-  key = jax.random.PRNGKey(0)
-  if num_classes is None:
-    images = jnp.zeros((1, size, size, channels), jnp.float32)
-    # Initialising through encode_images creates the visual network only.
-    init = lambda: model.init(key, images, method=SCHN.encode_images)
-  else:
-    images = jnp.zeros((2, size, size, channels), jnp.float32)
-    init = lambda: model.init(key, images, jnp.zeros((2, num_classes)), jnp.ones((2, 2)))
-  return jax.eval_shape(init)
-
-
-def restore_variables(config, bits, state_dir, whole=False):
-  """SCHN parameters and BatchNorm running statistics of the TrainState saved in
-  `state_dir`, as NumPy arrays: {'params': ..., 'batch_stats': ...}, each
-  {'visual': ...} only, or with whole=True every part ({'visual', 'semantic',
-  'cycle'}); 'batch_stats' is {} for backbones without BatchNorm. Optimizer moments
-  and database codes are not read."""
-  # Orbax reads absolute paths only.
-  state_dir = pathlib.Path(state_dir).absolute()
-  # The handler, not a Checkpointer: it reads the one item without looking for
-  # step-level metadata, and restores a subtree (partial_restore).
-  handler = ocp.PyTreeCheckpointHandler()
-  try:
-    tree = handler.metadata(state_dir).tree
-    saved = {"params": tree["params"], "batch_stats": tree.get("batch_stats") or {}}
-    if not whole:
-      saved = {k: {"visual": v["visual"]} if "visual" in v else {} for k, v in saved.items()}
-    channels = input_channels(saved["params"]["visual"]["backbone"])
-    num_classes = saved["params"]["semantic"]["mlp"]["net_0"]["kernel"].shape[0] if whole else None
-  except (KeyError, TypeError, FileNotFoundError, ValueError) as error:
-    handler.close()
-    raise errors.CheckpointError(
-      f"{state_dir}: not a training checkpoint with SCHN parameters "
-      f"({type(error).__name__}: {error})."
-    ) from None
-  template = variables_template(config, bits, channels, num_classes)
-  # Named as in model files: parameters at the top, running statistics under batch_stats/.
-  flat_template, flat_saved = (
-    traverse_util.flatten_dict(file_tree(v["params"], v.get("batch_stats")), sep="/")
-    for v in (template, saved)
-  )
-  shape = lambda flat, key: tuple(flat[key].shape) if key in flat else None
-  differ = sorted(
-    f"{key} (config {shape(flat_template, key)}, checkpoint {shape(flat_saved, key)})"
-    for key in flat_template.keys() | flat_saved.keys()
-    if shape(flat_template, key) != shape(flat_saved, key)
-  )
-  if differ:
-    handler.close()
-    raise errors.CheckpointError(
-      f"{state_dir}: the checkpoint does not fit the run's config.json: "
-      + ", ".join(differ[:5])
-      + (" ..." if len(differ) > 5 else "")
-    )
-  # The saved dtypes (float64 runs exist); TrainedModel casts to float32.
-  target = {
-    k: jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), v)
-    for k, v in saved.items()
-    if v
-  }
-  restore_args = jax.tree_util.tree_map(
-    lambda _: ocp.ArrayRestoreArgs(restore_type=np.ndarray), target
-  )
-  try:
-    restored = handler.restore(
-      state_dir,
-      args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
-    )
-  finally:
-    handler.close()
-  return {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
-
-
-def restore_params(config, bits, state_dir, whole=False):
-  """The 'params' of `restore_variables`."""
-  return restore_variables(config, bits, state_dir, whole)["params"]

@@ -50,7 +50,7 @@ def encode_set(
     raise ValueError(
       f"image set has {image_set.channels} channels, the model reads {model.channels}"
     )
-  batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
+  batch_size = model.encoder.rounded_batch_size(batch_size)
   shard_size = shard_size or SHARD_SIZE
   num_items = len(image_set)
   shards = range(0, num_items, shard_size)
@@ -70,12 +70,8 @@ def encode_set(
           out.append(np.load(shard_path))
           bar.update(stop - start)
           continue
-        signs = []
-        for batch in loader.batches(np.arange(start, stop), batch_size, train=False):
-          count = int(batch["mask"].sum())
-          signs.append(np.sign(model.hash(batch["image"]))[:count])
-          bar.update(count)
-        shard = binarize(np.concatenate(signs))
+        batches = loader.batches(np.arange(start, stop), batch_size, train=False)
+        shard = binarize(model.encoder.signs(_counted(batches, bar), stop - start))
         if shard_path is not None:
           _save_atomically(shard_path, shard)
         out.append(shard)
@@ -175,6 +171,13 @@ def _prepare_parts(parts_dir, model, image_set, shard_size):
   parts_dir.mkdir(parents=True, exist_ok=True)
   files.write_text(manifest_path, json.dumps({"inputs": manifest, "shards": shards}, indent=2))
   return parts_dir
+
+
+def _counted(batches, bar):
+  """`batches`, each one's real rows counted on `bar` once it has been used."""
+  for batch in batches:
+    yield batch
+    bar.update(int(batch["mask"].sum()))
 
 
 def _save_atomically(path, array):

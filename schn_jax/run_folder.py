@@ -9,19 +9,35 @@
     WORKDIR/bits_<c>/codes.npz, curves.png       the final evaluation's codes and curves
     WORKDIR/bits_<c>/eval/                       eval.py --workdir's output
 
-Training (training.train, training.checkpoint), evaluation (eval.py) and
-inference (inference.TrainedModel) find every file through this module, and
-read config.json and metrics.json through `read_json`, so a damaged file gives
-the same one-line error wherever it is met.
+Training (training.train), evaluation (schn_jax.evaluator) and inference
+(inference.TrainedModel, export) find every file and read every checkpoint
+through this module: `Checkpoints` saves and restores whole training states,
+`read_checkpoint` reads the parts that evaluation and inference need. Both skip
+a checkpoint that cannot be read back (a disk error, a file damaged by hand)
+with a warning and take the newest older one that reads; only when none does
+is the read refused, naming the folder. config.json and metrics.json are read
+through `read_json`, so a damaged file gives the same one-line error wherever
+it is met.
 """
 
+import dataclasses
 import json
+import logging
 import pathlib
+import shutil
+import sys
+from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
+from jax.experimental import multihost_utils
 
 from schn_jax import errors, files
+from schn_jax.models import variables_template
+from schn_jax.models.visual import input_channels
 
 CONFIG = "config.json"
 METRICS = "metrics.json"
@@ -93,9 +109,28 @@ def checkpoint_steps(workdir, bits):
   return sorted(ocp.utils.checkpoint_steps(directory)) if directory.is_dir() else []
 
 
-def find_checkpoint(workdir, bits=None, step=None):
-  """(config, bits, step, state folder) of a run's checkpoint: `bits` default
-  the run's only code length, `step` default the latest."""
+@dataclasses.dataclass
+class Saved:
+  """What evaluation and inference read of one checkpoint (`read_checkpoint`).
+
+  variables: {'params', 'batch_stats'} as NumPy arrays in their saved dtypes,
+    each {'visual': ...} only, or every part with whole=True; 'batch_stats' is
+    {} for backbones without BatchNorm.
+  database_codes: the learned (N, bits) database codes, or None when not read.
+  """
+
+  config: ml_collections.ConfigDict
+  bits: int
+  step: int
+  variables: dict
+  database_codes: Any
+  iteration: int
+  meta: dict
+
+
+def read_checkpoint(workdir, bits=None, step=None, *, whole=False, database_codes=False):
+  """The Saved of a run's checkpoint: `bits` default the run's only code length,
+  `step` default the newest that reads back. Nothing in the run folder is written."""
   workdir = pathlib.Path(workdir)
   config = read_config(workdir)
   lengths = tuple(config.code_lengths)
@@ -110,12 +145,266 @@ def find_checkpoint(workdir, bits=None, step=None):
   if not steps:
     trained = [b for b in lengths if checkpoint_steps(workdir, b)]
     raise errors.CheckpointError(
-      f"{directory}: no checkpoint of {bits}-bit codes; this run has "
-      f"checkpoints for {trained or 'no code length yet'}: choose one with "
-      "--bits, or train it first."
+      f"{directory}: no checkpoint of {bits}-bit codes; this run has checkpoints for "
+      f"{trained or 'no code length yet'}: choose one with --bits, or train it first."
     )
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
+  if step is not None and step not in steps:
     raise errors.CheckpointError(f"{directory}: no checkpoint {step}; there are {steps}.")
-  return config, bits, step, directory / str(step) / "state"
+  checkpoints = Checkpoints(workdir, bits, read_only=True)
+  try:
+    return checkpoints.read(config, bits, step, whole=whole, database_codes=database_codes)
+  finally:
+    checkpoints.close()
+
+
+def _read_state(state_dir, config, bits, whole, database_codes):
+  """(variables, database codes or None, iteration) of the TrainState saved in
+  `state_dir`, read partially; the parameters' shapes are checked against the
+  model of `config` first, naming the leaves that differ."""
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    tree = handler.metadata(state_dir).tree
+    saved = {"params": tree["params"], "batch_stats": tree.get("batch_stats") or {}}
+    if not whole:
+      saved = {k: {"visual": v["visual"]} if "visual" in v else {} for k, v in saved.items()}
+    channels = input_channels(saved["params"]["visual"]["backbone"])
+    num_classes = saved["params"]["semantic"]["mlp"]["net_0"]["kernel"].shape[0] if whole else None
+    extra = {"iteration": tree["iteration"]}
+    if database_codes:
+      extra["database_codes"] = tree["database_codes"]
+  # Unreadable metadata is damage (Checkpoints reads an older step instead); a
+  # readable tree without SCHN's parts is no training checkpoint at all.
+  except (KeyError, TypeError) as error:
+    handler.close()
+    raise errors.CheckpointError(
+      f"{state_dir}: not a training checkpoint with SCHN parameters "
+      f"({type(error).__name__}: {error})."
+    ) from None
+  except BaseException:
+    handler.close()
+    raise
+  template = variables_template(config, bits, channels, num_classes)
+  # Named as in model files: parameters at the top, running statistics under batch_stats/.
+  flat_template, flat_saved = (
+    traverse_util.flatten_dict({**v["params"], "batch_stats": v.get("batch_stats") or {}}, sep="/")
+    for v in (template, saved)
+  )
+  shape = lambda flat, key: tuple(flat[key].shape) if key in flat else None
+  differ = sorted(
+    f"{key} (config {shape(flat_template, key)}, checkpoint {shape(flat_saved, key)})"
+    for key in flat_template.keys() | flat_saved.keys()
+    if shape(flat_template, key) != shape(flat_saved, key)
+  )
+  if differ:
+    handler.close()
+    raise errors.CheckpointError(
+      f"{state_dir}: the checkpoint does not fit the run's config.json: "
+      + ", ".join(differ[:5])
+      + (" ..." if len(differ) > 5 else "")
+    )
+  # The saved dtypes (float64 runs exist); TrainedModel casts to float32.
+  target = {k: v for k, v in {**saved, **extra}.items() if v is not None and v != {}}
+  target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), target)
+  restore_args = jax.tree_util.tree_map(
+    lambda _: ocp.ArrayRestoreArgs(restore_type=np.ndarray), target
+  )
+  try:
+    restored = handler.restore(
+      state_dir,
+      args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
+    )
+  finally:
+    handler.close()
+  variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
+  return variables, restored.get("database_codes"), int(restored["iteration"])
+
+
+def _brief(error):
+  """The first line of an orbax/TensorStore error, without the spec dump it carries."""
+  text = str(error).split(" See full TensorStore details", 1)[0]
+  line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+  return f"{type(error).__name__}: {line[:300]}"
+
+
+def _ignore_closed_event_loop_callbacks():
+  """Drops the 'Event loop is closed' tracebacks a failed restore leaves behind.
+
+  Orbax restores in an asyncio loop that it closes when a read fails; the
+  TensorStore reads still in flight then call back into the closed loop, and
+  each callback prints a traceback (harmless: nothing waits for them any more).
+  Every other unraisable exception still reaches the previous hook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "ignores_closed_event_loop", False):
+    return
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.ignores_closed_event_loop = True
+  sys.unraisablehook = hook
+
+
+def _without_batch_stats(state_dir, target):
+  """The restore target, as a dict of its fields, for a checkpoint written before the
+  training state held BatchNorm statistics; None for any other. Runs from then have
+  no BatchNorm (their batch_stats is empty), so nothing of theirs is lost."""
+  if target.batch_stats:
+    return None
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    saved = handler.metadata(state_dir).tree
+  finally:
+    handler.close()
+  if "batch_stats" in saved:
+    return None
+  return {f.name: getattr(target, f.name) for f in dataclasses.fields(target) if f.name in saved}
+
+
+class Checkpoints:
+  """One code length's orbax checkpoints (training state + JSON metadata), saved
+  every `every` outer iterations and on demand; read back whole (`restore`) or
+  in part (`read`), newest readable first.
+
+  Attributes:
+    directory: workdir/bits_<bits>/checkpoints.
+    damaged: steps that a read skipped because they cannot be read.
+  """
+
+  def __init__(self, workdir, bits, every=1, *, keep=2, read_only=False):
+    # Orbax takes absolute paths only.
+    self.directory = checkpoints_dir(workdir, bits).absolute()
+    # Outside `directory`, so that orbax never sees what is set aside.
+    self.aside = damaged_dir(workdir, bits).absolute()
+    self.every = every
+    self.damaged = []
+    # Read-only managers write nothing: evaluation may run on a run folder it cannot write.
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=None if read_only else keep,
+      create=not read_only,
+      read_only=read_only,
+      save_interval_steps=0 if read_only else 1,
+    )
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def _newest_readable(self, read, steps=None):
+    """(step, read(step)) for the newest of `steps` (default: all) that reads
+    back, or None when there is no checkpoint; CheckpointError when there are
+    some but none reads. A UserError from `read` (a checkpoint that does not
+    fit the config) is raised at once: an older one would not fit either."""
+    _ignore_closed_event_loop_callbacks()
+    failures = []
+    for step in sorted(self.manager.all_steps() if steps is None else steps, reverse=True):
+      where = self.directory / str(step)
+      try:
+        value = read(step)
+      except errors.UserError:
+        raise
+      # Orbax and TensorStore raise many types for unreadable files, the bare
+      # Exception included; a checkpoint that cannot be read is skipped alike.
+      except Exception as error:
+        if isinstance(error, json.JSONDecodeError):
+          where = where / "meta"
+        failures.append(f"{where}: {_brief(error)}")
+        logging.warning(
+          "checkpoint %s cannot be read (%s); trying the one before it", where, _brief(error)
+        )
+        self.damaged.append(step)
+        continue
+      if self.damaged:
+        logging.warning("using the older checkpoint %s instead", where)
+      return step, value
+    if failures:
+      raise errors.CheckpointError(
+        f"no checkpoint in {self.directory} can be read ({'; '.join(failures)}). If the "
+        "model or config changed since they were written, use another --workdir; if they "
+        f"are damaged, delete {self.directory} to train this code length again"
+      )
+    return None
+
+  def _meta(self, step, restored=None):
+    """The JSON metadata saved beside the state (from `restored` when given)."""
+    if restored is None:
+      restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    if not isinstance(restored["meta"], dict):
+      raise ValueError(f"metadata is {type(restored['meta']).__name__}, not a JSON object")
+    return restored["meta"]
+
+  def restore(self, abstract_state):
+    """(state, metadata) of the newest checkpoint that reads back, or (None, None)
+    when there is none."""
+    target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, abstract_state)
+
+    def read(step):
+      legacy = _without_batch_stats(self.directory / str(step) / "state", target)
+      restored = self.manager.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target if legacy is None else legacy),
+          meta=ocp.args.JsonRestore(),
+        ),
+      )
+      state = restored["state"] if legacy is None else target.replace(**restored["state"])
+      return state, self._meta(step, restored)
+
+    found = self._newest_readable(read)
+    return (None, None) if found is None else found[1]
+
+  def read(self, config, bits, step=None, *, whole=False, database_codes=False):
+    """A Saved of the newest readable checkpoint (or of `step`, and that one
+    only): the parameters and BatchNorm statistics, and with database_codes=True
+    the learned database codes; the optimizer moments are not read."""
+
+    def read(number):
+      parts = _read_state(
+        self.directory / str(number) / "state", config, bits, whole, database_codes
+      )
+      return parts, self._meta(number)
+
+    found = self._newest_readable(read, None if step is None else [step])
+    if found is None:
+      raise errors.CheckpointError(f"{self.directory}: no checkpoint of {bits}-bit codes")
+    number, (parts, meta) = found
+    return Saved(config, bits, number, *parts, meta)
+
+  def set_aside_damaged(self):
+    """Moves the checkpoints `restore` skipped to `aside`, so that the resumed
+    run can save its own under the same step numbers."""
+    if not self.damaged:
+      return
+    if jax.process_index() == 0:
+      aside = self.aside
+      aside.mkdir(exist_ok=True)
+      for step in self.damaged:
+        target = aside / str(step)
+        if target.exists():
+          shutil.rmtree(target)
+        shutil.move(self.directory / str(step), target)
+        logging.warning(
+          "moved the unreadable checkpoint %s to %s", self.directory / str(step), target
+        )
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("schn_jax.set_aside_damaged_checkpoints")
+    self.damaged = []
+    self.manager.reload()
+
+  def save(self, iteration, state, meta, force=False):
+    if force or iteration % self.every == 0:
+      self.manager.save(
+        iteration,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        force=True,
+      )
+
+  def close(self):
+    """Waits for the checkpoint being written in the background, then closes."""
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()

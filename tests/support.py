@@ -42,9 +42,9 @@ def write_class_folders(folder, indices, fashion):
 
 
 def interrupt_hashing_after(monkeypatch, model, batches):
-  """Makes `model.hash` raise KeyboardInterrupt on its call after `batches`
-  batches, as a Ctrl-C mid-encode would; returns the original hash."""
-  hash_batch, calls = model.hash, []
+  """Makes `model.encoder.hash` raise KeyboardInterrupt on its call after
+  `batches` batches, as a Ctrl-C mid-encode would; returns the original hash."""
+  hash_batch, calls = model.encoder.hash, []
 
   def interrupted(batch):
     if len(calls) == batches:
@@ -52,7 +52,7 @@ def interrupt_hashing_after(monkeypatch, model, batches):
     calls.append(len(batch))
     return hash_batch(batch)
 
-  monkeypatch.setattr(model, "hash", interrupted)
+  monkeypatch.setattr(model.encoder, "hash", interrupted)
   return hash_batch
 
 

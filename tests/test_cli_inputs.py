@@ -347,7 +347,7 @@ def test_a_resumed_encode_encodes_changed_images_again(world, tmp_path, monkeypa
   replaced = folder / images.paths[0]
   shutil.copyfile(folder / images.paths[donor], replaced)
   os.utime(replaced, ns=(10**18, 10**18))
-  monkeypatch.setattr(model, "hash", hash_batch)
+  monkeypatch.setattr(model.encoder, "hash", hash_batch)
   images = image_sets.FolderImages(folder, channels=1)
   resumed = retrieval.encode_to_file(
     model, images, tmp_path / "c.npz", shard_size=32, progress=False

@@ -138,12 +138,12 @@ def test_interrupted_encode_resumes_without_redoing_shards(run, tmp_path, monkey
   ]
   assert not out.exists()
   calls = []
-  monkeypatch.setattr(model, "hash", lambda batch: calls.append(1) or hash_batch(batch))
+  monkeypatch.setattr(model.encoder, "hash", lambda batch: calls.append(1) or hash_batch(batch))
   resumed = retrieval.encode_to_file(
     model, images, out, batch_size=32, shard_size=32, progress=False
   )
   assert len(calls) == 3  # 150 images: shards 2, 3 and 4 of 32, 32 and 22
-  monkeypatch.setattr(model, "hash", hash_batch)
+  monkeypatch.setattr(model.encoder, "hash", hash_batch)
   straight = retrieval.encode_set(model, images, batch_size=32)
   np.testing.assert_array_equal(resumed.codes, straight.codes)
   np.testing.assert_array_equal(codes_lib.load_item_codes(out).codes, straight.codes)
@@ -222,9 +222,8 @@ def test_trained_model_refuses_what_it_cannot_restore(run, tmp_path, monkeypatch
   with pytest.raises(
     errors.UserError, match="does not fit the run.s config.json: visual/hash/linear/bias"
   ):
-    inference.restore_params(
-      run_folder.read_config(workdir), 24, workdir / "bits_16" / "checkpoints" / "1" / "state"
-    )
+    checkpoints = run_folder.Checkpoints(workdir, 16, read_only=True)
+    checkpoints.read(run_folder.read_config(workdir), 24)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
@@ -243,8 +242,8 @@ def test_exported_model_encodes_like_the_run(run, tmp_path, suffix):
 
 def test_whole_model_weights_round_trip(run, tmp_path):
   workdir, _, _ = run
-  config, bits, step, state_dir = run_folder.find_checkpoint(workdir)
-  params = inference.restore_params(config, bits, state_dir, whole=True)
+  saved = run_folder.read_checkpoint(workdir, whole=True)
+  params, step = saved.variables["params"], saved.step
   assert set(params) == {"visual", "semantic", "cycle"}
   weights.save_params(params, tmp_path / "schn.safetensors")
   loaded, _ = weights.load_params(tmp_path / "schn.safetensors", params)

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from schn_jax import errors, inference, run_folder
+from schn_jax import errors, evaluator, run_folder
 from schn_jax.training import train
 
 import support
@@ -67,14 +67,14 @@ def damage_meta(step_dir):
 
 
 def test_a_failing_evaluation_loses_no_training(tmp_path, monkeypatch, finished_run):
-  evaluate = inference.evaluate
+  evaluate = evaluator.Evaluator.__call__
 
-  def fails_at_the_end(config, model, state, data, output_dir=None):
-    if int(state.iteration) == config.max_iter:
+  def fails_at_the_end(self, encoder, learned_codes=None, output_dir=None):
+    if output_dir is not None:  # only the last evaluation writes the codes
       raise RuntimeError("the disk filled up")
-    return evaluate(config, model, state, data, output_dir)
+    return evaluate(self, encoder, learned_codes, output_dir)
 
-  monkeypatch.setattr(inference, "evaluate", fails_at_the_end)
+  monkeypatch.setattr(evaluator.Evaluator, "__call__", fails_at_the_end)
   with pytest.raises(RuntimeError, match="disk filled up"):
     train.train_and_evaluate(tiny_config(), tmp_path)
   assert (tmp_path / "bits_16" / "checkpoints" / "2").is_dir()
@@ -103,7 +103,7 @@ def test_a_damaged_json_file_is_named(run_copy, name):
     train.train_and_evaluate(tiny_config(), run_copy)
   if name == "config.json":
     with pytest.raises(errors.UserError, match=r"config\.json is not valid JSON"):
-      train.evaluate_workdir(run_copy)
+      evaluator.evaluate_run(run_copy)
 
 
 @pytest.mark.parametrize("damage", [damage_arrays, damage_meta])
@@ -111,7 +111,7 @@ def test_evaluation_falls_back_to_the_older_checkpoint(run_copy, caplog, damage)
   damage(run_copy / "bits_16" / "checkpoints" / "2")
   before = snapshot(run_copy)
   with caplog.at_level(logging.WARNING):
-    result = train.evaluate_workdir(run_copy, output_dir=run_copy.parent / "out")["16"]
+    result = evaluator.evaluate_run(run_copy, output_dir=run_copy.parent / "out")["16"]
   assert result["iteration"] == 1
   assert "checkpoints/2" in caplog.text and "cannot be read" in caplog.text
   assert "See full TensorStore details" not in caplog.text
@@ -131,21 +131,21 @@ def test_no_checkpoint_at_all_is_a_user_error(run_copy):
   for step in ("1", "2"):
     damage_meta(run_copy / "bits_16" / "checkpoints" / step)
   with pytest.raises(errors.CheckpointError, match=r"no checkpoint in .*checkpoints can be read"):
-    train.evaluate_workdir(run_copy)
+    evaluator.evaluate_run(run_copy)
 
 
 def test_resuming_and_evaluating_never_read_the_pretrained_weights(run_copy):
   gone = "/nonexistent/alexnet-owt-7be5be79.pth"
   stored = json.loads((run_copy / "config.json").read_text())
   (run_copy / "config.json").write_text(json.dumps({**stored, "pretrained_backbone": gone}))
-  assert train.evaluate_workdir(run_copy)["16"]["iteration"] == 2
+  assert evaluator.evaluate_run(run_copy)["16"]["iteration"] == 2
   results = train.train_and_evaluate(tiny_config(pretrained_backbone=gone), run_copy)
   assert results["16"]["iterations"] == 2
 
 
 def test_eval_workdir_writes_only_where_it_is_told(run_copy, tmp_path, monkeypatch, caplog):
   before = snapshot(run_copy)
-  train.evaluate_workdir(run_copy, output_dir=tmp_path / "out")
+  evaluator.evaluate_run(run_copy, output_dir=tmp_path / "out")
   assert sorted(p.name for p in (tmp_path / "out" / "bits_16").iterdir()) == [
     "codes.npz",
     "curves.png",
@@ -154,9 +154,9 @@ def test_eval_workdir_writes_only_where_it_is_told(run_copy, tmp_path, monkeypat
   assert snapshot(run_copy) == before
   # A folder this process may not write (root ignores permission bits, so the
   # check itself is replaced): evaluated, nothing written, and it says so.
-  monkeypatch.setattr(train, "_writable", lambda directory: False)
+  monkeypatch.setattr(evaluator, "writable", lambda directory: False)
   with caplog.at_level(logging.WARNING):
-    result = train.evaluate_workdir(run_copy)
+    result = evaluator.evaluate_run(run_copy)
   assert result["16"]["iteration"] == 2
   assert "is not writable: nothing is written" in caplog.text
   assert snapshot(run_copy) == before
@@ -191,4 +191,4 @@ def test_ctrl_c_keeps_the_checkpoint_and_exits_130(tmp_path):
   # Every checkpoint left is complete (none half-written), and the latest reads back.
   steps = [p.name for p in (tmp_path / "bits_16" / "checkpoints").iterdir()]
   assert steps and all(name.isdigit() for name in steps), steps
-  assert train.evaluate_workdir(tmp_path)["16"]["iteration"] == max(map(int, steps))
+  assert evaluator.evaluate_run(tmp_path)["16"]["iteration"] == max(map(int, steps))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from schn_jax import evaluator
 from schn_jax.training import train
 
 import support
@@ -49,9 +50,9 @@ def test_tiny_run_trains_checkpoints_and_evaluates(tmp_path, variant):
   assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
   # eval --workdir: the checkpoint reproduces the run's learned-code mAP exactly,
   # and the inductive mode encodes the database instead.
-  learned = train.evaluate_workdir(tmp_path)[bits]
+  learned = evaluator.evaluate_run(tmp_path)[bits]
   assert learned["map"] == saved[bits]["map"] and learned["database_codes"] == "learned"
-  encoded = train.evaluate_workdir(tmp_path, {"database_codes": "encoded"})[bits]
+  encoded = evaluator.evaluate_run(tmp_path, {"database_codes": "encoded"})[bits]
   assert encoded["database_codes"] == "encoded" and encoded["database_rows_with_zero_bits"] == 0
   assert (run / "eval" / "codes.npz").is_file()
 

@@ -6,11 +6,12 @@ The two published variants differ only in what guides each reconstruction
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from schn_jax.models.latent import TransitiveLatent
 from schn_jax.models.reconstruction import Reconstruction
 from schn_jax.models.semantic import SemanticNet
-from schn_jax.models.visual import VisualNet
+from schn_jax.models.visual import BATCHNORM_MODES, VisualNet
 
 # For each reconstruction block: (guide = attention query and key, source = value).
 CYCLE_WIRING = {
@@ -64,6 +65,18 @@ class SCHN(nn.Module):
   dropout_rate: float = 0.5
   batchnorm: str = "train"  # visual.BATCHNORM_MODES
 
+  @classmethod
+  def from_config(cls, config, bits):
+    """The model of a run's config at one code length."""
+    return cls(
+      config.variant,
+      bits,
+      backbone=config.backbone,
+      dropout_rate=config.dropout_rate,
+      # Runs saved before the key existed have no BatchNorm: any mode reads them alike.
+      batchnorm=config.get("batchnorm", BATCHNORM_MODES[0]),
+    )
+
   def setup(self):
     self.visual = VisualNet(self.bits, self.backbone, self.dropout_rate, self.batchnorm)
     self.semantic = SemanticNet(self.bits)
@@ -94,3 +107,20 @@ class SCHN(nn.Module):
   def encode_images(self, images):
     """Continuous visual codes U_image (deterministic); sign() gives query codes."""
     return self.visual(images, False)[1]
+
+
+def variables_template(config, bits, channels, num_classes=None):
+  """Shapes and dtypes of SCHN's variables ({'params'} and, for backbones with
+  BatchNorm, {'batch_stats'}), computed without computing them: the visual
+  network's only ({'visual': ...}) when num_classes is None, else the whole model's."""
+  model = SCHN.from_config(config, bits)
+  size = config.data.image_size
+  key = jax.random.PRNGKey(0)
+  if num_classes is None:
+    images = jnp.zeros((1, size, size, channels), jnp.float32)
+    # Initialising through encode_images creates the visual network only.
+    init = lambda: model.init(key, images, method=SCHN.encode_images)
+  else:
+    images = jnp.zeros((2, size, size, channels), jnp.float32)
+    init = lambda: model.init(key, images, jnp.zeros((2, num_classes)), jnp.ones((2, 2)))
+  return jax.eval_shape(init)

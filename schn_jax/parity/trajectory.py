@@ -1,5 +1,5 @@
 """Trajectory fixtures: the project's own outer loop (`training.loop.Iteration`,
-`should_evaluate`, `inference.encode_split`), with only the sample and batch order
+`should_evaluate`, `evaluator.Evaluator.encode`), with only the sample and batch order
 replaced by the recorded ones, replays a whole reference run: in float64 against
 the reference's float64 run (codes identical, losses to 1e-6 relative, mAP to 1e-9)
 and in float32 against its float32 run, within SPREAD_FACTOR x the reference's own
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from schn_jax import data as data_lib
-from schn_jax import inference, sharding
+from schn_jax import evaluator, inference, sharding
 from schn_jax.evaluation import metrics as metrics_lib
 from schn_jax.parity.build import build_model, fixture_config, input_normalization, precision
 from schn_jax.parity.fixtures import FixtureFormatError
@@ -108,9 +108,10 @@ def replay(fixture, dtype):
     state, step_losses, _ = iteration(state, plan=(arrays["samples"][t], arrays["epoch_orders"][t]))
     evaluation = None
     if loop.should_evaluate(config, t + 1):
-      query_codes = inference.encode_split(
-        pieces.model, state.params, data, data.split.query, config.eval.batch_size
+      encoder = inference.Encoder(
+        pieces.model, config.data.num_channels, {"params": state.params}, mesh
       )
+      query_codes = evaluator.Evaluator(data, config.eval).encode(encoder, data.split.query)
       database_codes = sharding.to_host(state.database_codes)
       maps = {
         ties: metrics_lib.evaluate_codes(

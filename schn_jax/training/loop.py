@@ -26,7 +26,6 @@ import numpy as np
 
 from schn_jax import errors, sharding
 from schn_jax.models import SCHN, Discriminator
-from schn_jax.models.visual import BATCHNORM_MODES
 from schn_jax.training import dcc
 from schn_jax.training.state import create_state, make_optimizers
 from schn_jax.training.step import StepConfig, make_step_functions
@@ -57,14 +56,7 @@ class Pieces:
 
 def build(config, bits, image_shape, num_classes, database_size):
   """(the run's Pieces, a fresh state)."""
-  model = SCHN(
-    config.variant,
-    bits,
-    backbone=config.backbone,
-    dropout_rate=config.dropout_rate,
-    # Runs saved before the key existed have no BatchNorm: any mode reads them alike.
-    batchnorm=config.get("batchnorm", BATCHNORM_MODES[0]),
-  )
+  model = SCHN.from_config(config, bits)
   discriminator = Discriminator()
   key = jax.random.PRNGKey(config.seed)
   init_key, disc_key, run_key = jax.random.split(jax.random.fold_in(key, bits), 3)

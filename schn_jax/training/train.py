@@ -7,7 +7,6 @@ Sections: configuration checks; model and state; one outer iteration
 import copy
 import dataclasses
 import logging
-import os
 import pathlib
 import time
 from typing import Any
@@ -18,12 +17,11 @@ import numpy as np
 import tqdm
 
 from schn_jax import data as data_lib
-from schn_jax import download, errors, files, inference, interop, run_folder, sharding
-from schn_jax.evaluation import metrics as metrics_lib
+from schn_jax import download, errors, evaluator, files, interop, run_folder, sharding
+from schn_jax.inference import Encoder
 from schn_jax.interop import pretrained
 from schn_jax.models import VARIANTS
 from schn_jax.models.visual import BACKBONES, BATCHNORM_MODES
-from schn_jax.training.checkpoint import Checkpoints
 from schn_jax.training.loop import (
   DATABASE_INITS,
   Iteration,
@@ -107,19 +105,7 @@ def check_config(config, database_size, train_size):
     )
   if config.sampling not in ("uniform", "cover"):
     problems.append(f"config.sampling={config.sampling!r}: 'uniform' (the reference) or 'cover'")
-  if config.eval.database_codes not in ("learned", "encoded"):
-    problems.append(
-      f"config.eval.database_codes={config.eval.database_codes!r}: "
-      "'learned' (the reference's asymmetric codes) or 'encoded'"
-    )
-  if config.eval.ties not in metrics_lib.TIE_MODES:
-    problems.append(f"config.eval.ties={config.eval.ties!r}: one of {metrics_lib.TIE_MODES}")
-  if config.eval.topk != -1 and not 0 < config.eval.topk <= database_size:
-    problems.append(
-      f"config.eval.topk={config.eval.topk} must be -1 (all) or in [1, {database_size}]"
-    )
-  if not isinstance(config.eval.batch_size, int) or config.eval.batch_size <= 0:
-    problems.append(f"config.eval.batch_size={config.eval.batch_size!r} must be a positive integer")
+  problems += evaluator.config_problems(config.eval, database_size)
   if not 0 <= config.dropout_rate < 1:
     problems.append(
       f"config.dropout_rate={config.dropout_rate} must be in [0, 1): 1 drops every feature"
@@ -195,18 +181,15 @@ class Run:
   pieces: Pieces
   state: Any
   mesh: Any
-  checkpoints: Checkpoints
+  checkpoints: run_folder.Checkpoints
   meta: dict
 
 
-def restore_run(config, data, bits, workdir, read_only=False):
+def restore_run(config, data, bits, workdir):
   """One code length's Run: from its latest readable checkpoint in
-  workdir/bits_<bits> when there is one, fresh otherwise (with the pretrained
-  backbone, if any: a checkpoint holds trained weights, so resuming and
-  evaluating never read the .pth).
-
-  read_only: evaluation; nothing is written, and no checkpoint is a CheckpointError.
-  """
+  workdir/bits_<bits> when there is one (unreadable newer ones set aside),
+  fresh otherwise, with the pretrained backbone if any (a checkpoint holds
+  trained weights, so resuming never reads the .pth)."""
   size = config.data.image_size
   channels = config.data.num_channels or data.source.image(0).shape[-1]
   image_shape = data.normalize(np.zeros((1, size, size, channels), np.uint8)).shape[1:]
@@ -216,12 +199,7 @@ def restore_run(config, data, bits, workdir, read_only=False):
   mesh = sharding.make_mesh()
   # Replicated before the restore, so the checkpoint is read into the same layout.
   state = sharding.replicate(state, mesh)
-  checkpoints = Checkpoints(
-    run_folder.checkpoints_dir(workdir, bits).absolute(),
-    config.checkpoint_every,
-    aside=run_folder.damaged_dir(workdir, bits),
-    read_only=read_only,
-  )
+  checkpoints = run_folder.Checkpoints(workdir, bits, config.checkpoint_every)
   meta = {
     "bits": bits,
     "variant": config.variant,
@@ -230,19 +208,13 @@ def restore_run(config, data, bits, workdir, read_only=False):
     "history": [],
   }
   restored, saved_meta = checkpoints.restore(state)
-  if restored is None and read_only:
-    raise errors.CheckpointError(
-      f"{run_folder.checkpoints_dir(workdir, bits)}: no checkpoint to evaluate; train "
-      "this code length first (train.py with this --workdir)"
-    )
   if restored is None:
     codes = initial_database_codes(
       config, data.labels[data.split.database], bits, state.database_codes.dtype
     )
     state = state.replace(database_codes=sharding.replicate(codes, mesh))
-  if restored is None:
     state = sharding.replicate(with_pretrained_backbone(config, state), mesh)
-  if restored is not None:
+  else:
     for key in ("bits", "variant", "dataset"):
       if saved_meta.get(key) != meta[key]:
         raise ConfigError(
@@ -250,14 +222,8 @@ def restore_run(config, data, bits, workdir, read_only=False):
           f"{saved_meta.get(key)!r}, this run has {meta[key]!r}; use another --workdir"
         )
     state, meta = restored, saved_meta
-    logging.info(
-      "bits %d: %s iteration %d",
-      bits,
-      "restored" if read_only else "resumed from",
-      int(state.iteration),
-    )
-    if not read_only:
-      checkpoints.set_aside_damaged()
+    logging.info("bits %d: resumed from iteration %d", bits, int(state.iteration))
+    checkpoints.set_aside_damaged()
   return Run(pieces, state, mesh, checkpoints, meta)
 
 
@@ -267,6 +233,13 @@ def train_code_length(config, data, bits, workdir, writer):
   run = restore_run(config, data, bits, workdir)
   model, state, checkpoints, meta = run.pieces.model, run.state, run.checkpoints, run.meta
   iteration_program = Iteration(config, data, run.pieces, run.mesh)
+  evaluate = evaluator.Evaluator(data, config.eval)
+  encoder = lambda state: Encoder(
+    model,
+    config.data.num_channels,
+    {"params": state.params, "batch_stats": state.batch_stats},
+    run.mesh,
+  )
   total = config.max_iter * batches_per_iteration(config)
   final = None
   # Leaving the block waits for the checkpoint being written, also on Ctrl-C or an error.
@@ -298,7 +271,7 @@ def train_code_length(config, data, bits, workdir, writer):
       checkpoints.save(iteration, state, copy.deepcopy(meta), force=iteration == config.max_iter)
       if should_evaluate(config, iteration):
         last = iteration == config.max_iter
-        result = inference.evaluate(config, model, state, data, directory if last else None)
+        result = evaluate(encoder(state), state.database_codes, directory if last else None)
         final = result if last else None
         meta["history"].append({"iteration": iteration, "map": result["map"]})
         scalars[f"eval/map@{config.eval.topk if config.eval.topk > 0 else 'all'}"] = result["map"]
@@ -307,7 +280,7 @@ def train_code_length(config, data, bits, workdir, writer):
         loss=f"{losses_mean['loss_cycle']:.4g}", img_s=f"{images_seen / seconds:.0f}"
       )
   if final is None:  # resumed from a finished run, or after its last evaluation failed
-    final = inference.evaluate(config, model, state, data, directory)
+    final = evaluate(encoder(state), state.database_codes, directory)
     iteration = int(state.iteration)
     if not meta["history"] or meta["history"][-1]["iteration"] != iteration:
       meta["history"].append({"iteration": iteration, "map": final["map"]})
@@ -362,47 +335,4 @@ def train_and_evaluate(config, workdir):
         run_folder.write_json(metrics_path, results)
   finally:
     writer.close()
-  return results
-
-
-def _writable(directory):
-  return os.access(directory, os.W_OK)
-
-
-def evaluate_workdir(workdir, overrides=None, output_dir=None):
-  """Re-evaluates the latest checkpoint of every code length of a finished or running
-  run in `workdir` (its config.json and split); `overrides` may set eval.* keys.
-
-  Writes codes.npz, curves.png and metrics.json to output_dir/bits_<c>/ when
-  `output_dir` is given, else to workdir/bits_<c>/eval/ when the workdir is
-  writable, else nothing (with a warning saying so). Never writes elsewhere in
-  the workdir.
-  """
-  workdir = pathlib.Path(workdir)
-  config = run_folder.read_config(workdir)
-  for key, value in (overrides or {}).items():
-    config.eval[key] = value
-  data = data_lib.build_dataset(config.data, str(workdir), config.seed, split_mode="load")
-  check_config(config, len(data.split.database), len(training_positions(data.split)))
-  if output_dir is None and not _writable(workdir):
-    logging.warning(
-      "%s is not writable: nothing is written; give --output_dir=DIR to keep "
-      "codes.npz, curves.png and metrics.json",
-      workdir,
-    )
-  results = {}
-  for bits in config.code_lengths:
-    run = restore_run(config, data, bits, workdir, read_only=True)
-    run.checkpoints.close()
-    if output_dir is not None:
-      out = run_folder.bits_dir(output_dir, bits)
-    else:
-      out = run_folder.eval_dir(workdir, bits) if _writable(workdir) else None
-    if out is not None and jax.process_index() == 0:
-      out.mkdir(parents=True, exist_ok=True)
-    metrics = inference.evaluate(config, run.pieces.model, run.state, data, out)
-    metrics.update(iteration=int(run.state.iteration), variant=config.variant)
-    if out is not None and jax.process_index() == 0:
-      run_folder.write_json(out / run_folder.METRICS, metrics)
-    results[str(bits)] = {k: v for k, v in metrics.items() if k != "curves"}
   return results
