@@ -4,11 +4,13 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from configs import tiny
 from schn_jax.data import sources
+from schn_jax.evaluation import hamming
 from schn_jax.training import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -64,3 +66,11 @@ def tiny_retrieval_run(root):
   write_class_folders(root / "database", range(60000, 60150), fashion)
   write_class_folders(root / "queries", range(69990, 70000), fashion)
   return root / "run", root / "database", root / "queries"
+
+
+def exact_topk(query_codes, database_codes, k):
+  """The exact k nearest of each query, ties by database position: a stable
+  sort of the whole distance matrix (ids (Q, k), distances (Q, k))."""
+  distances = hamming.hamming_distances(query_codes, database_codes)
+  ids = np.argsort(distances, axis=1, kind="stable")[:, :k]
+  return ids, np.take_along_axis(distances, ids, 1)

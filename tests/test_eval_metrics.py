@@ -190,15 +190,3 @@ def test_fixtures(fixtures_root, fixture_set, tag, topk):
   )
   reference = metrics.evaluate_codes(*arrays, topk=topk, ties="reference")
   assert reference["map"] == pytest.approx(float(data[f"map_stable_refslice_{tag}"]), abs=1e-6)
-
-
-@pytest.mark.parametrize("bits", [13, 32, 64])
-def test_hamming_topk_matches_stable_argsort(bits):
-  query_codes, database_codes, _, _ = random_set(bits, 20, 500, bits, zero_rows=40)
-  ids, distances = hamming.hamming_topk(
-    query_codes, database_codes, 25, query_chunk=8, database_chunk=128
-  )
-  brute = brute_distances(query_codes, database_codes)
-  expected_ids = np.argsort(brute, axis=1, kind="stable")[:, :25]
-  np.testing.assert_array_equal(ids, expected_ids)
-  np.testing.assert_array_equal(distances, np.take_along_axis(brute, expected_ids, 1))

@@ -13,8 +13,8 @@ bit, so codes with 0 values are refused.
 
 Results are per query, ordered by Hamming distance then by database position
 (FAISS orders ties its own way; they are re-sorted here), with database
-positions 0..n-1 as ids. For `flat` the k nearest are the exact ranking of
-`hamming.hamming_topk`, ties included (tests/test_retrieval.py). Approximate
+positions 0..n-1 as ids. For `flat` the k nearest are the exact ranking (a
+stable sort of every distance), ties included (tests/test_indexes.py). Approximate
 indexes may find fewer than k neighbours; those rows are shorter, never
 padded with FAISS's -1 ids.
 """
