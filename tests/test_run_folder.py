@@ -25,14 +25,14 @@ import support
 pytestmark = support.needs_fashion_mnist
 
 
-def tiny_config(**overrides):
+def run_config(**overrides):
   return support.tiny_config(**{"variant": "mmasia", "max_iter": 2, **overrides})
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("finished")
-  train.train_and_evaluate(tiny_config(), workdir)
+  train.train_and_evaluate(run_config(), workdir)
   return workdir
 
 
@@ -76,12 +76,12 @@ def test_a_failing_evaluation_loses_no_training(tmp_path, monkeypatch, finished_
 
   monkeypatch.setattr(evaluator.Evaluator, "__call__", fails_at_the_end)
   with pytest.raises(RuntimeError, match="disk filled up"):
-    train.train_and_evaluate(tiny_config(), tmp_path)
+    train.train_and_evaluate(run_config(), tmp_path)
   assert (tmp_path / "bits_16" / "checkpoints" / "2").is_dir()
   monkeypatch.undo()
   # The rerun only evaluates; both runs trained from scratch in one go, so their
   # codes and history match the module's run bit for bit.
-  results = train.train_and_evaluate(tiny_config(), tmp_path)
+  results = train.train_and_evaluate(run_config(), tmp_path)
   assert_same_codes(tmp_path, finished_run)
   finished = json.loads((finished_run / "metrics.json").read_text())["16"]
   assert results["16"]["history"] == finished["history"]
@@ -92,7 +92,7 @@ def test_a_failing_evaluation_loses_no_training(tmp_path, monkeypatch, finished_
 def test_another_runs_settings_are_refused_before_touching_the_workdir(run_copy, change):
   before = snapshot(run_copy)
   with pytest.raises(train.ConfigError, match="use another --workdir"):
-    train.train_and_evaluate(tiny_config(**change), run_copy)
+    train.train_and_evaluate(run_config(**change), run_copy)
   assert snapshot(run_copy) == before
 
 
@@ -100,7 +100,7 @@ def test_another_runs_settings_are_refused_before_touching_the_workdir(run_copy,
 def test_a_damaged_json_file_is_named(run_copy, name):
   (run_copy / name).write_text('{"16": ')
   with pytest.raises(errors.UserError, match=rf"{name} is not valid JSON"):
-    train.train_and_evaluate(tiny_config(), run_copy)
+    train.train_and_evaluate(run_config(), run_copy)
   if name == "config.json":
     with pytest.raises(errors.UserError, match=r"config\.json is not valid JSON"):
       evaluator.evaluate_run(run_copy)
@@ -121,7 +121,7 @@ def test_evaluation_falls_back_to_the_older_checkpoint(run_copy, caplog, damage)
 def test_resume_sets_a_damaged_checkpoint_aside(run_copy, finished_run):
   damage_arrays(run_copy / "bits_16" / "checkpoints" / "2")
   (run_copy / "metrics.json").unlink()
-  train.train_and_evaluate(tiny_config(), run_copy)
+  train.train_and_evaluate(run_config(), run_copy)
   assert_same_codes(run_copy, finished_run)
   assert (run_folder.damaged_dir(run_copy, 16) / "2").is_dir()
   assert sorted(p.name for p in (run_copy / "bits_16" / "checkpoints").iterdir()) == ["1", "2"]
@@ -139,7 +139,7 @@ def test_resuming_and_evaluating_never_read_the_pretrained_weights(run_copy):
   stored = json.loads((run_copy / "config.json").read_text())
   (run_copy / "config.json").write_text(json.dumps({**stored, "pretrained_backbone": gone}))
   assert evaluator.evaluate_run(run_copy)["16"]["iteration"] == 2
-  results = train.train_and_evaluate(tiny_config(pretrained_backbone=gone), run_copy)
+  results = train.train_and_evaluate(run_config(pretrained_backbone=gone), run_copy)
   assert results["16"]["iterations"] == 2
 
 
