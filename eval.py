@@ -7,7 +7,7 @@
   python eval.py --workdir=DIR [--database_codes learned|encoded] [--topk K] [--ties ...]
       [--output_dir OUT]
 
---workdir re-evaluates a run written by train.py from its latest checkpoints:
+--workdir re-evaluates a run written by train.py from its newest readable checkpoints:
 queries are encoded with the visual network; the database codes are the
 learned asymmetric codes (as the reference) or the database images encoded
 with the visual network (--database_codes=encoded, the inductive mode). The

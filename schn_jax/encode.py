@@ -28,7 +28,7 @@ _MODEL = flags.DEFINE_string(
 )
 _BITS = flags.DEFINE_integer("bits", None, "Code length to use; default: the run's only one.")
 _STEP = flags.DEFINE_integer(
-  "step", None, "Checkpoint (outer iteration) to use; default: the latest."
+  "step", None, "Checkpoint (outer iteration) to use; default: the newest that reads back."
 )
 _IMAGES = flags.DEFINE_string(
   "images", None, "Folder, image-list file, .npz of images, or tfds:NAME:SPLIT."

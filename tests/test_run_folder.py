@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from schn_jax import errors, evaluator, run_folder
+from schn_jax import errors, evaluator, inference, run_folder
 from schn_jax.training import train
 
 import support
@@ -115,6 +115,17 @@ def test_evaluation_falls_back_to_the_older_checkpoint(run_copy, caplog, damage)
   assert result["iteration"] == 1
   assert "checkpoints/2" in caplog.text and "cannot be read" in caplog.text
   assert "See full TensorStore details" not in caplog.text
+  assert snapshot(run_copy) == before
+
+
+def test_inference_falls_back_too_unless_the_step_is_named(run_copy):
+  damage_arrays(run_copy / "bits_16" / "checkpoints" / "2")
+  before = snapshot(run_copy)
+  assert inference.TrainedModel.from_workdir(run_copy).step == 1
+  with pytest.raises(
+    errors.CheckpointError, match=r"no checkpoint in .*checkpoints can be read \(.*checkpoints/2: "
+  ):
+    inference.TrainedModel.from_workdir(run_copy, step=2)
   assert snapshot(run_copy) == before
 
 
