@@ -22,7 +22,9 @@ from schn_jax.interop import weights
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run folder written by train.py.")
 _BITS = flags.DEFINE_integer("bits", None, "Code length; default: the run's only one.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint to export; default: the newest that reads back.")
+_STEP = flags.DEFINE_integer(
+  "step", None, "Checkpoint to export; default: the newest that reads back."
+)
 _PART = flags.DEFINE_enum(
   "part", "visual", ("visual", "all"), "visual: an inference model; all: every SCHN parameter."
 )
