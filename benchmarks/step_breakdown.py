@@ -5,7 +5,10 @@
 For each variant (Fashion-MNIST config, small CNN) it times, at the config's
 batch, each as its own jitted program (best of --repeats after a warm-up):
 
-- step: the whole training step (`Pieces.step_functions`'s train_step);
+- step: the whole training step (`Pieces.step_functions`'s train_step), and its
+  two updates apart: the cycle update (the whole model forward and backward, Adam)
+  and, for tomm, the adversarial update (the whole model forward again, one
+  discriminator step, one generator step over the cycle part);
 - visual: the visual network's forward and backward pass alone (backbone and
   hash layer: what the step spends on images);
 - cycle: the cycle part's forward and backward pass alone (latent space and the
@@ -52,7 +55,7 @@ def programs(config, batch):
   images = jnp.asarray(rng.standard_normal((batch, 28, 28, 1)), jnp.float32)
   labels = jnp.asarray(np.eye(classes)[rng.integers(0, classes, batch)], jnp.float32)
   adjacency = (labels @ labels.T > 0).astype(jnp.float32)
-  _, _, train_step = pieces.step_functions()
+  cycle_update, adversarial_update, train_step = pieces.step_functions()
   inputs = {"images": images, "labels": labels, "database_codes": jnp.ones((batch, bits))}
   params, batch_stats = state.params, state.batch_stats
   key = jax.random.key(0)
@@ -75,8 +78,12 @@ def programs(config, batch):
     )
     return sum(v.sum() for v in out.values())
 
+  updates = {"cycle update": (cycle_update, (state, inputs, key))}
+  if config.variant == "tomm":
+    updates["adversarial update"] = (adversarial_update, (state, inputs, key))
   return {
     "step": (train_step, (state, inputs, key)),
+    **updates,
     "visual": (jax.grad(visual), (params["visual"],)),
     "cycle": (jax.grad(cycle), (params["cycle"],)),
   }
@@ -106,7 +113,7 @@ def main():
     step_seconds = results["step"][0]
     for name, (seconds, flops) in results.items():
       print(
-        f"{variant:7s} {name:7s} {flops / batch / 1e6:8.1f} MFLOP/image "
+        f"{variant:7s} {name:18s} {flops / batch / 1e6:8.1f} MFLOP/image "
         f"{seconds / step_seconds:7.1%} of the step's time "
         f"{flops / seconds / peak:7.1%} of the matmul rate"
       )
