@@ -133,7 +133,7 @@ def evaluate_run(workdir, overrides=None, output_dir=None):
     if out is not None and jax.process_index() == 0:
       out.mkdir(parents=True, exist_ok=True)
     metrics = evaluator(encoder, saved.database_codes, out)
-    metrics.update(iteration=saved.iteration, variant=config.variant)
+    metrics.update(iteration=saved.step, variant=config.variant)
     if out is not None and jax.process_index() == 0:
       run_folder.write_json(out / run_folder.METRICS, metrics)
     results[str(bits)] = {k: v for k, v in metrics.items() if k != "curves"}

@@ -117,6 +117,7 @@ class Saved:
     each {'visual': ...} only, or every part with whole=True; 'batch_stats' is
     {} for backbones without BatchNorm.
   database_codes: the learned (N, bits) database codes, or None when not read.
+  step: the checkpoint's step, which is the outer iteration it was saved after.
   """
 
   config: ml_collections.ConfigDict
@@ -124,8 +125,6 @@ class Saved:
   step: int
   variables: dict
   database_codes: Any
-  iteration: int
-  meta: dict
 
 
 def read_checkpoint(workdir, bits=None, step=None, *, whole=False, database_codes=False):
@@ -158,57 +157,56 @@ def read_checkpoint(workdir, bits=None, step=None, *, whole=False, database_code
 
 
 def _read_state(state_dir, config, bits, whole, database_codes):
-  """(variables, database codes or None, iteration) of the TrainState saved in
-  `state_dir`, read partially; the parameters' shapes are checked against the
-  model of `config` first, naming the leaves that differ."""
+  """(variables, database codes or None) of the TrainState saved in `state_dir`,
+  read partially; the parameters' shapes are checked against the model of
+  `config` first, naming the leaves that differ."""
   handler = ocp.PyTreeCheckpointHandler()
   try:
     tree = handler.metadata(state_dir).tree
-    saved = {"params": tree["params"], "batch_stats": tree.get("batch_stats") or {}}
-    if not whole:
-      saved = {k: {"visual": v["visual"]} if "visual" in v else {} for k, v in saved.items()}
-    channels = input_channels(saved["params"]["visual"]["backbone"])
-    num_classes = saved["params"]["semantic"]["mlp"]["net_0"]["kernel"].shape[0] if whole else None
-    extra = {"iteration": tree["iteration"]}
-    if database_codes:
-      extra["database_codes"] = tree["database_codes"]
-  # Unreadable metadata is damage (Checkpoints reads an older step instead); a
-  # readable tree without SCHN's parts is no training checkpoint at all.
-  except (KeyError, TypeError) as error:
-    handler.close()
-    raise errors.CheckpointError(
-      f"{state_dir}: not a training checkpoint with SCHN parameters "
-      f"({type(error).__name__}: {error})."
-    ) from None
-  except BaseException:
-    handler.close()
-    raise
-  template = variables_template(config, bits, channels, num_classes)
-  # Named as in model files: parameters at the top, running statistics under batch_stats/.
-  flat_template, flat_saved = (
-    traverse_util.flatten_dict({**v["params"], "batch_stats": v.get("batch_stats") or {}}, sep="/")
-    for v in (template, saved)
-  )
-  shape = lambda flat, key: tuple(flat[key].shape) if key in flat else None
-  differ = sorted(
-    f"{key} (config {shape(flat_template, key)}, checkpoint {shape(flat_saved, key)})"
-    for key in flat_template.keys() | flat_saved.keys()
-    if shape(flat_template, key) != shape(flat_saved, key)
-  )
-  if differ:
-    handler.close()
-    raise errors.CheckpointError(
-      f"{state_dir}: the checkpoint does not fit the run's config.json: "
-      + ", ".join(differ[:5])
-      + (" ..." if len(differ) > 5 else "")
+    # Unreadable metadata is damage (Checkpoints reads an older step instead); a
+    # readable tree without SCHN's parts is no training checkpoint at all.
+    try:
+      saved = {"params": tree["params"], "batch_stats": tree.get("batch_stats") or {}}
+      if not whole:
+        saved = {k: {"visual": v["visual"]} if "visual" in v else {} for k, v in saved.items()}
+      channels = input_channels(saved["params"]["visual"]["backbone"])
+      num_classes = (
+        saved["params"]["semantic"]["mlp"]["net_0"]["kernel"].shape[0] if whole else None
+      )
+      if database_codes:
+        saved["database_codes"] = tree["database_codes"]
+    except (KeyError, TypeError) as error:
+      raise errors.CheckpointError(
+        f"{state_dir}: not a training checkpoint with SCHN parameters "
+        f"({type(error).__name__}: {error})."
+      ) from None
+    template = variables_template(config, bits, channels, num_classes)
+    # Named as in model files: parameters at the top, running statistics under batch_stats/.
+    flat_template, flat_saved = (
+      traverse_util.flatten_dict(
+        {**v["params"], "batch_stats": v.get("batch_stats") or {}}, sep="/"
+      )
+      for v in (template, saved)
     )
-  # The saved dtypes (float64 runs exist); TrainedModel casts to float32.
-  target = {k: v for k, v in {**saved, **extra}.items() if v is not None and v != {}}
-  target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), target)
-  restore_args = jax.tree_util.tree_map(
-    lambda _: ocp.ArrayRestoreArgs(restore_type=np.ndarray), target
-  )
-  try:
+    shape = lambda flat, key: tuple(flat[key].shape) if key in flat else None
+    differ = sorted(
+      f"{key} (config {shape(flat_template, key)}, checkpoint {shape(flat_saved, key)})"
+      for key in flat_template.keys() | flat_saved.keys()
+      if shape(flat_template, key) != shape(flat_saved, key)
+    )
+    if differ:
+      raise errors.CheckpointError(
+        f"{state_dir}: the checkpoint does not fit the run's config.json: "
+        + ", ".join(differ[:5])
+        + (" ..." if len(differ) > 5 else "")
+      )
+    # The saved dtypes (float64 runs exist); TrainedModel casts to float32.
+    target = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), {k: v for k, v in saved.items() if v}
+    )
+    restore_args = jax.tree_util.tree_map(
+      lambda _: ocp.ArrayRestoreArgs(restore_type=np.ndarray), target
+    )
     restored = handler.restore(
       state_dir,
       args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
@@ -216,7 +214,7 @@ def _read_state(state_dir, config, bits, whole, database_codes):
   finally:
     handler.close()
   variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
-  return variables, restored.get("database_codes"), int(restored["iteration"])
+  return variables, restored.get("database_codes")
 
 
 def _brief(error):
@@ -316,6 +314,11 @@ class Checkpoints:
       if self.damaged:
         logging.warning("using the older checkpoint %s instead", where)
       return step, value
+    if failures and steps is not None:
+      raise errors.CheckpointError(
+        f"no checkpoint in {self.directory} can be read ({'; '.join(failures)}): choose "
+        "another --step, or leave it out for the newest checkpoint that reads"
+      )
     if failures:
       raise errors.CheckpointError(
         f"no checkpoint in {self.directory} can be read ({'; '.join(failures)}). If the "
@@ -357,17 +360,18 @@ class Checkpoints:
     only): the parameters and BatchNorm statistics, and with database_codes=True
     the learned database codes; the optimizer moments are not read."""
 
-    def read(number):
+    def read_step(number):
       parts = _read_state(
         self.directory / str(number) / "state", config, bits, whole, database_codes
       )
-      return parts, self._meta(number)
+      self._meta(number)  # damaged metadata makes the checkpoint unreadable, as for `restore`
+      return parts
 
-    found = self._newest_readable(read, None if step is None else [step])
+    found = self._newest_readable(read_step, None if step is None else [step])
     if found is None:
       raise errors.CheckpointError(f"{self.directory}: no checkpoint of {bits}-bit codes")
-    number, (parts, meta) = found
-    return Saved(config, bits, number, *parts, meta)
+    number, parts = found
+    return Saved(config, bits, number, *parts)
 
   def set_aside_damaged(self):
     """Moves the checkpoints `restore` skipped to `aside`, so that the resumed

@@ -123,7 +123,8 @@ def test_inference_falls_back_too_unless_the_step_is_named(run_copy):
   before = snapshot(run_copy)
   assert inference.TrainedModel.from_workdir(run_copy).step == 1
   with pytest.raises(
-    errors.CheckpointError, match=r"no checkpoint in .*checkpoints can be read \(.*checkpoints/2: "
+    errors.CheckpointError,
+    match=r"no checkpoint in .*checkpoints can be read \(.*checkpoints/2: .*choose another --step",
   ):
     inference.TrainedModel.from_workdir(run_copy, step=2)
   assert snapshot(run_copy) == before
